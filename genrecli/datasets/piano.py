@@ -1,0 +1,123 @@
+"""``piano``: the DM2KMN piano set layout, ``<Era>/<id>.{krn,musicxml,xml,mxl,mid}``.
+
+A track is a score (Humdrum **kern preferred, MusicXML when there is no kern) with, optionally, a MIDI
+file of the same stem; without one, the audio stage renders MIDI from the score. Labels are the era
+folder names. Groups: ``composer`` (from ``metadata.csv`` when present, else the kern ``!!!COM`` record or
+the MusicXML ``<creator type="composer">``) and ``work`` (movements and numbers of one work share it).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from genrecli import store
+from genrecli.datasets import DatasetSpec, Listing, register, require_root
+from genrecli.errors import UsageError
+from genrecli.manifest import Track
+
+SCORE_PREFERENCE = (".krn", ".musicxml", ".xml", ".mxl")
+MIDI_SUFFIXES = (".mid", ".midi")
+FORMATS = {".krn": "humdrum", ".musicxml": "musicxml", ".xml": "musicxml", ".mxl": "musicxml"}
+
+
+def work_group(track_id: str) -> str:
+    """Work key of a piece id, so that movements or numbers of one work never straddle a split.
+
+    ``beethoven__sonata08-2`` -> ``beethoven__sonata08``; ``chopin-first-editions__025_7-12-1a-BH-009`` ->
+    ``chopin-first-editions__025`` (the opus); Polish-archive ids keep the source shelf mark before ``_``.
+    """
+    source, sep, piece = track_id.partition("__")
+    if not sep:
+        source, piece = "", track_id
+    if source == "chopin-first-editions":
+        piece = re.split(r"[-_]", piece)[0]
+    elif "_" in piece:
+        piece = re.sub(r"(--\d{3})(-\d{3})*$", "", piece.split("_")[0])
+    else:
+        piece = re.sub(r"-\d+[a-z]?$", "", piece)
+    return f"{source}{sep}{piece}"
+
+
+def _kern_composer(path: Path) -> str | None:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if line.startswith("!!!COM"):
+                return line.split(":", 1)[-1].strip() or None
+            if not line.startswith("!"):
+                break
+    return None
+
+
+def _musicxml_composer(path: Path) -> str | None:
+    if path.suffix == ".mxl":
+        return None
+    try:
+        for _, elem in ET.iterparse(path):
+            if elem.tag == "creator" and elem.get("type") == "composer" and elem.text:
+                return elem.text.strip()
+    except ET.ParseError:
+        return None
+    return None
+
+
+def list_tracks(root: Path | None) -> Listing:
+    root = require_root("piano", root)
+    era_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not era_dirs:
+        found = ", ".join(sorted(p.name for p in root.iterdir())[:8]) or "nothing"
+        raise UsageError(f"--root {root}: expected one folder per era (<Era>/<id>.krn|.musicxml|.mid), found {found}")
+    metadata = {}
+    if (root / "metadata.csv").exists():
+        with open(root / "metadata.csv", newline="", encoding="utf-8") as fh:
+            metadata = {row["id"]: row for row in csv.DictReader(fh) if "id" in row}
+    tracks, skipped = [], {}
+    for era in era_dirs:
+        by_stem: dict[str, dict[str, Path]] = {}
+        for path in sorted(era.iterdir()):
+            suffix = path.suffix.lower()
+            if path.is_file() and (suffix in FORMATS or suffix in MIDI_SUFFIXES):
+                by_stem.setdefault(path.stem, {})[suffix] = path
+            elif path.is_file() and not path.name.startswith("."):
+                skipped[str(path)] = "not a score or MIDI file (expected .krn, .musicxml, .xml, .mxl, .mid)"
+        for stem, files in sorted(by_stem.items()):
+            score = next((files[s] for s in SCORE_PREFERENCE if s in files), None)
+            midi = next((files[s] for s in MIDI_SUFFIXES if s in files), None)
+            if score is None:
+                skipped[str(midi)] = "MIDI without a score of the same name (the text modality needs a score)"
+                continue
+            if score.stat().st_size == 0:
+                skipped[str(score)] = "empty file"
+                continue
+            meta = metadata.get(stem, {})
+            composer = meta.get("composer") or (
+                _kern_composer(score) if score.suffix == ".krn" else _musicxml_composer(score)
+            )
+            tracks.append(
+                Track(
+                    id=f"{era.name}/{stem}",
+                    label=era.name,
+                    groups={"composer": composer or "unknown", "work": work_group(stem)},
+                    score=str(score.resolve()),
+                    score_format=FORMATS[score.suffix.lower()],
+                    midi=str(midi.resolve()) if midi else None,
+                    checksum=store.files_sha256(score, *([midi] if midi else [])),
+                )
+            )
+    if not tracks:
+        raise UsageError(f"--root {root}: no score files found under the era folders ({', '.join(p.name for p in era_dirs)})")
+    return Listing(tracks, skipped)
+
+
+register(
+    DatasetSpec(
+        name="piano",
+        description="four-era piano set (DM2KMN): kern/MusicXML scores with optional MIDI",
+        layout="<Era>/<id>.{krn,musicxml,xml,mxl} [+ <Era>/<id>.mid]",
+        standard_split="random:0.6",
+        needs_root=True,
+        list_tracks=list_tracks,
+    )
+)

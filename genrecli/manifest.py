@@ -1,0 +1,154 @@
+"""The manifest: one row per track (id, label, groups, source files, checksums) plus named splits.
+
+Stored as ``<data-home>/<NAME>/manifest.h5``::
+
+    /tracks/id, label (int16 index into /labels), audio, midi, score, score_format, score_text, checksum
+    /tracks/groups/<key>            (str per track: composer, work, artist, ...)
+    /labels                         (str, the label names)
+    /splits/<name>                  (int8, n_folds x n: 0 train, 1 valid, 2 test, -1 unused); attrs spec, seed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from genrecli import store
+from genrecli.errors import UsageError
+
+TRAIN, VALID, TEST, UNUSED = 0, 1, 2, -1
+SOURCE_FIELDS = ("audio", "midi", "score", "score_format", "score_text")
+
+
+@dataclasses.dataclass
+class Track:
+    """One item of a corpus as a loader lists it."""
+
+    id: str
+    label: str
+    groups: dict[str, str] = dataclasses.field(default_factory=dict)
+    audio: str | None = None
+    midi: str | None = None
+    score: str | None = None
+    score_format: str | None = None
+    score_text: str | None = None  # inline score when the item is an excerpt of a larger file (ABC books)
+    checksum: str = ""
+
+    def source(self) -> dict:
+        """The fields the audio and text extractors need, as a picklable dict.
+
+        An inline score (an ABC tune cut from a book) replaces the file it came from.
+        """
+        out = {f: getattr(self, f) for f in SOURCE_FIELDS}
+        if self.score_text is not None:
+            out["score"] = None
+        return out
+
+
+@dataclasses.dataclass
+class Manifest:
+    """In-memory manifest: tracks in manifest order and the label names."""
+
+    dataset: str
+    tracks: list[Track]
+    label_names: list[str]
+    splits: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    split_specs: dict[str, str] = dataclasses.field(default_factory=dict)
+    attrs: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def ids(self) -> list[str]:
+        return [t.id for t in self.tracks]
+
+    @property
+    def y(self) -> np.ndarray:
+        index = {name: i for i, name in enumerate(self.label_names)}
+        return np.array([index[t.label] for t in self.tracks], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def content_hash(self) -> str:
+        """Hash of ids, labels and checksums: downstream stages recompute when it changes."""
+        h = hashlib.sha256()
+        for t in self.tracks:
+            h.update(f"{t.id}\t{t.label}\t{t.checksum}\n".encode())
+        return h.hexdigest()[:16]
+
+    def group_values(self, key: str) -> np.ndarray:
+        missing = [t.id for t in self.tracks if key not in t.groups]
+        if missing:
+            known = sorted({k for t in self.tracks for k in t.groups})
+            raise UsageError(
+                f"group key '{key}' is not recorded for {len(missing)} tracks (e.g. {missing[0]}); "
+                f"known keys: {', '.join(known) or 'none'}"
+            )
+        return np.array([t.groups[key] for t in self.tracks], dtype=object)
+
+    def split(self, name: str) -> np.ndarray:
+        if name not in self.splits:
+            raise UsageError(
+                f"split '{name}' is not in the manifest of '{self.dataset}' "
+                f"(have: {', '.join(self.splits) or 'none'}); give a split spec such as random:0.7"
+            )
+        return self.splits[name]
+
+
+def write_manifest(path: Path, manifest: Manifest, params: dict) -> None:
+    """Write a whole manifest atomically (replacing any previous one)."""
+    with store.write_transaction(path) as h5:
+        for key in list(h5.keys()):
+            del h5[key]
+        store.set_group_params(h5, params)
+        h5.attrs["dataset"] = manifest.dataset
+        tracks = h5.create_group("tracks")
+        store.write_strings(tracks, "id", manifest.ids)
+        tracks.create_dataset("label", data=manifest.y.astype(np.int16))
+        for field in (*SOURCE_FIELDS, "checksum"):
+            store.write_strings(tracks, field, [getattr(t, field) or "" for t in manifest.tracks])
+        groups = tracks.create_group("groups")
+        for key in sorted({k for t in manifest.tracks for k in t.groups}):
+            store.write_strings(groups, key, [t.groups.get(key, "") for t in manifest.tracks])
+        store.write_strings(h5, "labels", manifest.label_names)
+        splits = h5.create_group("splits")
+        for name, assign in manifest.splits.items():
+            ds = splits.create_dataset(name, data=assign.astype(np.int8))
+            ds.attrs["spec"] = manifest.split_specs.get(name, name)
+
+
+def add_split(path: Path, name: str, spec: str, assignment: np.ndarray) -> None:
+    """Add (or replace) one named split of an existing manifest."""
+    with store.write_transaction(path) as h5:
+        splits = h5.require_group("splits")
+        if name in splits:
+            del splits[name]
+        ds = splits.create_dataset(name, data=assignment.astype(np.int8))
+        ds.attrs["spec"] = spec
+
+
+def read_manifest(path: Path) -> Manifest:
+    with store.open_read(path, what="manifest", hint="run `genre ingest` first") as h5:
+        tr = h5["tracks"]
+        cols = {f: store.read_strings(tr[f]) for f in ("id", *SOURCE_FIELDS, "checksum")}
+        labels = tr["label"][()]
+        names = store.read_strings(h5["labels"])
+        group_cols = {k: store.read_strings(v) for k, v in tr["groups"].items()}
+        tracks = []
+        for i, tid in enumerate(cols["id"]):
+            kw = {f: (cols[f][i] or None) for f in SOURCE_FIELDS}
+            groups = {k: v[i] for k, v in group_cols.items() if v[i] != ""}
+            tracks.append(Track(id=tid, label=names[labels[i]], groups=groups, checksum=cols["checksum"][i], **kw))
+        splits = {k: v[()] for k, v in h5["splits"].items()}
+        specs = {k: str(v.attrs.get("spec", k)) for k, v in h5["splits"].items()}
+        attrs = store.group_params(h5)
+        return Manifest(str(h5.attrs["dataset"]), tracks, names, splits, specs, attrs)
+
+
+def manifest_hash(path: Path) -> str:
+    """The manifest's params hash (changes whenever ingest produced a different manifest)."""
+    with store.open_read(path, what="manifest", hint="run `genre ingest` first") as h5:
+        return str(h5.attrs["params_hash"])
+

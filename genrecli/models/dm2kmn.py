@@ -1,0 +1,836 @@
+"""Deep Multi-Modal Kernel Map Network (DM2KMN): the explicit-map counterpart of a trained DKN.
+
+Method: /work/shared/spec/dm2kmn-method.md, section 6 (construction), 6.6 (fine-tuning) and 7 (RE, RI).
+
+Given a trained DKN (weights w^(l), activation g) and landmarks Z (default: all training tracks):
+
+* input layer: G_q(x) = [<phi_q(x), phi_q(z_j)>]_j, inner products of the explicit input maps against the
+  landmarks (exact for linear/poly2, Nystrom for rbf, Q-level quantised min-sum for hist), computed by the
+  kernels stage (``map_grams``) or by ``genrecli.kernels.maps.ExplicitMap.map_gram``;
+* every further unit p: ktilde_p(x) = g( sum_q w_qp <phi_q(x), phi_q(Z)> )  (N-vector), and its map
+  phi_p(x) = P_p^T ktilde_p(x), P_p = U_r Lambda_r^{-1/2} from the uncentred eigendecomposition of
+  ktilde_p(Z, Z) keeping ``energy`` (99 %) of the spectrum (kernel PCA / Nystrom, Eq. 4);
+* a linear classifier on the top map: initial = class-weighted one-vs-rest linear SVM (C by 5-fold CV);
+* fine-tuning ("learned DM2KMN"): the combination weights and the classifier (optionally the projections P)
+  by SGD with a constant learning rate on the class-weighted one-vs-rest hinge + L2 (option cross-entropy,
+  option approximation term beta), with the landmark maps recomputed in the graph at every step, w >= 0
+  projection, (lr, epochs) chosen by 5-fold CV on the training data.
+
+Memory: with N landmarks and n training rows everything is O(n N) (the n x n Gram is never formed when
+N < n); the landmark-landmark tensors are O(m N^2).
+
+[I] choices and the defaults taken here: the DKN is trained on all training rows when landmarks='all', on the
+landmark rows otherwise (so that memory stays linear in n); uncentred KPCA, eigenvalues below
+rel_eps * lambda_1 dropped (rel_eps = 1e-7: float32 maps cannot resolve smaller components; the spec's 1e-10
+assumes float64); classifier initialised from the initial SVM (option 'gaussian': N(0, 0.01^2)); L2 weight
+lambda = 1 / (C n) so that the hinge objective equals the SVM primal of the initial classifier; full-batch
+SGD; weights projected to w >= 0 after each step (option 'simplex'); projections frozen; beta = 0; lr grid
+(1e-4, 1e-3, 1e-2) and epochs in {0, 5, ..., ft_max_epochs} selected by 5-fold CV (accuracy; ties -> fewer
+epochs); CV folds keep all landmarks (unlabelled features only) and the C chosen on the full training set.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.model_selection import StratifiedKFold
+from sklearn.svm import LinearSVC
+from sklearn.utils._available_if import available_if
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from genrecli.device import resolve_device
+from genrecli.errors import UsageError
+from genrecli.models.dkn import (
+    DEFAULT_KERNELS,
+    OUTPUT_MODES,
+    Activation,
+    DKNClassifier,
+    _check_grams,
+    _KernelInputsMixin,
+    _to_labels,
+    class_weights,
+    combine,
+    dkn_forward,
+    heads_to_scores,
+    ovr_targets,
+    pack_json,
+    project_simplex,
+    relative_importance,
+    seed_of,
+    split_columns,
+    unpack_json,
+)
+
+LOSSES = ("hinge", "xent")
+OPTIMIZERS = ("sgd", "adam")
+CONSTRAINTS = ("nonneg", "simplex")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernel PCA and the map network core
+# ----------------------------------------------------------------------------------------------------------
+
+
+def kpca_projection_torch(K: torch.Tensor, energy: float = 0.99, rel_eps: float = 1e-7) -> torch.Tensor:
+    """Uncentred KPCA map on the landmarks: P = U_r Lambda_r^{-1/2} (N, r), Phi = K(x, Z) @ P.
+
+    r is the smallest rank holding ``energy`` of the (non-negative part of the) spectrum, counting only
+    eigenvalues above rel_eps * lambda_1. The eigendecomposition runs in float64 on K's device.
+    """
+    lam, U = torch.linalg.eigh(K.double())
+    lam, U = lam.flip(0), U.flip(1)
+    lam = torch.clamp(lam, min=0.0)
+    if float(lam[0]) <= 0:
+        return torch.zeros(K.shape[0], 1, dtype=K.dtype, device=K.device)
+    keep = int((lam > rel_eps * lam[0]).sum())
+    cum = torch.cumsum(lam, 0)
+    if energy >= 1.0:
+        r = keep
+    else:
+        r = int(torch.searchsorted(cum, torch.as_tensor(energy * float(cum[-1]), dtype=cum.dtype, device=cum.device)))
+        r = min(max(r + 1, 1), keep)
+    return (U[:, :r] / torch.sqrt(lam[:r])).to(K.dtype)
+
+
+def build_projections(W, Az, g, energy, rel_eps):
+    """KPCA projections of every unit of one layer: returns (P padded (m_out, N, r_max), ranks, Kz)."""
+    Kz = combine(W, Az, g)
+    Ps = [kpca_projection_torch(Kz[p], energy, rel_eps) for p in range(Kz.shape[0])]
+    ranks = [P.shape[1] for P in Ps]
+    r_max = max(ranks)
+    Pp = torch.zeros(len(Ps), Kz.shape[1], r_max, dtype=Kz.dtype, device=Kz.device)
+    for p, P in enumerate(Ps):
+        Pp[p, :, : P.shape[1]] = P
+    return Pp, ranks, Kz
+
+
+def propagate(Ws, Ps, g, G_zz, G_xz=None):
+    """Map-network forward (differentiable). Returns (Fx_top, Fz_list).
+
+    G_zz (m, N, N): input-map Grams among landmarks; G_xz (m, B, N): of the rows x against the landmarks
+    (None: x = the landmarks). Fz_list[l] = landmark maps of layer l+2, (m_l, N, r_l); Fx_top (m_L, B, r_L).
+    """
+    Az, Ax = G_zz, G_xz
+    Fz_list = []
+    Fx = None
+    L = len(Ws)
+    for li, (W, P) in enumerate(zip(Ws, Ps)):
+        Fz = torch.bmm(combine(W, Az, g), P)
+        Fz_list.append(Fz)
+        if Ax is not None:
+            Fx = torch.bmm(combine(W, Ax, g), P)
+        if li < L - 1:
+            Az = torch.bmm(Fz, Fz.transpose(1, 2))
+            if Ax is not None:
+                Ax = torch.bmm(Fx, Fz.transpose(1, 2))
+    return (Fz_list[-1] if G_xz is None else Fx), Fz_list
+
+
+def head_scores(F_top, Wc, bc):
+    """Top maps (m_L, B, r) and classifier (n_heads, r), (n_heads,) -> (B, n_heads)."""
+    if F_top.shape[0] == 1:
+        return F_top[0] @ Wc.T + bc
+    return torch.einsum("hbr,hr->bh", F_top, Wc) + bc
+
+
+def relative_error(approx, exact) -> dict:
+    """RE of spec 7.2 in percent: absolute-sum form and Frobenius form."""
+    a = torch.as_tensor(approx, dtype=torch.float64)
+    e = torch.as_tensor(exact, dtype=torch.float64)
+    d = a - e
+    return {"re_abs": 100.0 * float(d.abs().sum() / e.abs().sum()),
+            "re_fro": 100.0 * float(torch.linalg.norm(d.reshape(-1)) / torch.linalg.norm(e.reshape(-1)))}
+
+
+def _linear_svm_heads(F: np.ndarray, y_idx, n_classes, omega, C, seed):
+    """Class-weighted one-vs-rest linear SVMs on the top maps F (m_L, n, r) -> (Wc, bc)."""
+    Yb = ovr_targets(y_idx, n_classes)
+    sw = omega[y_idx]
+    n_heads = Yb.shape[0]
+    Wc = np.zeros((n_heads, F.shape[2]))
+    bc = np.zeros(n_heads)
+    for h in range(n_heads):
+        X = F[h if F.shape[0] > 1 else 0]
+        if np.all(Yb[h] == Yb[h, 0]):
+            bc[h] = Yb[h, 0]
+            continue
+        svm = LinearSVC(C=float(C), loss="hinge", dual=True, max_iter=20000, tol=1e-4, intercept_scaling=10.0,
+                        random_state=seed)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            svm.fit(X, Yb[h], sample_weight=sw)
+        Wc[h] = svm.coef_[0]
+        bc[h] = svm.intercept_[0]
+    return Wc, bc
+
+
+def _cv_folds(y_idx, n_classes, folds, seed):
+    counts = np.bincount(y_idx, minlength=n_classes)
+    k = int(min(folds, counts[counts > 0].min()))
+    if k < 2:
+        return []
+    return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y_idx)), y_idx))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The estimator
+# ----------------------------------------------------------------------------------------------------------
+
+
+class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
+    """Deep multi-modal kernel map network (spec section 6), built from a DKN and fine-tuned end to end.
+
+    DKN parameters (kernels ... device) are those of :class:`DKNClassifier`; ``dkn`` may instead give a
+    DKNClassifier (fitted on the same training data, or unfitted: it is then cloned and fitted).
+
+    Map parameters: landmarks ('all' or an int N), energy (KPCA energy kept, 0.99), rel_eps (eigenvalue floor),
+    levels / quantization (histogram input map), nystrom_energy (RBF input map).
+    Fine-tuning: finetune (False = initial DM2KMN), loss ('hinge' | 'xent'), beta (approximation term),
+    train_projections, optimizer ('sgd' | 'adam'), ft_lr (float | 'cv'), ft_lr_grid, ft_epochs (int | 'cv'),
+    ft_max_epochs, ft_eval_every, batch_size (None = full batch), ft_constraint ('nonneg' | 'simplex'),
+    classifier_init ('svm' | 'gaussian').
+    """
+
+    _map_param_names = (
+        "landmarks", "energy", "rel_eps", "levels", "quantization", "nystrom_energy", "finetune", "loss",
+        "beta", "train_projections", "optimizer", "ft_lr", "ft_lr_grid", "ft_epochs", "ft_max_epochs",
+        "ft_eval_every", "batch_size", "ft_constraint", "classifier_init", "dkn",
+    )
+
+    def __init__(self, kernels=DEFAULT_KERNELS, *, input_dims=None, modality_names=None, hidden=None, depth=3,
+                 activation="exp", poly_coefs=(1.0, 1.0, 0.5), output="single", weights="simplex", C="cv",
+                 C_grid=(0.1, 1.0, 10.0, 100.0), cv=5, class_weight="balanced", lr="auto", lr_scale=0.05,
+                 max_iter=300, svm_every=10, patience=5, tol=1e-4, kernel_offset=1.0, sigma="total-variance",
+                 landmarks="all", energy=0.99, rel_eps=1e-7, levels=10, quantization="round",
+                 nystrom_energy=0.99, finetune=True, loss="hinge", beta=0.0, train_projections=False,
+                 optimizer="sgd", ft_lr="cv", ft_lr_grid=(1e-4, 1e-3, 1e-2), ft_epochs="cv", ft_max_epochs=60,
+                 ft_eval_every=5, batch_size=None, ft_constraint="nonneg", classifier_init="svm", dkn=None,
+                 random_state=None, device="cpu"):
+        self.kernels = kernels
+        self.input_dims = input_dims
+        self.modality_names = modality_names
+        self.hidden = hidden
+        self.depth = depth
+        self.activation = activation
+        self.poly_coefs = poly_coefs
+        self.output = output
+        self.weights = weights
+        self.C = C
+        self.C_grid = C_grid
+        self.cv = cv
+        self.class_weight = class_weight
+        self.lr = lr
+        self.lr_scale = lr_scale
+        self.max_iter = max_iter
+        self.svm_every = svm_every
+        self.patience = patience
+        self.tol = tol
+        self.kernel_offset = kernel_offset
+        self.sigma = sigma
+        self.landmarks = landmarks
+        self.energy = energy
+        self.rel_eps = rel_eps
+        self.levels = levels
+        self.quantization = quantization
+        self.nystrom_energy = nystrom_energy
+        self.finetune = finetune
+        self.loss = loss
+        self.beta = beta
+        self.train_projections = train_projections
+        self.optimizer = optimizer
+        self.ft_lr = ft_lr
+        self.ft_lr_grid = ft_lr_grid
+        self.ft_epochs = ft_epochs
+        self.ft_max_epochs = ft_max_epochs
+        self.ft_eval_every = ft_eval_every
+        self.batch_size = batch_size
+        self.ft_constraint = ft_constraint
+        self.classifier_init = classifier_init
+        self.dkn = dkn
+        self.random_state = random_state
+        self.device = device
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        return tags
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _device(self):
+        return resolve_device(self.device)
+
+    def _activation(self):
+        return Activation(self.activation, self.poly_coefs)
+
+    def _make_dkn(self):
+        if self.dkn is not None:
+            if hasattr(self.dkn, "weights_"):
+                return self.dkn
+            return clone(self.dkn)
+        params = {k: getattr(self, k) for k in DKNClassifier._dkn_param_names}
+        return DKNClassifier(**params)
+
+    def _validate_params(self):
+        if self.loss not in LOSSES:
+            raise UsageError(f"loss {self.loss!r}: expected one of {', '.join(LOSSES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if self.ft_constraint not in CONSTRAINTS:
+            raise UsageError(f"ft_constraint {self.ft_constraint!r}: expected one of {', '.join(CONSTRAINTS)}")
+        if self.output not in OUTPUT_MODES:
+            raise UsageError(f"output {self.output!r}: expected one of {', '.join(OUTPUT_MODES)}")
+        if self.classifier_init not in ("svm", "gaussian"):
+            raise UsageError(f"classifier_init {self.classifier_init!r}: expected 'svm' or 'gaussian'")
+        if not (0.0 < float(self.energy) <= 1.0):
+            raise UsageError(f"energy {self.energy!r}: expected a fraction in (0, 1]")
+
+    def _landmark_index(self, n: int, y_idx, seed: int) -> np.ndarray:
+        lm = self.landmarks
+        if isinstance(lm, str):
+            if lm != "all":
+                raise UsageError(f"landmarks {lm!r}: expected 'all' or a positive integer")
+            return np.arange(n)
+        if not isinstance(lm, numbers.Integral) or lm < 1:
+            raise UsageError(f"landmarks {lm!r}: expected 'all' or a positive integer")
+        if lm >= n:
+            return np.arange(n)
+        rng = np.random.RandomState(seed)
+        return np.sort(rng.choice(n, int(lm), replace=False))
+
+    # -- feature-level interface -----------------------------------------------------------------------------
+    def fit(self, X, y):
+        """Fit kernels and explicit maps on X (train only), train/take the DKN, build and fine-tune the maps."""
+        self._validate_params()
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
+        classes, y_idx = _to_labels(y)
+        if len(classes) < 2:
+            raise ValueError("y has a single class; a classifier needs at least 2 classes")
+        seed = seed_of(self.random_state)
+        idx = self._landmark_index(X.shape[0], y_idx, seed)
+        Xz = X[idx]
+        dkn = self._make_dkn()
+        if not hasattr(dkn, "weights_"):
+            dkn.set_params(input_dims=self.input_dims, modality_names=self.modality_names)
+            dkn.fit(Xz, classes[y_idx[idx]])
+        self.slices_ = split_columns(X.shape[1], self.input_dims)
+        self._fit_maps(Xz)
+        self.Z_ = Xz.astype(np.float32)
+        Gxz = self._map_grams(X)
+        self._fit_core(Gxz, idx, y_idx, classes, dkn, dkn_grams_z=dkn._grams(X), modalities=dkn.modalities_)
+        return self
+
+    def _fit_maps(self, Xz):
+        from genrecli.kernels.maps import ExplicitMap
+
+        names = self._modality_names(len(self.slices_))
+        maps, labels = [], []
+        for sl, mod in zip(self.slices_, names):
+            for kname in self.kernels:
+                em = ExplicitMap(kname, offset=self.kernel_offset, sigma=self.sigma, energy=self.nystrom_energy,
+                                 landmarks="all", levels=self.levels, quantization=self.quantization,
+                                 device=self.device)
+                em.fit(Xz[:, sl])
+                maps.append(em)
+                labels.append(f"{mod}/{kname}")
+        self.maps_ = maps
+        self.input_names_ = labels
+
+    def _map_grams(self, X):
+        """Inner products of the explicit input maps of X with those of the landmarks: (m, n_x, N)."""
+        out = np.empty((len(self.maps_), X.shape[0], self.Z_.shape[0]), dtype=np.float32)
+        for i, em in enumerate(self.maps_):
+            sl = self.slices_[i // len(self.kernels)]
+            out[i] = np.asarray(em.map_gram(X[:, sl], self.Z_[:, sl].astype(np.float64)), dtype=np.float32)
+        return out
+
+    def decision_function(self, X):
+        check_is_fitted(self, "maps_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        S = self._heads(self._map_grams(X))
+        return S[:, 0] if len(self.classes_) == 2 else S
+
+    def predict(self, X):
+        check_is_fitted(self, "maps_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self.classes_[heads_to_scores(self._heads(self._map_grams(X)), len(self.classes_)).argmax(1)]
+
+    def _proba_ok(self):
+        return self.loss == "xent"
+
+    @available_if(_proba_ok)
+    def predict_proba(self, X):
+        """Softmax of the class scores (only with loss='xent', where the scores are trained as logits)."""
+        check_is_fitted(self, "maps_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return _softmax(heads_to_scores(self._heads(self._map_grams(X)), len(self.classes_)))
+
+    # -- Gram-level interface --------------------------------------------------------------------------------
+    def fit_gram(self, grams, y, *, map_grams=None, modalities=None):
+        """grams: exact elementary training Grams (m, n, n); map_grams: explicit-map inner products (m, n, n)
+        (None: the exact Grams, i.e. exact input maps)."""
+        self._validate_params()
+        G = _check_grams(grams)
+        if G.shape[1] != G.shape[2]:
+            raise ValueError(f"grams: training Grams must be square, got {G.shape}")
+        M = G if map_grams is None else _check_grams(map_grams, "map_grams", G.shape[1], G.shape[0])
+        if M.shape != G.shape:
+            raise ValueError(f"map_grams shape {M.shape} differs from grams shape {G.shape}")
+        classes, y_idx = _to_labels(np.asarray(y))
+        if len(classes) < 2:
+            raise ValueError("y has a single class; a classifier needs at least 2 classes")
+        if len(y_idx) != G.shape[1]:
+            raise ValueError(f"y has {len(y_idx)} labels for {G.shape[1]} training tracks")
+        seed = seed_of(self.random_state)
+        idx = self._landmark_index(G.shape[1], y_idx, seed)
+        dkn = self._make_dkn()
+        Gz = G if len(idx) == G.shape[1] else np.ascontiguousarray(G[:, idx][:, :, idx])
+        if not hasattr(dkn, "weights_"):
+            dkn.fit_gram(Gz, classes[y_idx[idx]], modalities=modalities)
+        elif dkn.n_train_ == G.shape[1] and len(idx) < G.shape[1]:
+            raise ValueError("dkn: a DKN fitted on all training rows cannot serve landmarks < n (refit)")
+        Gxz = M if len(idx) == M.shape[1] else np.ascontiguousarray(M[:, :, idx])
+        self._fit_core(Gxz, idx, y_idx, classes, dkn, dkn_grams_z=Gz[:, :, :] if len(idx) == G.shape[1] else
+                       np.ascontiguousarray(G[:, :, idx]), modalities=modalities)
+        self.n_train_ = G.shape[1]
+        return self
+
+    def decision_gram(self, grams_test, *, map_grams_test=None):
+        """(m, n_test, n_train) map inner products with the training tracks -> (n_test, C) class scores.
+
+        ``map_grams_test`` are used (only their landmark columns); when None, ``grams_test`` stand in (exact
+        input maps)."""
+        check_is_fitted(self, "weights_")
+        M = grams_test if map_grams_test is None else map_grams_test
+        M = _check_grams(M, "map_grams_test", self.n_train_, len(self.weights_[0]))
+        if len(self.landmarks_) < M.shape[2]:
+            M = M[:, :, self.landmarks_]
+        return heads_to_scores(self._heads(M), len(self.classes_))
+
+    def predict_gram(self, grams_test, *, map_grams_test=None):
+        return self.classes_[self.decision_gram(grams_test, map_grams_test=map_grams_test).argmax(1)]
+
+    def relative_importance(self):
+        check_is_fitted(self, "weights_")
+        return relative_importance(self.weights_, self.modalities_)
+
+    def extra_metrics(self, grams_test=None, *, map_grams_test=None, repeats=3) -> dict:
+        """RE (train pairs; test x train pairs if grams_test is given), RI of the DKN and the DM2KMN, times.
+
+        grams_test: exact elementary Grams test x train (m, n_test, n_train) for the DKN; map_grams_test: the
+        map inner products (default grams_test). With landmarks < n the 'train' pairs are train x landmarks.
+        """
+        check_is_fitted(self, "weights_")
+        out = {
+            "re_train_initial": self.re_train_initial_,
+            "re_train": self.re_train_,
+            "ri_dm2kmn": relative_importance(self.weights_, self.modalities_),
+            "ri_dkn": relative_importance(self.dkn_.weights_, self.modalities_),
+            "ranks": self.ranks_,
+            "landmarks": int(len(self.landmarks_)),
+            "finetune_lr": self.ft_lr_,
+            "finetune_epochs": self.ft_epochs_,
+        }
+        if grams_test is not None:
+            G = _check_grams(grams_test, "grams_test", self.n_train_, len(self.weights_[0]))
+            M = G if map_grams_test is None else _check_grams(map_grams_test, "map_grams_test", self.n_train_)
+            Gz = G[:, :, self.landmarks_] if len(self.landmarks_) < G.shape[2] else G
+            Mz = M[:, :, self.landmarks_] if len(self.landmarks_) < M.shape[2] else M
+            out["re_test"] = relative_error(self.map_inner(Mz), self.dkn_.output_gram(Gz))
+            Gd = G if self.dkn_.n_train_ == G.shape[2] else Gz  # the DKN was trained on the landmarks when N < n
+            t_dkn = _best_time(lambda: self.dkn_.decision_gram(Gd), repeats)
+            t_map = _best_time(lambda: self.decision_gram(G, map_grams_test=M), repeats)
+            out.update({"forward_time_dkn_s": t_dkn, "forward_time_dm2kmn_s": t_map, "n_test": int(G.shape[1])})
+        return out
+
+    # -- core ------------------------------------------------------------------------------------------------
+    def _fit_core(self, Gxz: np.ndarray, idx, y_idx, classes, dkn, *, dkn_grams_z, modalities):
+        """Gxz: map inner products train x landmarks (m, n, N); dkn_grams_z: exact Grams train x landmarks."""
+        dev = self._device()
+        g = self._activation()
+        seed = seed_of(self.random_state)
+        n_classes = len(classes)
+        n, N = Gxz.shape[1], len(idx)
+        omega = class_weights(y_idx, n_classes, self.class_weight)
+        all_lm = N == n and np.array_equal(idx, np.arange(n))
+        Gxz_t = torch.from_numpy(np.ascontiguousarray(Gxz, dtype=np.float32)).to(dev)
+        Gzz_t = Gxz_t[:, torch.as_tensor(idx, device=dev)] if not all_lm else Gxz_t
+        Gzz_t = 0.5 * (Gzz_t + Gzz_t.transpose(1, 2))  # exact symmetry for the eigendecompositions
+        Ws = [torch.as_tensor(w, device=dev) for w in dkn.weights_]
+
+        # 1) layer-wise KPCA maps with the DKN weights (initial DM2KMN)
+        Ps, ranks = [], []
+        Az = Gzz_t
+        with torch.no_grad():
+            for li, W in enumerate(Ws):
+                P, rk, Kz = build_projections(W, Az, g, float(self.energy), float(self.rel_eps))
+                Ps.append(P)
+                ranks.append(rk)
+                if li < len(Ws) - 1:
+                    Fz = torch.bmm(Kz, P)
+                    Az = torch.bmm(Fz, Fz.transpose(1, 2))
+                del Kz
+        ctx = _Ctx(g=g, Gzz=Gzz_t, Gxz=None if all_lm else Gxz_t, all_lm=all_lm, n=n, dev=dev)
+        F_top = self._top_maps(ctx, Ws, Ps).cpu().numpy()
+        # exact DKN output kernel, train x landmarks (for RE and the optional approximation term)
+        K_dkn = torch.from_numpy(dkn.output_gram(dkn_grams_z)).to(dev)
+
+        # 2) initial classifier: class-weighted OvR linear SVM, C by CV
+        C = self._select_C(F_top, y_idx, n_classes, omega, seed)
+        Wc, bc = _linear_svm_heads(F_top, y_idx, n_classes, omega, C, seed)
+        with torch.no_grad():
+            self.re_train_initial_ = relative_error(self._inner_train(ctx, Ws, Ps), K_dkn)
+
+        # 3) fine-tuning, (lr, epochs) by CV
+        self.ft_lr_, self.ft_epochs_, self.ft_cv_ = None, 0, {}
+        self.ft_history_ = []
+        if self.finetune:
+            lr, epochs = self._select_finetune(ctx, Ws, Ps, Wc, bc, F_top, y_idx, n_classes, omega, C, K_dkn,
+                                               seed)
+            if epochs > 0:
+                Ws, Ps, Wc, bc, hist = self._finetune(ctx, Ws, Ps, Wc, bc, np.arange(n), y_idx, n_classes, omega,
+                                                      C, K_dkn, lr, epochs, None, seed)
+                self.ft_history_ = hist
+            self.ft_lr_, self.ft_epochs_ = lr, epochs
+
+        with torch.no_grad():
+            self.re_train_ = relative_error(self._inner_train(ctx, Ws, Ps), K_dkn)
+            _, Fz_list = propagate(Ws, Ps, g, Gzz_t)
+        self.classes_ = classes
+        self.dkn_ = dkn
+        self.landmarks_ = np.asarray(idx, dtype=np.int64)
+        self.weights_ = [w.detach().cpu().numpy().astype(np.float32) for w in Ws]
+        self.projections_ = [P.detach().cpu().numpy().astype(np.float32) for P in Ps]
+        self.ranks_ = ranks
+        self.landmark_maps_ = [F.detach().cpu().numpy().astype(np.float32) for F in Fz_list]  # all layers
+        self.coef_ = np.asarray(Wc, dtype=np.float32) if not torch.is_tensor(Wc) else Wc.detach().cpu().numpy()
+        self.intercept_ = np.asarray(bc, dtype=np.float64) if not torch.is_tensor(bc) else \
+            bc.detach().cpu().numpy().astype(np.float64)
+        self.C_ = C
+        self.class_weight_ = omega
+        self.n_train_ = n
+        self.modalities_ = list(modalities) if modalities is not None else None
+        self._compiled = None
+        return self
+
+    def _top_maps(self, ctx, Ws, Ps):
+        """Top-layer maps of all training rows (m_L, n, r_L)."""
+        if ctx.all_lm:
+            F, _ = propagate(Ws, Ps, ctx.g, ctx.Gzz)
+            return F
+        with torch.no_grad():
+            _, Fz = propagate(Ws, Ps, ctx.g, ctx.Gzz)
+            return self._forward_rows(ctx.Gxz, Ws, Ps, Fz, ctx.g)
+
+    @staticmethod
+    def _forward_rows(Gxz, Ws, Ps, Fz_list, g, chunk=4096):
+        """Maps of rows x (m, B, N) through the network given the landmark maps (no gradient, chunked)."""
+        outs = []
+        for r0 in range(0, Gxz.shape[1], chunk):
+            Ax = Gxz[:, r0:r0 + chunk]
+            for li, (W, P) in enumerate(zip(Ws, Ps)):
+                Fx = torch.bmm(combine(W, Ax, g), P)
+                if li < len(Ws) - 1:
+                    Ax = torch.bmm(Fx, Fz_list[li].transpose(1, 2))
+            outs.append(Fx)
+        return torch.cat(outs, 1)
+
+    def _inner_train(self, ctx, Ws, Ps):
+        """<phi_L(x_i), phi_L(z_j)> for train rows x landmarks (m_L, n, N)."""
+        _, Fz = propagate(Ws, Ps, ctx.g, ctx.Gzz)
+        Fx = Fz[-1] if ctx.all_lm else self._forward_rows(ctx.Gxz, Ws, Ps, Fz, ctx.g)
+        return torch.bmm(Fx, Fz[-1].transpose(1, 2)).cpu()
+
+    def map_inner(self, map_grams_z: np.ndarray) -> np.ndarray:
+        """<phi_L(x), phi_L(z_j)> for rows given by their input-map Grams against the landmarks (m, n_x, N)."""
+        check_is_fitted(self, "weights_")
+        dev = self._device()
+        Ws, Ps, Fz = self._tensors(dev)
+        Fz_top = self._landmark_top(dev)
+        with torch.no_grad():
+            Fx = self._forward_rows(torch.from_numpy(np.ascontiguousarray(map_grams_z, dtype=np.float32)).to(dev),
+                                    Ws, Ps, Fz, self._activation())
+            return torch.bmm(Fx, Fz_top.transpose(1, 2)).cpu().numpy()
+
+    def _landmark_top(self, dev):
+        return torch.as_tensor(self.landmark_maps_[-1], device=dev)
+
+    def _tensors(self, dev):
+        Ws = [torch.as_tensor(w, device=dev) for w in self.weights_]
+        Ps = [torch.as_tensor(p, device=dev) for p in self.projections_]
+        Fz = [torch.as_tensor(f, device=dev) for f in self.landmark_maps_]
+        return Ws, Ps, Fz
+
+    def _select_C(self, F_top, y_idx, n_classes, omega, seed):
+        if self.C != "cv":
+            return float(self.C)
+        grid = tuple(float(c) for c in self.C_grid)
+        folds = _cv_folds(y_idx, n_classes, int(self.cv), seed)
+        if not folds:
+            return grid[0]
+        scores = {}
+        for C in grid:
+            acc = 0.0
+            for tr, va in folds:
+                Wc, bc = _linear_svm_heads(F_top[:, tr], y_idx[tr], n_classes, omega, C, seed)
+                S = np.stack([F_top[h if F_top.shape[0] > 1 else 0][va] @ Wc[h] + bc[h] for h in range(len(bc))], 1)
+                acc += float(np.mean(heads_to_scores(S, n_classes).argmax(1) == y_idx[va])) / len(folds)
+            scores[C] = acc
+        best = max(scores.values())
+        self.svm_cv_scores_ = scores
+        return min(C for C, s in scores.items() if s >= best - 1e-12)
+
+    def _select_finetune(self, ctx, Ws, Ps, Wc, bc, F_top, y_idx, n_classes, omega, C, K_dkn, seed):
+        lr_grid = [float(self.ft_lr)] if self.ft_lr != "cv" else [float(v) for v in self.ft_lr_grid]
+        if self.ft_epochs != "cv":
+            if self.ft_lr == "cv" and len(lr_grid) > 1:
+                raise UsageError("ft_lr='cv' needs ft_epochs='cv' (the epochs are selected with the rate)")
+            return lr_grid[0], int(self.ft_epochs)
+        max_ep = int(self.ft_max_epochs)
+        every = max(1, int(self.ft_eval_every))
+        checkpoints = list(range(0, max_ep + 1, every))
+        folds = _cv_folds(y_idx, n_classes, int(self.cv), seed)
+        if not folds:
+            return lr_grid[0], 0
+        table = {lr: np.zeros(len(checkpoints)) for lr in lr_grid}
+        for tr, va in folds:
+            Wc0, bc0 = _linear_svm_heads(F_top[:, tr], y_idx[tr], n_classes, omega, C, seed)
+            for lr in lr_grid:
+                _, _, _, _, hist = self._finetune(ctx, Ws, Ps, Wc0, bc0, tr, y_idx, n_classes, omega, C, K_dkn, lr,
+                                                  max_ep, (va, every), seed)
+                accs = [h["val_acc"] for h in hist if "val_acc" in h]
+                accs = accs + [0.0] * (len(checkpoints) - len(accs))  # diverged runs score 0 afterwards
+                table[lr] += np.asarray(accs[: len(checkpoints)]) / len(folds)
+        self.ft_cv_ = {f"{lr:g}": t.tolist() for lr, t in table.items()}
+        best = max(float(t.max()) for t in table.values())
+        for j, ep in enumerate(checkpoints):  # fewest epochs first, then the smallest rate
+            for lr in lr_grid:
+                if table[lr][j] >= best - 1e-12:
+                    return lr, ep
+        return lr_grid[0], 0
+
+    def _finetune(self, ctx, Ws, Ps, Wc, bc, rows, y_idx, n_classes, omega, C, K_dkn, lr, epochs, val, seed):
+        """End-to-end fine-tuning on training rows ``rows``; returns new (Ws, Ps, Wc, bc, history).
+
+        val = (val_rows, every): validation accuracy recorded at epoch 0 and every ``every`` epochs.
+        """
+        dev, g = ctx.dev, ctx.g
+        gen = torch.Generator().manual_seed(int(seed))
+        Wp = [w.detach().clone().requires_grad_(True) for w in Ws]
+        Pp = [p.detach().clone().requires_grad_(bool(self.train_projections)) for p in Ps]
+        if self.classifier_init == "svm":
+            Wc_t = torch.as_tensor(np.asarray(Wc), dtype=torch.float32, device=dev).clone()
+            bc_t = torch.as_tensor(np.asarray(bc), dtype=torch.float32, device=dev).clone()
+        else:
+            Wc_t = (0.01 * torch.randn(np.asarray(Wc).shape, generator=gen)).to(dev)
+            bc_t = torch.zeros(len(bc), device=dev)
+        Wc_t.requires_grad_(True)
+        bc_t.requires_grad_(True)
+        params = Wp + [Wc_t, bc_t] + ([p for p in Pp] if self.train_projections else [])
+        opt = torch.optim.SGD(params, lr=lr) if self.optimizer == "sgd" else torch.optim.Adam(params, lr=lr)
+        Yb = torch.as_tensor(ovr_targets(y_idx, n_classes).T, dtype=torch.float32, device=dev)  # (n, heads)
+        sw = torch.as_tensor(omega[y_idx], dtype=torch.float32, device=dev)
+        y_t = torch.as_tensor(y_idx, device=dev)
+        lam = 1.0 / (C * len(rows))
+        rows_t = torch.as_tensor(rows, device=dev)
+        bs = len(rows) if self.batch_size is None else max(1, min(int(self.batch_size), len(rows)))
+        hist = []
+
+        def evaluate(epoch, loss_val):
+            rec = {"epoch": epoch, "loss": loss_val}
+            if val is not None:
+                with torch.no_grad():
+                    va = torch.as_tensor(val[0], device=dev)
+                    S = head_scores(self._maps_of(ctx, Wp, Pp, va), Wc_t, bc_t)
+                    pred = _heads_argmax(S, n_classes)
+                    rec["val_acc"] = float((pred == y_t[va]).float().mean())
+            hist.append(rec)
+
+        if val is not None:
+            evaluate(0, float("nan"))
+        for ep in range(1, int(epochs) + 1):
+            perm = rows_t[torch.randperm(len(rows), generator=gen).to(dev)] if bs < len(rows) else rows_t
+            ep_loss = 0.0
+            for b0 in range(0, len(rows), bs):
+                batch = perm[b0:b0 + bs]
+                opt.zero_grad()
+                F = self._maps_of(ctx, Wp, Pp, batch, grad=True, K_dkn=K_dkn if self.beta else None)
+                if self.beta:
+                    F, approx = F
+                S = head_scores(F, Wc_t, bc_t)
+                loss = _loss(self.loss, S, Yb[batch], sw[batch], y_t[batch], n_classes) + 0.5 * lam * (Wc_t ** 2).sum()
+                if self.beta:
+                    loss = loss + float(self.beta) * approx
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    for w in Wp:
+                        if self.ft_constraint == "simplex":
+                            w.copy_(project_simplex(w))
+                        else:
+                            w.clamp_(min=0.0)
+                ep_loss += float(loss) * len(batch) / len(rows)
+            if not math.isfinite(ep_loss):
+                break
+            if val is None:
+                hist.append({"epoch": ep, "loss": ep_loss})
+            elif ep % val[1] == 0:
+                evaluate(ep, ep_loss)
+        Ws_new = [w.detach() for w in Wp]
+        Ps_new = [p.detach() for p in Pp]
+        return Ws_new, Ps_new, Wc_t.detach(), bc_t.detach(), hist
+
+    def _maps_of(self, ctx, Ws, Ps, rows, grad=False, K_dkn=None):
+        """Top maps (m_L, B, r) of training rows ``rows`` with landmark maps recomputed in the graph."""
+        with torch.set_grad_enabled(grad):
+            if ctx.all_lm:
+                F, Fz = propagate(Ws, Ps, ctx.g, ctx.Gzz)
+                Fx = F[:, rows]
+            else:
+                Fx, Fz = propagate(Ws, Ps, ctx.g, ctx.Gzz, ctx.Gxz[:, rows])
+            if K_dkn is None:
+                return Fx
+            inner = torch.bmm(Fx, Fz[-1].transpose(1, 2))
+            ref = K_dkn[:, rows]
+            approx = ((inner - ref) ** 2).sum() / (ref ** 2).sum()
+            return Fx, approx
+
+    def _heads(self, Gxz: np.ndarray) -> np.ndarray:
+        """Inference: input-map Grams against the landmarks (m, n_x, N) -> head scores (n_x, n_heads)."""
+        dev = self._device()
+        if getattr(self, "_compiled", None) is None or self._compiled[0] != str(dev):
+            self._compile(dev)
+        _, Ws, Ps, Fz, A, b = self._compiled
+        g = self._activation()
+        X = torch.from_numpy(np.ascontiguousarray(Gxz, dtype=np.float32))
+        out = []
+        chunk = 4096
+        with torch.no_grad():
+            for r0 in range(0, X.shape[1], chunk):
+                Ax = X[:, r0:r0 + chunk].to(dev)
+                for li, W in enumerate(Ws):
+                    Kx = combine(W, Ax, g)
+                    if li < len(Ws) - 1:
+                        Ax = torch.bmm(torch.bmm(Kx, Ps[li]), Fz[li].transpose(1, 2))
+                # classifier folded into the last projection: s = Ktilde_L(x, Z) (P_L W^T) + b
+                if Kx.shape[0] == 1:
+                    out.append(Kx[0] @ A[0] + b)
+                else:  # one output kernel per head
+                    out.append(torch.einsum("hbn,hn->bh", Kx, A[:, :, 0]) + b)
+        return torch.cat(out, 0).cpu().numpy().astype(np.float64)
+
+    def _compile(self, dev):
+        Ws, Ps, Fz = self._tensors(dev)
+        Wc = torch.as_tensor(self.coef_, dtype=torch.float32, device=dev)
+        b = torch.as_tensor(self.intercept_, dtype=torch.float32, device=dev)
+        P_L = Ps[-1]
+        if P_L.shape[0] == 1:
+            A = (P_L[0] @ Wc.T).unsqueeze(0)  # (1, N, n_heads)
+        else:
+            A = torch.einsum("hnr,hr->hn", P_L, Wc).unsqueeze(2)  # (n_heads, N, 1)
+        self._compiled = (str(dev), Ws, Ps, Fz, A, b)
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        check_is_fitted(self, "weights_")
+        d = {f"map.w{i}": w for i, w in enumerate(self.weights_)}
+        d.update({f"map.P{i}": p for i, p in enumerate(self.projections_)})
+        d.update({f"map.Fz{i}": f for i, f in enumerate(self.landmark_maps_)})
+        d.update({
+            "map.coef": np.asarray(self.coef_, dtype=np.float32),
+            "map.intercept": np.asarray(self.intercept_, dtype=np.float64),
+            "map.landmarks": self.landmarks_,
+            "map.C": np.asarray([self.C_], dtype=np.float64),
+            "meta.n_train": np.asarray([self.n_train_], dtype=np.int64),
+            "meta.classes_json": pack_json(np.asarray(self.classes_).tolist()),
+            "meta.modalities_json": pack_json(self.modalities_),
+            "meta.info_json": pack_json({"ranks": self.ranks_, "re_train": self.re_train_,
+                                         "re_train_initial": self.re_train_initial_, "ft_lr": self.ft_lr_,
+                                         "ft_epochs": self.ft_epochs_}),
+        })
+        for k, v in self.dkn_.state_dict().items():
+            d[f"dkn_model.{k}"] = v
+        if hasattr(self, "maps_"):
+            d["map.Z"] = self.Z_
+            d["meta.n_features_in"] = np.asarray([self.n_features_in_], dtype=np.int64)
+            for i, em in enumerate(self.maps_):
+                for k, v in em.get_state().items():
+                    d[f"inmap.{i}.{k}"] = np.asarray(v)
+        return d
+
+    def load_state_dict(self, d: dict):
+        count = lambda pre: len([k for k in d if k.startswith(pre) and k[len(pre):].isdigit()])  # noqa: E731
+        self.weights_ = [np.asarray(d[f"map.w{i}"], dtype=np.float32) for i in range(count("map.w"))]
+        self.projections_ = [np.asarray(d[f"map.P{i}"], dtype=np.float32) for i in range(count("map.P"))]
+        self.landmark_maps_ = [np.asarray(d[f"map.Fz{i}"], dtype=np.float32) for i in range(count("map.Fz"))]
+        self.coef_ = np.asarray(d["map.coef"], dtype=np.float32)
+        self.intercept_ = np.asarray(d["map.intercept"], dtype=np.float64)
+        self.landmarks_ = np.asarray(d["map.landmarks"], dtype=np.int64)
+        self.C_ = float(d["map.C"][0])
+        self.n_train_ = int(d["meta.n_train"][0])
+        self.classes_ = np.asarray(unpack_json(d["meta.classes_json"]))
+        self.modalities_ = unpack_json(d["meta.modalities_json"])
+        info = unpack_json(d["meta.info_json"])
+        self.ranks_, self.re_train_, self.re_train_initial_ = info["ranks"], info["re_train"], info["re_train_initial"]
+        self.ft_lr_, self.ft_epochs_ = info["ft_lr"], info["ft_epochs"]
+        dk = {k[len("dkn_model."):]: v for k, v in d.items() if k.startswith("dkn_model.")}
+        params = {k: getattr(self, k) for k in DKNClassifier._dkn_param_names}
+        self.dkn_ = DKNClassifier(**params).load_state_dict(dk)
+        if "map.Z" in d:
+            from genrecli.kernels.maps import ExplicitMap
+
+            self.Z_ = np.asarray(d["map.Z"], dtype=np.float32)
+            self.n_features_in_ = int(d["meta.n_features_in"][0])
+            self.slices_ = split_columns(self.n_features_in_, self.input_dims)
+            maps = []
+            for i in range(len(self.weights_[0])):
+                em = ExplicitMap(self.kernels[i % len(self.kernels)], offset=self.kernel_offset, sigma=self.sigma,
+                                 energy=self.nystrom_energy, landmarks="all", levels=self.levels,
+                                 quantization=self.quantization, device=self.device)
+                pre = f"inmap.{i}."
+                em.set_state({k[len(pre):]: v for k, v in d.items() if k.startswith(pre)})
+                maps.append(em)
+            self.maps_ = maps
+        self._compiled = None
+        return self
+
+
+class _Ctx:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _heads_argmax(S, n_classes):
+    if n_classes == 2:
+        return (S[:, 0] > 0).long()
+    return S.argmax(1)
+
+
+def _loss(kind, S, Yb, sw, y, n_classes):
+    """Class-weighted one-vs-rest hinge (mean over rows) or class-weighted softmax cross-entropy."""
+    if kind == "hinge":
+        return (sw[:, None] * torch.relu(1.0 - Yb * S)).sum(1).mean()
+    logits = torch.cat([-S, S], 1) if n_classes == 2 else S
+    return (sw * torch.nn.functional.cross_entropy(logits, y, reduction="none")).mean()
+
+
+def _softmax(S):
+    S = S - S.max(1, keepdims=True)
+    e = np.exp(S)
+    return e / e.sum(1, keepdims=True)
+
+
+def _best_time(fn, repeats):
+    fn()  # warm-up
+    best = math.inf
+    for _ in range(max(1, int(repeats))):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best

@@ -1,0 +1,139 @@
+"""One-vs-rest class-weighted SVMs on a precomputed kernel (the paper's SVM baseline and DKN classifier).
+
+``KernelSVM`` follows scikit-learn's ``kernel="precomputed"`` convention: ``fit(K_train, y)`` with the
+(n, n) training Gram and ``predict(K_test)`` with the (n_test, n_train) Gram against the training rows,
+so ``Pipeline([("k", ElementaryKernel("rbf")), ("svm", KernelSVM())])`` works. The learned model is a
+dense dual matrix ``alpha_`` (C x n_train) and ``intercept_`` (C,): scores are ``K_test @ alpha_.T + b``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.svm import SVC
+from sklearn.utils.multiclass import check_classification_targets
+
+from genrecli.errors import UsageError
+
+C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def balanced_sample_weights(y: np.ndarray) -> np.ndarray:
+    """Per-sample weights n / (C n_c): inversely proportional to the class counts."""
+    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    return (len(y) / (len(classes) * counts))[inverse].astype(np.float64)
+
+
+def fit_one_vs_rest(K: np.ndarray, y: np.ndarray, classes: np.ndarray, C: float, sample_weight: np.ndarray | None):
+    """Dual coefficients (C x n) and intercepts (C,) of one binary SVM per class."""
+    K = np.asarray(K, dtype=np.float64)
+    alpha = np.zeros((len(classes), len(y)), dtype=np.float64)
+    bias = np.zeros(len(classes), dtype=np.float64)
+    for c, label in enumerate(classes):
+        target = np.where(y == label, 1, -1)
+        svc = SVC(kernel="precomputed", C=C, tol=1e-4).fit(K, target, sample_weight=sample_weight)
+        alpha[c, svc.support_] = svc.dual_coef_[0]
+        bias[c] = svc.intercept_[0]
+    return alpha, bias
+
+
+class KernelSVM(ClassifierMixin, BaseEstimator):
+    """One-vs-rest SVMs on a precomputed Gram matrix, class weights n/(C n_c), C by k-fold CV.
+
+    Parameters
+    ----------
+    C : float or "cv"
+        Soft-margin penalty; "cv" picks it from ``C_grid`` by stratified ``cv``-fold cross-validation on
+        the training Gram (balanced accuracy), as the paper selects models on training data only.
+    class_weight : "balanced" or None
+    """
+
+    def __init__(self, C="cv", *, class_weight="balanced", C_grid=C_GRID, cv=5, random_state=None):
+        self.C = C
+        self.class_weight = class_weight
+        self.C_grid = C_grid
+        self.cv = cv
+        self.random_state = random_state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.pairwise = True
+        return tags
+
+    def _weights(self, y):
+        if self.class_weight == "balanced":
+            return balanced_sample_weights(y)
+        if self.class_weight is None:
+            return None
+        raise UsageError(f"class_weight={self.class_weight!r}: expected 'balanced' or None")
+
+    def fit(self, X, y):
+        K = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y)
+        check_classification_targets(y)
+        if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] != len(y):
+            raise ValueError(f"KernelSVM.fit expects the (n, n) training Gram, got shape {K.shape} for {len(y)} labels")
+        if not np.all(np.isfinite(K)):
+            raise ValueError("Input contains NaN or infinity in the Gram matrix.")
+        self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise ValueError("KernelSVM needs at least 2 classes in the training labels")
+        self.C_ = self._select_C(K, y) if self.C == "cv" else float(self.C)
+        alpha, bias = fit_one_vs_rest(K, y, self.classes_, self.C_, self._weights(y))
+        self.alpha_, self.intercept_ = alpha.astype(np.float32), bias.astype(np.float32)
+        self.n_features_in_ = K.shape[1]
+        return self
+
+    def _select_C(self, K, y) -> float:
+        n_splits = int(min(self.cv, np.bincount(np.unique(y, return_inverse=True)[1]).min()))
+        if n_splits < 2:
+            return 1.0
+        folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state).split(K, y)
+        folds = list(folds)
+        scores = []
+        for C in self.C_grid:
+            fold_scores = []
+            for tr, va in folds:
+                classes = np.unique(y[tr])
+                alpha, bias = fit_one_vs_rest(K[np.ix_(tr, tr)], y[tr], classes, C, self._weights(y[tr]))
+                pred = classes[np.argmax(K[np.ix_(va, tr)] @ alpha.T + bias, axis=1)]
+                fold_scores.append(balanced_accuracy_score(y[va], pred))
+            scores.append(np.mean(fold_scores))
+        self.cv_scores_ = np.array(scores)
+        return float(self.C_grid[int(np.argmax(scores))])
+
+    def decision_function(self, X):
+        K = np.asarray(X, dtype=np.float32)
+        if K.ndim != 2 or K.shape[1] != self.alpha_.shape[1]:
+            raise ValueError(f"expected a Gram against the {self.alpha_.shape[1]} training rows, got shape {K.shape}")
+        return K @ self.alpha_.T + self.intercept_
+
+    def predict(self, X):
+        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+
+    # Gram-stack interface used by the CLI pipeline (one elementary kernel: m == 1).
+    def fit_gram(self, grams, y, **_):
+        return self.fit(_single(grams), y)
+
+    def decision_gram(self, grams_test, **_):
+        return self.decision_function(_single(grams_test))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"alpha": self.alpha_, "intercept": self.intercept_, "classes": np.asarray(self.classes_), "C": np.array([self.C_], dtype=np.float64)}
+
+    def load_state_dict(self, state) -> "KernelSVM":
+        self.alpha_, self.intercept_ = np.asarray(state["alpha"]), np.asarray(state["intercept"])
+        self.classes_, self.C_ = np.asarray(state["classes"]), float(np.asarray(state["C"])[0])
+        self.n_features_in_ = self.alpha_.shape[1]
+        return self
+
+
+def _single(grams) -> np.ndarray:
+    grams = np.asarray(grams)
+    if grams.ndim == 3:
+        if grams.shape[0] != 1:
+            raise UsageError(f"svm takes one elementary kernel, got {grams.shape[0]}")
+        return grams[0]
+    return grams

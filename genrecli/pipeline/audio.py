@@ -1,0 +1,92 @@
+"""``genre extract-audio``: decode or synthesise each track's audio once and compute audio features."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from genrecli import store, ui
+from genrecli.errors import UsageError
+from genrecli.layout import DatasetPaths
+from genrecli.manifest import read_manifest
+from genrecli.pipeline import StageResult
+from genrecli.pipeline.features import assemble, parse_shard, run_per_track, shard_rows, write_feature_group
+
+
+def _feature_registry():
+    from genrecli.audio.features import AUDIO_FEATURES
+
+    return AUDIO_FEATURES
+
+
+def _extract_one(source: dict, *, names: tuple[str, ...], max_seconds: float, soundfont: str | None) -> dict:
+    from genrecli.audio.features import extract_track
+
+    return extract_track(source, list(names), max_seconds=max_seconds, soundfont=soundfont)
+
+
+def extract_audio(
+    data: str,
+    *,
+    features: tuple[str, ...] = ("mfcc",),
+    max_seconds: float = 30.0,
+    soundfont: str | None = None,
+    jobs: int = 1,
+    shard: str | None = None,
+    device: str = "cpu",
+    data_home: str | Path | None = None,
+    force: bool = False,
+) -> StageResult:
+    """Compute audio features into ``features.h5:/audio/<feature>`` (or a shard store)."""
+    registry = _feature_registry()
+    unknown = [f for f in features if f not in registry]
+    if unknown:
+        raise UsageError(f"unknown audio feature(s) {', '.join(unknown)} (known: {', '.join(sorted(registry))})")
+    paths = DatasetPaths.of(data, data_home)
+    manifest = read_manifest(paths.manifest)
+    shard_t = parse_shard(shard)
+    target = paths.features(shard_t)
+    renderer = {"synth": "tinysoundfont", "soundfont": str(soundfont) if soundfont else "TimGM6mb (pretty_midi)"}
+    result = StageResult()
+    wanted, params_of = [], {}
+    for name in features:
+        feat = registry[name]
+        params = {
+            "feature": name,
+            **feat.params,
+            "sample_rate": feat.sample_rate,
+            "shape": list(feat.shape),
+            "max_seconds": max_seconds,
+            **renderer,
+            "manifest": manifest.content_hash(),
+            "shard": list(shard_t) if shard_t else None,
+        }
+        params_of[name] = params
+        status = store.group_status(target, f"audio/{name}", store.params_hash(params))
+        if status == "fresh" and not force:
+            ui.info(f"audio/{name}: up to date (params {store.params_hash(params)}); nothing to do")
+            result.up_to_date.append(f"audio/{name}")
+            continue
+        if status == "stale":
+            ui.info(f"audio/{name}: parameters or inputs changed; recomputing")
+        wanted.append(name)
+    if not wanted:
+        return result
+    rows = shard_rows(len(manifest), shard_t)
+    items = {int(r): manifest.tracks[r].source() for r in rows}
+    digest = store.params_hash({n: params_of[n] for n in wanted})
+    checkpoint = store.RowCheckpoint(paths.partial / "audio", digest)
+    func = functools.partial(_extract_one, names=tuple(wanted), max_seconds=max_seconds, soundfont=soundfont)
+    done, failed = run_per_track(
+        func, items, checkpoint=checkpoint, jobs=jobs, description=f"audio {','.join(wanted)}", ids=manifest.ids
+    )
+    failures = {manifest.ids[r]: msg for r, msg in failed.items()}
+    with store.write_transaction(target) as h5:
+        for name in wanted:
+            data_arr, valid = assemble(len(manifest), done, name, registry[name].shape)
+            write_feature_group(h5, f"audio/{name}", data_arr, valid, params_of[name], failures)
+            result.written.append(f"audio/{name}")
+    checkpoint.clear()
+    result.failures.update(failures)
+    ui.info(f"{target}: wrote {', '.join('audio/' + n for n in wanted)} ({len(done)} tracks ok, {len(failed)} failed)")
+    return result

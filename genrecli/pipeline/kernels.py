@@ -1,0 +1,162 @@
+"""``genre kernels``: elementary Gram matrices and explicit maps, fitted on the training part only.
+
+``kernels.h5:/<split>/fold<k>/<input>/<kernel>/`` holds, over all tracks in manifest order (NaN rows and
+columns for tracks whose feature failed):
+
+* ``gram``      (n, n) the exact elementary kernel, preprocessing and scale fitted on the fold's training rows;
+* ``map_gram``  (n, n) inner products of the explicit maps (a hard link to ``gram`` where the map is exact);
+* ``map``       (n, D) the explicit map itself when D <= ``max_map_dim`` (the exact degree-2 map of a
+  384-d embedding has 74,305 dimensions, so it is kept implicit: its inner products are the Gram);
+* ``state/*``   the fitted preprocessing (scale, sigma, min/max, landmarks' projection).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from genrecli import store, ui
+from genrecli.errors import UsageError
+from genrecli.layout import DatasetPaths
+from genrecli.manifest import read_manifest
+from genrecli.pipeline import StageResult
+from genrecli.pipeline.features import feature_groups, read_feature
+from genrecli.pipeline.ingest import ensure_split
+from genrecli.splits import train_test_indices
+
+
+def available_inputs(paths: DatasetPaths) -> list[str]:
+    with store.open_read(paths.features(), what="features", hint="run `genre extract-audio` / `genre extract-text` first") as h5:
+        return feature_groups(h5)
+
+
+def kernel_group(split: str, fold: int, input_name: str, kernel: str) -> str:
+    return f"{split}/fold{fold}/{input_name}/{kernel}"
+
+
+def compute_kernels(
+    data: str,
+    *,
+    inputs: tuple[str, ...] | None = None,
+    kernels: tuple[str, ...] = ("linear", "poly2", "rbf", "hist"),
+    split: str = "standard",
+    landmarks: str | int = "all",
+    energy: float = 0.99,
+    levels: int = 10,
+    offset: float = 1.0,
+    max_map_dim: int = 20_000,
+    seed: int = 0,
+    device: str = "cpu",
+    data_home: str | Path | None = None,
+    force: bool = False,
+) -> StageResult:
+    from genrecli.kernels.elementary import KERNEL_NAMES
+    from genrecli.kernels.maps import ExplicitMap
+
+    unknown = [k for k in kernels if k not in KERNEL_NAMES]
+    if unknown:
+        raise UsageError(f"unknown kernel(s) {', '.join(unknown)} (known: {', '.join(KERNEL_NAMES)})")
+    paths = DatasetPaths.of(data, data_home)
+    split_id = ensure_split(paths, split, seed=seed)
+    manifest = read_manifest(paths.manifest)
+    assignment = manifest.split(split_id)
+    inputs = tuple(inputs) if inputs else tuple(available_inputs(paths))
+    if not inputs:
+        raise UsageError(f"{paths.features()}: no features to build kernels from")
+    result = StageResult()
+    for input_name in inputs:
+        pending = []  # one atomic store write per input
+        X, valid, feat_params = read_feature(paths, input_name)
+        X = X.reshape(len(X), -1)
+        feat_digest = store.params_hash(feat_params)
+        for fold in range(assignment.shape[0]):
+            train, _ = train_test_indices(assignment, fold)
+            train = train[valid[train]]
+            rows = np.flatnonzero(valid)
+            if len(train) < 2:
+                raise UsageError(f"{input_name}: fewer than 2 valid training tracks in {split_id} fold {fold}")
+            for kernel in kernels:
+                group = kernel_group(split_id, fold, input_name, kernel)
+                params = {
+                    "kernel": kernel, "input": input_name, "feature": feat_digest, "split": split_id, "fold": fold,
+                    "assignment": store.params_hash({"a": assignment[fold].tolist()}),
+                    "landmarks": landmarks, "energy": energy, "levels": levels, "offset": offset,
+                    "max_map_dim": max_map_dim, "seed": seed,
+                }
+                digest = store.params_hash(params)
+                status = store.group_status(paths.kernels, group, digest)
+                if status == "fresh" and not force:
+                    result.up_to_date.append(group)
+                    continue
+                emap = ExplicitMap(
+                    kernel, offset=offset, energy=energy, landmarks=landmarks, levels=levels,
+                    max_dim=max(max_map_dim, 1), random_state=seed, device=device,
+                ).fit(X[train])
+                n = len(X)
+                gram = np.full((n, n), np.nan, dtype=np.float32)
+                gram[np.ix_(rows, rows)] = emap.kernel_.gram(X[rows])
+                map_gram = None
+                if not emap.exact_:
+                    map_gram = np.full((n, n), np.nan, dtype=np.float32)
+                    map_gram[np.ix_(rows, rows)] = emap.map_gram(X[rows], X[rows])
+                phi = None
+                if emap.dim_ <= max_map_dim:
+                    phi = np.full((n, emap.dim_), np.nan, dtype=np.float32)
+                    phi[rows] = emap.transform(X[rows])
+                pending.append((group, params, emap, gram, map_gram, phi, len(train)))
+                result.written.append(group)
+                ui.info(f"{group}: gram {len(rows)}x{len(rows)}, map dim {emap.dim_}{'' if emap.exact_ else ' (approximate)'}")
+        if pending:
+            _write_kernel_groups(paths.kernels, pending)
+    if result.up_to_date and not result.written:
+        ui.info(f"kernels for {', '.join(inputs)} on {split_id}: up to date; nothing to do")
+    elif result.up_to_date:
+        ui.info(f"{len(result.up_to_date)} kernel groups were up to date")
+    return result
+
+
+def _write_kernel_groups(path: Path, pending: list) -> None:
+    with store.write_transaction(path) as h5:
+        for group, params, emap, gram, map_gram, phi, n_train in pending:
+            grp = store.replace_group(h5, group)
+            grp.create_dataset("gram", data=gram)
+            if map_gram is None:
+                grp["map_gram"] = grp["gram"]  # exact map: its inner products are the Gram itself
+            else:
+                grp.create_dataset("map_gram", data=map_gram)
+            if phi is not None:
+                grp.create_dataset("map", data=phi, compression="gzip", compression_opts=1)
+            state = grp.create_group("state")
+            for key, value in emap.get_state().items():
+                state.create_dataset(key, data=np.asarray(value))
+            grp.attrs["map_dim"] = int(emap.dim_)
+            grp.attrs["map_exact"] = bool(emap.exact_)
+            grp.attrs["n_train"] = int(n_train)
+            store.set_group_params(grp, params)
+
+
+def load_grams(
+    paths: DatasetPaths, split: str, fold: int, pairs: list[tuple[str, str]], *, which: str = "gram"
+) -> np.ndarray:
+    """Stack ``which`` ('gram' or 'map_gram') of (input, kernel) pairs into an (m, n, n) float32 array."""
+    with store.open_read(paths.kernels, what="kernel store", hint="run `genre kernels` first") as h5:
+        out = []
+        for input_name, kernel in pairs:
+            group = kernel_group(split, fold, input_name, kernel)
+            if group not in h5:
+                raise UsageError(
+                    f"{paths.kernels}: no kernel {kernel} of {input_name} for split {split} fold {fold} "
+                    f"— run `genre kernels --data {paths.name} --inputs {input_name} --kernels {kernel} --split {split}`"
+                )
+            out.append(h5[group][which][()])
+        return np.stack(out)
+
+
+def kernel_digest(paths: DatasetPaths, split: str, fold: int, pairs: list[tuple[str, str]]) -> str:
+    """Combined params hash of the kernel groups a model reads (a run recomputes when it changes)."""
+    with h5py.File(paths.kernels, "r") as h5:
+        return store.params_hash(
+            {f"{i}|{k}": str(h5[kernel_group(split, fold, i, k)].attrs["params_hash"]) for i, k in pairs}
+        )

