@@ -378,10 +378,6 @@ def test_state_round_trip_through_safetensors(tmp_path, kernel):
         ElementaryKernel(kernel).set_state({"X_fit_": train})
 
 
-def _expected_failed_checks(estimator):
-    return {}
-
-
 @parametrize_with_checks(
     [
         ElementaryKernel("rbf"),
@@ -390,8 +386,7 @@ def _expected_failed_checks(estimator):
         ExplicitMap("rbf", landmarks=10, random_state=0),
         ExplicitMap("hist"),
         ExplicitMap("poly2"),
-    ],
-    expected_failed_checks=_expected_failed_checks,
+    ]
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)

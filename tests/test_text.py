@@ -294,6 +294,7 @@ def test_minilm_mean_pooling_equals_sentence_transformers():
 def test_empty_text_is_an_input_error(minilm):
     with pytest.raises(InputError, match="text #1: empty"):
         minilm.encode(["fine", "   "])
+    assert minilm.encode([]).shape == (0, 384)
 
 
 @pytest.mark.skipif(

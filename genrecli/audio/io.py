@@ -129,7 +129,7 @@ def resample(y: np.ndarray, *, orig_sr: int, sr: int) -> np.ndarray:
 
     Returns
     -------
-    np.ndarray, float32, shape (..., ceil(n_samples * sr / orig_sr))
+    np.ndarray, float32, shape (..., round(n_samples * sr / orig_sr))
     """
     if orig_sr == sr:
         return np.asarray(y, dtype=np.float32)

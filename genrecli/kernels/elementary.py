@@ -171,9 +171,10 @@ def _pairwise(
     kernel: str, A: torch.Tensor, B: torch.Tensor, *, same: bool = False, offset: float = 1.0, sigma: float = 1.0
 ) -> np.ndarray:
     """Unscaled kernel matrix (n, m) float32 between the rows of the tensors A (n, d) and B (m, d)."""
-    if kernel == "hist" and A.device.type == "cpu" and _numba_hist() is not None:
+    compiled = _numba_hist() if kernel == "hist" and A.device.type == "cpu" else None
+    if compiled is not None:
         out = np.empty((A.shape[0], B.shape[0]), dtype=np.float32)
-        _numba_hist()(A.contiguous().numpy(), B.contiguous().numpy(), out)
+        compiled(A.contiguous().numpy(), B.contiguous().numpy(), out)
         return out
     fill, width = _kernel_fill(kernel, A, B, same=same, offset=offset, sigma=sigma)
     return _blocked(A.shape[0], B.shape[0], width, A.device, fill)
@@ -348,7 +349,8 @@ def _fit_sigma(Xp: torch.Tensor, rule) -> float:
             sigma = float(0.5 * (ordered[(dist.numel() - 1) // 2] + ordered[dist.numel() // 2]))
     if not sigma > 0:
         raise _FeatureError(
-            f"rbf sigma={rule!r} is 0 on the training rows (n_samples={n}): they are identical after l2 normalisation"
+            f"rbf sigma={rule!r} is 0 on the training rows (n_samples={n}, n_features={Xp.shape[1]}): "
+            "they are identical after l2 normalisation"
         )
     return sigma
 
@@ -556,7 +558,8 @@ class ElementaryKernel(TransformerMixin, BaseEstimator):
         state : dict of str to np.ndarray
         """
         check_is_fitted(self)
-        return {key: np.asarray(getattr(self, key)) for key in self._state_keys()}
+        # C order: safetensors writes the raw buffer.
+        return {key: np.asarray(getattr(self, key), order="C") for key in self._state_keys()}
 
     def set_state(self, state) -> ElementaryKernel:
         """Restore the fitted attributes written by :meth:`get_state` (NumPy arrays or torch tensors).
@@ -574,15 +577,15 @@ class ElementaryKernel(TransformerMixin, BaseEstimator):
         if missing:
             raise InputError(f"state of a {self.kernel} ElementaryKernel lacks {', '.join(missing)}")
         X_fit = np.ascontiguousarray(_as_array(state["X_fit_"]), dtype=np.float32)
-        n_features = int(_as_array(state["n_features_in_"]))
+        n_features = int(_as_array(state["n_features_in_"]).item())
         if X_fit.ndim != 2 or X_fit.shape[1] != n_features:
             raise InputError(f"{self.kernel} kernel state: X_fit_ has shape {X_fit.shape}, expected (n, {n_features})")
         self.X_fit_ = X_fit
         self.n_features_in_ = n_features
-        self.scale_ = float(_as_array(state["scale_"]))
+        self.scale_ = float(_as_array(state["scale_"]).item())
         if self.kernel == "hist":
             self.min_ = np.asarray(_as_array(state["min_"]), dtype=np.float32)
             self.max_ = np.asarray(_as_array(state["max_"]), dtype=np.float32)
         if self.kernel == "rbf":
-            self.sigma_ = float(_as_array(state["sigma_"]))
+            self.sigma_ = float(_as_array(state["sigma_"]).item())
         return self

@@ -75,7 +75,8 @@ def kpca_projection(K_landmarks, *, energy=0.99, rel_eps=1e-10) -> np.ndarray:
     rank = int(torch.searchsorted(cumulative, energy * cumulative[-1])) + 1
     usable = int(((eigenvalues > 0) & (eigenvalues >= rel_eps * top)).sum())
     rank = min(rank, usable)
-    return (U[:, :rank] / eigenvalues[:rank].sqrt()).to(torch.float32).cpu().numpy()
+    # eigh returns column-major vectors; the projection is handed out C-ordered, as safetensors expects.
+    return (U[:, :rank] / eigenvalues[:rank].sqrt()).to(torch.float32).contiguous().cpu().numpy()
 
 
 class ExplicitMap(TransformerMixin, BaseEstimator):

@@ -17,7 +17,7 @@ import io
 import re
 import zipfile
 import xml.etree.ElementTree as ET
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from genrecli.errors import InputError, UsageError
 
@@ -85,7 +85,7 @@ def score_to_text(*, path=None, text=None, fmt=None, keep_metadata=False) -> str
     Returns
     -------
     str
-        The score in its own syntax, newline-terminated lines.
+        The score in its own syntax (stripped text ends with a newline).
 
     Raises
     ------
@@ -103,9 +103,9 @@ def score_to_text(*, path=None, text=None, fmt=None, keep_metadata=False) -> str
     else:
         where = "<inline text>"
         raw = _normalise_newlines(text)
+        if not raw.strip():
+            raise InputError(f"{where}: empty score")
         fmt = _check_format(fmt) if fmt is not None else _sniff_format(raw, where)
-    if not raw.strip():
-        raise InputError(f"{where}: empty score")
     clean = {"humdrum": _kern_text, "musicxml": _musicxml_text, "abc": _abc_text}[fmt](raw, where)
     return raw if keep_metadata else clean
 
@@ -161,9 +161,9 @@ def _mxl_root(data: bytes, path: Path) -> bytes:
             if root is None:  # container missing: the spec allows one score file at the archive root
                 candidates = [n for n in names if not n.startswith("META-INF/") and n.endswith((".xml", ".musicxml"))]
                 root = candidates[0] if len(candidates) == 1 else None
-            if root is None or root not in names:
-                raise InputError(f"{path}: .mxl archive names no readable root score file")
-            return zf.read(str(PurePosixPath(root)))
+            if root is None:
+                raise InputError(f"{path}: .mxl archive names no root score file")
+            return zf.read(root)
     except (zipfile.BadZipFile, ET.ParseError, KeyError) as exc:
         raise InputError(f"{path}: broken .mxl archive ({exc})") from None
 
@@ -171,8 +171,9 @@ def _mxl_root(data: bytes, path: Path) -> bytes:
 def _decode(data: bytes, path: Path) -> str:
     """Decode score bytes: BOM, then UTF-8, then the XML-declared encoding, then Latin-1.
 
-    Latin-1 is the legacy encoding of old Humdrum and ABC files; it is only tried for data without NUL
-    bytes, so binary files (MIDI, audio renamed .krn) are reported instead of decoded into garbage.
+    Text scores never contain NUL bytes, so data with one (MIDI, audio, UTF-16 without BOM renamed to a
+    score suffix) is reported instead of decoded into garbage. Latin-1 is the legacy encoding of old
+    Humdrum and ABC files.
     """
     for bom, codec in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
         if data.startswith(bom):
@@ -180,12 +181,12 @@ def _decode(data: bytes, path: Path) -> str:
                 return data.decode(codec)
             except UnicodeDecodeError as exc:
                 raise InputError(f"{path}: not decodable as {codec} ({exc.reason})") from None
+    if b"\x00" in data:
+        raise InputError(f"{path}: binary data, not a text score")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
-    if b"\x00" in data:
-        raise InputError(f"{path}: binary data, not a text score")
     declared = re.match(rb"<\?xml[^>]*encoding=[\"']([A-Za-z0-9._-]+)", data)
     try:
         return data.decode(declared.group(1).decode() if declared else "latin-1")

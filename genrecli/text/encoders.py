@@ -153,6 +153,8 @@ class TransformerEncoder:
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise InputError(f"text #{i}: empty text, nothing to encode")
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
         self._load()
         clips, owner = self._clips(texts)
         # longest first, so the first batch shows at once whether memory suffices; similar lengths
