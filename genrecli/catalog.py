@@ -58,8 +58,10 @@ def dataset_info(data: str, *, data_home=None) -> list[str]:
     from genrecli.manifest import read_manifest
 
     manifest = read_manifest(paths.manifest)
-    lines = [f"dataset {data}: {len(manifest)} tracks, labels: " + ", ".join(
-        f"{n} ({sum(t.label == n for t in manifest.tracks)})" for n in manifest.label_names)]
+    counts = manifest.Y.sum(0)
+    kind = "multi-label" if manifest.multilabel else "labels"
+    lines = [f"dataset {data}: {len(manifest)} tracks, {kind}: " + ", ".join(
+        f"{n} ({c})" for n, c in zip(manifest.label_names, counts))]
     lines.append(f"manifest {paths.manifest} ({_size(paths.manifest)}), params {json.dumps(manifest.attrs)}")
     for name, assign in manifest.splits.items():
         lines.append(f"  split {name} [{manifest.split_specs.get(name)}]: {assign.shape[0]} fold(s), "

@@ -223,6 +223,14 @@ def report_cmd(data: DataOpt, force: ForceOpt = False) -> None:
     _finish(report(data, data_home=_globals["data_home"], force=force))
 
 
+@command("validate")
+def validate_cmd(data: DataOpt) -> None:
+    """Re-check every file of a dataset against its recorded checksum: missing, changed, unreadable."""
+    from genrecli.pipeline.validate import validate
+
+    _finish(validate(data, data_home=_globals["data_home"]))
+
+
 @command("merge")
 def merge_cmd(data: DataOpt) -> None:
     """Join the shard stores features.k-of-N.h5 into features.h5."""

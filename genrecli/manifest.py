@@ -2,7 +2,9 @@
 
 Stored as ``<data-home>/<NAME>/manifest.h5``::
 
-    /tracks/id, label (int16 index into /labels), audio, midi, score, score_format, score_text, checksum
+    /tracks/id, label (int16 index into /labels; -1 in multi-label sets), audio, midi, score, score_format,
+            score_text, image, checksum
+    /tracks/multilabel              (bool, n x n_labels; multi-label sets only)
     /tracks/groups/<key>            (str per track: composer, work, artist, ...)
     /labels                         (str, the label names)
     /splits/<name>                  (int8, n_folds x n: 0 train, 1 valid, 2 test, -1 unused); attrs spec, seed
@@ -21,20 +23,27 @@ from genrecli.errors import UsageError
 
 TRAIN, VALID, TEST, UNUSED = 0, 1, 2, -1
 SOURCE_FIELDS = ("audio", "midi", "score", "score_format", "score_text")
+PATH_FIELDS = (*SOURCE_FIELDS, "image")
 
 
 @dataclasses.dataclass
 class Track:
-    """One item of a corpus as a loader lists it."""
+    """One item of a corpus as a loader lists it.
+
+    Single-label corpora set ``label``; multi-label corpora set ``labels`` (and leave ``label`` empty).
+    ``score_format`` is humdrum, musicxml or abc for scores, ``lyrics`` or ``text`` for plain text.
+    """
 
     id: str
-    label: str
+    label: str = ""
+    labels: tuple[str, ...] = ()
     groups: dict[str, str] = dataclasses.field(default_factory=dict)
     audio: str | None = None
     midi: str | None = None
     score: str | None = None
     score_format: str | None = None
-    score_text: str | None = None  # inline score when the item is an excerpt of a larger file (ABC books)
+    score_text: str | None = None  # inline score or text (an ABC tune cut from a book, a review, lyrics)
+    image: str | None = None  # cover art
     checksum: str = ""
 
     def source(self) -> dict:
@@ -64,9 +73,38 @@ class Manifest:
         return [t.id for t in self.tracks]
 
     @property
+    def multilabel(self) -> bool:
+        return any(t.labels for t in self.tracks)
+
+    @property
     def y(self) -> np.ndarray:
+        """Class index per track (single-label sets)."""
+        if self.multilabel:
+            raise UsageError(f"'{self.dataset}' is multi-label: use the multi-hot matrix Y")
         index = {name: i for i, name in enumerate(self.label_names)}
         return np.array([index[t.label] for t in self.tracks], dtype=np.int64)
+
+    @property
+    def Y(self) -> np.ndarray:
+        """Multi-hot (n, n_labels) bool matrix; one-hot for single-label sets."""
+        index = {name: i for i, name in enumerate(self.label_names)}
+        out = np.zeros((len(self.tracks), len(self.label_names)), dtype=bool)
+        for i, t in enumerate(self.tracks):
+            out[i, [index[name] for name in (t.labels or (t.label,))]] = True
+        return out
+
+    def targets(self) -> np.ndarray:
+        """What models are trained on: class indices, or the multi-hot matrix of a multi-label set."""
+        return self.Y if self.multilabel else self.y
+
+    def strata(self) -> np.ndarray:
+        """One stratum per track for stratified splits: its class, or its rarest label when multi-label."""
+        if not self.multilabel:
+            return self.y
+        Y = self.Y
+        counts = Y.sum(0)
+        rarity = np.where(Y, counts[None, :], np.iinfo(np.int64).max)
+        return np.argmin(rarity, axis=1)
 
     def __len__(self) -> int:
         return len(self.tracks)
@@ -75,7 +113,7 @@ class Manifest:
         """Hash of ids, labels and checksums: downstream stages recompute when it changes."""
         h = hashlib.sha256()
         for t in self.tracks:
-            h.update(f"{t.id}\t{t.label}\t{t.checksum}\n".encode())
+            h.update(f"{t.id}\t{t.label}\t{'|'.join(t.labels)}\t{t.checksum}\n".encode())
         return h.hexdigest()[:16]
 
     def group_values(self, key: str) -> np.ndarray:
@@ -106,8 +144,12 @@ def write_manifest(path: Path, manifest: Manifest, params: dict) -> None:
         h5.attrs["dataset"] = manifest.dataset
         tracks = h5.create_group("tracks")
         store.write_strings(tracks, "id", manifest.ids)
-        tracks.create_dataset("label", data=manifest.y.astype(np.int16))
-        for field in (*SOURCE_FIELDS, "checksum"):
+        if manifest.multilabel:
+            tracks.create_dataset("label", data=np.full(len(manifest), -1, dtype=np.int16))
+            tracks.create_dataset("multilabel", data=manifest.Y)
+        else:
+            tracks.create_dataset("label", data=manifest.y.astype(np.int16))
+        for field in (*PATH_FIELDS, "checksum"):
             store.write_strings(tracks, field, [getattr(t, field) or "" for t in manifest.tracks])
         groups = tracks.create_group("groups")
         for key in sorted({k for t in manifest.tracks for k in t.groups}):
@@ -132,15 +174,20 @@ def add_split(path: Path, name: str, spec: str, assignment: np.ndarray) -> None:
 def read_manifest(path: Path) -> Manifest:
     with store.open_read(path, what="manifest", hint="run `genre ingest` first") as h5:
         tr = h5["tracks"]
-        cols = {f: store.read_strings(tr[f]) for f in ("id", *SOURCE_FIELDS, "checksum")}
+        cols = {f: store.read_strings(tr[f]) for f in ("id", *PATH_FIELDS, "checksum") if f in tr}
         labels = tr["label"][()]
         names = store.read_strings(h5["labels"])
+        multi = tr["multilabel"][()] if "multilabel" in tr else None
         group_cols = {k: store.read_strings(v) for k, v in tr["groups"].items()}
         tracks = []
         for i, tid in enumerate(cols["id"]):
-            kw = {f: (cols[f][i] or None) for f in SOURCE_FIELDS}
+            kw = {f: (cols[f][i] or None) for f in PATH_FIELDS if f in cols}
             groups = {k: v[i] for k, v in group_cols.items() if v[i] != ""}
-            tracks.append(Track(id=tid, label=names[labels[i]], groups=groups, checksum=cols["checksum"][i], **kw))
+            if multi is not None:
+                kw["labels"] = tuple(names[j] for j in np.flatnonzero(multi[i]))
+            else:
+                kw["label"] = names[labels[i]]
+            tracks.append(Track(id=tid, groups=groups, checksum=cols["checksum"][i], **kw))
         splits = {k: v[()] for k, v in h5["splits"].items()}
         specs = {k: str(v.attrs.get("spec", k)) for k, v in h5["splits"].items()}
         attrs = store.group_params(h5)

@@ -1,10 +1,12 @@
 """Split specifications and their assignments.
 
-A split is an ``int8`` array of shape ``(n_folds, n_tracks)`` with values ``TRAIN``, ``VALID``, ``TEST``
+Multi-label sets are stratified by each track's rarest label. A split is an ``int8`` array of shape ``(n_folds, n_tracks)`` with values ``TRAIN``, ``VALID``, ``TEST``
 or ``UNUSED`` (see :mod:`genrecli.manifest`). Specs:
 
-``random:F``            stratified random split, a fraction F of every class for training
-``group:KEY:F``         about F of the tracks for training, no value of group KEY in both parts, stratified as far as the groups allow
+``random:F[:V]``        stratified random split, a fraction F of every class for training (of which a fraction V
+                        of all tracks is set aside for validation, e.g. ``random:0.8:0.1`` for 8:1:1)
+``group:KEY:F[:V]``     about F of the tracks for training, no value of group KEY in two parts, stratified as far as
+                        the groups allow
 ``kfold:K``             stratified K-fold cross-validation (K folds)
 ``groupkfold:KEY:K``    stratified group K-fold (no group in two parts of a fold)
 ``file:DIR``            DIR holds ``train.txt``, ``test.txt`` and optionally ``valid.txt``: one track id (or file name) per line
@@ -58,24 +60,18 @@ def make_split(spec: str, manifest: Manifest, *, seed: int = 0) -> np.ndarray:
 def _make_split(spec: str, manifest: Manifest, seed: int) -> np.ndarray:
     parts = spec.split(":")
     kind = parts[0]
-    y = manifest.y
+    y = manifest.strata()
     n = len(y)
     if n < 2:
         raise UsageError(f"split '{spec}': the dataset has {n} track(s); at least 2 are needed")
-    if kind == "random" and len(parts) == 2:
-        frac = _fraction(parts[1], spec)
-        idx = np.arange(n)
-        strat = y if np.bincount(y).min() >= 2 else None
-        try:
-            train, test = train_test_split(idx, train_size=frac, random_state=seed, stratify=strat)
-        except ValueError as exc:
-            raise UsageError(f"split '{spec}': cannot stratify {n} tracks over {len(set(y))} classes ({exc})") from None
-        out = np.full((1, n), TEST, dtype=np.int8)
-        out[0, train] = TRAIN
-        return out
-    if kind == "group" and len(parts) == 3:
+    if kind == "random" and len(parts) in (2, 3):
+        frac, valid = _fractions(parts[1:], spec)
+        return _with_validation(_random_split(np.arange(n), y, frac, seed, spec), y, None, frac, valid, seed, spec)
+    if kind == "group" and len(parts) in (3, 4):
         groups = manifest.group_values(parts[1])
-        return _group_split(y, groups, _fraction(parts[2], spec), seed, spec)
+        frac, valid = _fractions(parts[2:], spec)
+        out = _group_split(np.arange(n), y, groups, frac, seed, spec)
+        return _with_validation(out, y, groups, frac, valid, seed, spec)
     if kind == "kfold" and len(parts) == 2:
         k = _folds(parts[1], spec)
         _check_folds(y, k, spec)
@@ -91,8 +87,40 @@ def _make_split(spec: str, manifest: Manifest, seed: int) -> np.ndarray:
     if kind == "file" and len(parts) >= 2:
         return _file_split(Path(spec[5:]), manifest, spec)
     raise UsageError(
-        f"unknown split spec '{spec}' (expected random:F, group:KEY:F, kfold:K, groupkfold:KEY:K, file:DIR or standard)"
+        f"unknown split spec '{spec}' (expected random:F[:V], group:KEY:F[:V], kfold:K, groupkfold:KEY:K, file:DIR or standard)"
     )
+
+
+def _fractions(parts: list[str], spec: str) -> tuple[float, float]:
+    """Training fraction F (validation included) and validation fraction V of the whole set."""
+    frac = _fraction(parts[0], spec)
+    valid = _fraction(parts[1], spec) if len(parts) > 1 else 0.0
+    if valid >= frac:
+        raise UsageError(f"split '{spec}': the validation fraction must be smaller than the training fraction")
+    return frac, valid
+
+
+def _random_split(idx: np.ndarray, y: np.ndarray, frac: float, seed: int, spec: str) -> np.ndarray:
+    counts = np.bincount(y[idx])
+    strat = y[idx] if counts[counts > 0].min() >= 2 else None
+    try:
+        train, _ = train_test_split(idx, train_size=frac, random_state=seed, stratify=strat)
+    except ValueError as exc:
+        raise UsageError(f"split '{spec}': cannot stratify {len(idx)} tracks over {len(set(y[idx]))} classes ({exc})") from None
+    out = np.full((1, len(y)), TEST, dtype=np.int8)
+    out[0, train] = TRAIN
+    return out
+
+
+def _with_validation(out, y, groups, frac, valid, seed, spec) -> np.ndarray:
+    """Move a fraction ``valid`` of all tracks from the training part to VALID (same protocol)."""
+    if valid <= 0:
+        return out
+    train = np.flatnonzero(out[0] == TRAIN)
+    inner_frac = 1.0 - valid / frac
+    inner = _random_split(train, y, inner_frac, seed + 1, spec) if groups is None else _group_split(train, y, groups, inner_frac, seed + 1, spec)
+    out[0, train[inner[0, train] == TEST]] = VALID
+    return out
 
 
 def _check_folds(y: np.ndarray, k: int, spec: str) -> None:
@@ -108,20 +136,20 @@ def _assign_folds(folds, n: int, k: int) -> np.ndarray:
     return out
 
 
-def _group_split(y, groups, frac, seed, spec) -> np.ndarray:
-    """Hold out about 1-F of the tracks as whole groups, stratified as far as the groups allow.
+def _group_split(idx, y, groups, frac, seed, spec) -> np.ndarray:
+    """Hold out about 1-F of the tracks ``idx`` as whole groups, stratified as far as the groups allow.
 
     StratifiedGroupKFold with K = round(1/(1-F)) folds gives group-disjoint parts with balanced classes;
     the fold whose test share is nearest 1-F is used.
     """
-    n_groups = len(set(groups))
+    n_groups = len(set(groups[idx]))
     k = max(2, int(round(1.0 / (1.0 - frac))))
     if n_groups < k:
         raise UsageError(f"split '{spec}': only {n_groups} distinct groups, cannot hold out {1 - frac:.0%} by group")
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    best = min(cv.split(np.zeros(len(y)), y, groups), key=lambda f: abs(len(f[1]) / len(y) - (1.0 - frac)))
-    out = np.full((1, len(y)), TRAIN, dtype=np.int8)
-    out[0, best[1]] = TEST
+    best = min(cv.split(np.zeros(len(idx)), y[idx], groups[idx]), key=lambda f: abs(len(f[1]) / len(idx) - (1.0 - frac)))
+    out = np.full((1, len(y)), TEST, dtype=np.int8)
+    out[0, idx[best[0]]] = TRAIN
     return out
 
 

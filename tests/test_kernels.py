@@ -378,6 +378,17 @@ def test_state_round_trip_through_safetensors(tmp_path, kernel):
         ElementaryKernel(kernel).set_state({"X_fit_": train})
 
 
+def _expected_failed_checks(estimator):
+    uses_blas = estimator.kernel == "rbf" or (isinstance(estimator, ElementaryKernel) and estimator.kernel == "poly2")
+    if not uses_blas:
+        return {}
+    # These estimators go through float32 BLAS products, where a row's result can change by one ulp with its
+    # position in the matrix; the checks compare at rtol=1e-7 (below float32 resolution), so they fail now and
+    # then. test_rows_are_transformed_independently checks the same property at float32 tolerance.
+    reason = "float32 BLAS results may differ by 1 ulp with row order, above the check's rtol=1e-7"
+    return {"check_methods_sample_order_invariance": reason, "check_methods_subset_invariance": reason}
+
+
 @parametrize_with_checks(
     [
         ElementaryKernel("rbf"),
@@ -386,10 +397,22 @@ def test_state_round_trip_through_safetensors(tmp_path, kernel):
         ExplicitMap("rbf", landmarks=10, random_state=0),
         ExplicitMap("hist"),
         ExplicitMap("poly2"),
-    ]
+    ],
+    expected_failed_checks=_expected_failed_checks,
+    xfail_strict=False,
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_rows_are_transformed_independently(kernel):
+    train, test = features(60, 9, 0), features(45, 9, 1)
+    order = np.random.default_rng(0).permutation(45)
+    for model in (ElementaryKernel(kernel).fit(train), ExplicitMap(kernel, landmarks=20, random_state=0).fit(train)):
+        full = model.transform(test)
+        np.testing.assert_allclose(model.transform(test[order]), full[order], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(model.transform(test[7:19]), full[7:19], rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------- CUDA

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from genrecli.errors import UsageError
-from genrecli.manifest import TEST, TRAIN, Manifest, Track
+from genrecli.manifest import TEST, TRAIN, VALID, Manifest, Track
 from genrecli.splits import make_split, split_name, train_test_indices
 
 
@@ -70,3 +70,24 @@ def test_bad_specs_are_usage_errors(spec):
 def test_split_names_are_store_safe():
     assert split_name("group:composer:0.7") == "group-composer-0.7"
     assert "/" not in split_name("file:/a/b/lists")
+
+
+def test_validation_fraction_8_1_1():
+    m = _manifest((40, 30, 30))
+    a = make_split("random:0.8:0.1", m, seed=0)
+    assert (a == TRAIN).sum() == 70 and (a == VALID).sum() == 10 and (a == TEST).sum() == 20
+    g = make_split("group:composer:0.8:0.1", m, seed=0)
+    comp = m.group_values("composer")
+    parts = [set(comp[g[0] == code]) for code in (TRAIN, VALID, TEST)]
+    assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+
+
+def test_multilabel_manifest_strata_and_split():
+    tracks = [Track(id=f"t{i}", labels=("rock",) if i % 3 else ("rock", "punk")) for i in range(30)]
+    m = Manifest("ml", tracks, ["punk", "rock"])
+    assert m.multilabel and m.Y.shape == (30, 2) and m.Y[:, 1].all()
+    assert (m.strata() == 0).sum() == 10  # the rarer label decides the stratum
+    a = make_split("random:0.7", m, seed=0)
+    assert abs((m.Y[a[0] == TRAIN, 0]).sum() - 7) <= 1
+    with pytest.raises(UsageError, match="multi-label"):
+        m.y

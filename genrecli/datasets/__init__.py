@@ -23,6 +23,9 @@ class Listing:
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
     label_names: list[str] | None = None  # None: sorted label names
     notes: list[str] = dataclasses.field(default_factory=list)
+    # Precomputed features shipped with the corpus (4MuLA's mel spectrograms, a `table`), one row per
+    # track in listing order: {"audio/<name>" or "text/<name>": (array (n, *shape), params)}.
+    features: dict[str, tuple] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

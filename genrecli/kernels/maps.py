@@ -293,7 +293,7 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
                 f"the poly2 map of {self.kernel_.n_features_in_} features has {self.dim_} dimensions, over "
                 f"max_dim={self.max_dim}: use map_gram for its inner products, or raise max_dim"
             )
-        A = self._rows(X, device)
+        A = self.kernel_._prep(_estimator_features(self, X, reset=False), device)
         if self.kernel == "linear":
             return (A / math.sqrt(self.kernel_.scale_)).cpu().numpy()
         if self.kernel == "poly2":

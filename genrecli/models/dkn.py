@@ -162,10 +162,13 @@ def combine(W: torch.Tensor, A: torch.Tensor, g: Activation) -> torch.Tensor:
     return g((W.T @ A.reshape(q, a * b)).reshape(W.shape[1], a, b))
 
 
-def class_weights(y_idx: np.ndarray, n_classes: int, mode) -> np.ndarray:
-    """Per-class weights: 'balanced' -> n / (C n_c) (spec 5.3), None -> ones."""
+def class_weights(y_idx: np.ndarray, n_classes: int, mode, classes=None) -> np.ndarray:
+    """Per-class weights: 'balanced' -> n / (C n_c) (spec 5.3), None -> ones, dict {label: weight}."""
     if mode is None:
         return np.ones(n_classes)
+    if isinstance(mode, dict):
+        labels = list(classes) if classes is not None else list(range(n_classes))
+        return np.array([float(mode.get(c, 1.0)) for c in labels])
     if mode != "balanced":
         raise UsageError(f"class_weight {mode!r}: expected 'balanced' or None")
     counts = np.bincount(y_idx, minlength=n_classes).astype(float)
@@ -525,7 +528,7 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
     output : 'single' (one output kernel shared by the C SVMs) or 'per-class' (one output kernel per SVM).
     weights : 'simplex' (projected gradient, per-unit simplex) or 'softplus' (w = softplus(v), normalised).
     C : SVM C, or 'cv' (5-fold CV over ``C_grid``).
-    class_weight : 'balanced' (w_c = n / (C n_c)) or None.
+    class_weight : 'balanced' (w_c = n / (C n_c)), None, or a dict {class label: weight}.
     lr : constant learning rate of the weight steps, or 'auto' (= lr_scale / max|grad| at the first step).
     max_iter, svm_every, patience, tol : projected-gradient steps, SVM re-solve period T, plateau rule.
     kernel_offset, sigma : poly2 offset c and RBF bandwidth rule, passed to ElementaryKernel.
@@ -640,7 +643,7 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         n_classes = len(classes)
         n_heads = 1 if n_classes == 2 else n_classes
         widths = layer_widths(G.shape[0], 1 if self.output == "single" else n_heads, self.depth, self.hidden)
-        omega = class_weights(y_idx, n_classes, self.class_weight)
+        omega = class_weights(y_idx, n_classes, self.class_weight, classes)
         K = torch.from_numpy(G).to(dev)
         gen = torch.Generator().manual_seed(seed)
         W0 = init_dkn_weights(widths, gen)
@@ -675,7 +678,7 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         self.n_train_ = G.shape[1]
         support = np.flatnonzero(np.any(beta != 0, axis=0))
         self.support_ = support
-        self.dual_coef_ = beta[:, support].astype(np.float32)
+        self.dual_coef_ = np.ascontiguousarray(beta[:, support], dtype=np.float32)
         self.intercept_ = b
         self.dual_objective_ = dual_objective(torch.from_numpy(Kout), beta)
         self.modalities_ = list(modalities) if modalities is not None else None
@@ -739,7 +742,7 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
             for i, ek in enumerate(self.kernels_):
                 for k, v in ek.get_state().items():
                     d[f"kernel.{i}.{k}"] = np.asarray(v)
-        return d
+        return {k: np.ascontiguousarray(v) for k, v in d.items()}  # safetensors writes raw C-order buffers
 
     def load_state_dict(self, d: dict):
         """Restore a model saved by :meth:`state_dict` (constructor parameters must match)."""

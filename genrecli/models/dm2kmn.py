@@ -210,7 +210,7 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
                  max_iter=300, svm_every=10, patience=5, tol=1e-4, kernel_offset=1.0, sigma="total-variance",
                  landmarks="all", energy=0.99, rel_eps=1e-7, levels=10, quantization="round",
                  nystrom_energy=0.99, finetune=True, loss="hinge", beta=0.0, train_projections=False,
-                 optimizer="sgd", ft_lr="cv", ft_lr_grid=(1e-4, 1e-3, 1e-2), ft_epochs="cv", ft_max_epochs=60,
+                 optimizer="sgd", ft_lr="cv", ft_lr_grid=(1e-4, 1e-3, 1e-2), ft_epochs="cv", ft_max_epochs=30,
                  ft_eval_every=5, batch_size=None, ft_constraint="nonneg", classifier_init="svm", dkn=None,
                  random_state=None, device="cpu"):
         self.kernels = kernels
@@ -320,8 +320,8 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
             dkn.set_params(input_dims=self.input_dims, modality_names=self.modality_names)
             dkn.fit(Xz, classes[y_idx[idx]])
         self.slices_ = split_columns(X.shape[1], self.input_dims)
-        self._fit_maps(Xz)
-        self.Z_ = Xz.astype(np.float32)
+        self._fit_maps(Xz)  # fitted on the landmark rows: map_gram(X) is then X against the landmarks
+        self.landmarks_ = np.asarray(idx, dtype=np.int64)
         Gxz = self._map_grams(X)
         self._fit_core(Gxz, idx, y_idx, classes, dkn, dkn_grams_z=dkn._grams(X), modalities=dkn.modalities_)
         return self
@@ -335,7 +335,7 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
             for kname in self.kernels:
                 em = ExplicitMap(kname, offset=self.kernel_offset, sigma=self.sigma, energy=self.nystrom_energy,
                                  landmarks="all", levels=self.levels, quantization=self.quantization,
-                                 device=self.device)
+                                 random_state=seed_of(self.random_state), device=self.device)
                 em.fit(Xz[:, sl])
                 maps.append(em)
                 labels.append(f"{mod}/{kname}")
@@ -344,10 +344,10 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
 
     def _map_grams(self, X):
         """Inner products of the explicit input maps of X with those of the landmarks: (m, n_x, N)."""
-        out = np.empty((len(self.maps_), X.shape[0], self.Z_.shape[0]), dtype=np.float32)
+        out = np.empty((len(self.maps_), X.shape[0], len(self.landmarks_)), dtype=np.float32)
         for i, em in enumerate(self.maps_):
             sl = self.slices_[i // len(self.kernels)]
-            out[i] = np.asarray(em.map_gram(X[:, sl], self.Z_[:, sl].astype(np.float64)), dtype=np.float32)
+            out[i] = em.map_gram(X[:, sl])
         return out
 
     def decision_function(self, X):
@@ -457,7 +457,7 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         seed = seed_of(self.random_state)
         n_classes = len(classes)
         n, N = Gxz.shape[1], len(idx)
-        omega = class_weights(y_idx, n_classes, self.class_weight)
+        omega = class_weights(y_idx, n_classes, self.class_weight, classes)
         all_lm = N == n and np.array_equal(idx, np.arange(n))
         Gxz_t = torch.from_numpy(np.ascontiguousarray(Gxz, dtype=np.float32)).to(dev)
         Gzz_t = Gxz_t[:, torch.as_tensor(idx, device=dev)] if not all_lm else Gxz_t
@@ -509,14 +509,15 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         self.projections_ = [P.detach().cpu().numpy().astype(np.float32) for P in Ps]
         self.ranks_ = ranks
         self.landmark_maps_ = [F.detach().cpu().numpy().astype(np.float32) for F in Fz_list]  # all layers
-        self.coef_ = np.asarray(Wc, dtype=np.float32) if not torch.is_tensor(Wc) else Wc.detach().cpu().numpy()
-        self.intercept_ = np.asarray(bc, dtype=np.float64) if not torch.is_tensor(bc) else \
-            bc.detach().cpu().numpy().astype(np.float64)
+        Wc = Wc.detach().cpu().numpy() if torch.is_tensor(Wc) else Wc
+        bc = bc.detach().cpu().numpy() if torch.is_tensor(bc) else bc
+        self.coef_ = np.ascontiguousarray(Wc, dtype=np.float32)
+        self.intercept_ = np.ascontiguousarray(bc, dtype=np.float64)
         self.C_ = C
         self.class_weight_ = omega
         self.n_train_ = n
         self.modalities_ = list(modalities) if modalities is not None else None
-        self._compiled = None
+        self.n_iter_ = int(getattr(dkn, "n_iter_", 0)) + int(self.ft_epochs_)
         return self
 
     def _top_maps(self, ctx, Ws, Ps):
@@ -675,7 +676,7 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
                             w.copy_(project_simplex(w))
                         else:
                             w.clamp_(min=0.0)
-                ep_loss += float(loss) * len(batch) / len(rows)
+                ep_loss += float(loss.detach()) * len(batch) / len(rows)
             if not math.isfinite(ep_loss):
                 break
             if val is None:
@@ -704,9 +705,7 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
     def _heads(self, Gxz: np.ndarray) -> np.ndarray:
         """Inference: input-map Grams against the landmarks (m, n_x, N) -> head scores (n_x, n_heads)."""
         dev = self._device()
-        if getattr(self, "_compiled", None) is None or self._compiled[0] != str(dev):
-            self._compile(dev)
-        _, Ws, Ps, Fz, A, b = self._compiled
+        Ws, Ps, Fz, A, b = self._compile(dev)
         g = self._activation()
         X = torch.from_numpy(np.ascontiguousarray(Gxz, dtype=np.float32))
         out = []
@@ -734,7 +733,7 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
             A = (P_L[0] @ Wc.T).unsqueeze(0)  # (1, N, n_heads)
         else:
             A = torch.einsum("hnr,hr->hn", P_L, Wc).unsqueeze(2)  # (n_heads, N, 1)
-        self._compiled = (str(dev), Ws, Ps, Fz, A, b)
+        return Ws, Ps, Fz, A, b
 
     # -- persistence -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -757,12 +756,11 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         for k, v in self.dkn_.state_dict().items():
             d[f"dkn_model.{k}"] = v
         if hasattr(self, "maps_"):
-            d["map.Z"] = self.Z_
             d["meta.n_features_in"] = np.asarray([self.n_features_in_], dtype=np.int64)
             for i, em in enumerate(self.maps_):
                 for k, v in em.get_state().items():
                     d[f"inmap.{i}.{k}"] = np.asarray(v)
-        return d
+        return {k: np.ascontiguousarray(v) for k, v in d.items()}  # safetensors writes raw C-order buffers
 
     def load_state_dict(self, d: dict):
         count = lambda pre: len([k for k in d if k.startswith(pre) and k[len(pre):].isdigit()])  # noqa: E731
@@ -782,22 +780,21 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         dk = {k[len("dkn_model."):]: v for k, v in d.items() if k.startswith("dkn_model.")}
         params = {k: getattr(self, k) for k in DKNClassifier._dkn_param_names}
         self.dkn_ = DKNClassifier(**params).load_state_dict(dk)
-        if "map.Z" in d:
+        if "meta.n_features_in" in d:
             from genrecli.kernels.maps import ExplicitMap
 
-            self.Z_ = np.asarray(d["map.Z"], dtype=np.float32)
             self.n_features_in_ = int(d["meta.n_features_in"][0])
             self.slices_ = split_columns(self.n_features_in_, self.input_dims)
             maps = []
             for i in range(len(self.weights_[0])):
                 em = ExplicitMap(self.kernels[i % len(self.kernels)], offset=self.kernel_offset, sigma=self.sigma,
                                  energy=self.nystrom_energy, landmarks="all", levels=self.levels,
-                                 quantization=self.quantization, device=self.device)
+                                 quantization=self.quantization, random_state=seed_of(self.random_state),
+                                 device=self.device)
                 pre = f"inmap.{i}."
                 em.set_state({k[len(pre):]: v for k, v in d.items() if k.startswith(pre)})
                 maps.append(em)
             self.maps_ = maps
-        self._compiled = None
         return self
 
 

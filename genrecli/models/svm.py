@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import balanced_accuracy_score
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.svm import SVC
 from sklearn.utils.multiclass import check_classification_targets
 
 from genrecli.errors import UsageError
+from genrecli.metrics import macro_auc
 
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 
@@ -26,14 +27,41 @@ def balanced_sample_weights(y: np.ndarray) -> np.ndarray:
     return (len(y) / (len(classes) * counts))[inverse].astype(np.float64)
 
 
-def fit_one_vs_rest(K: np.ndarray, y: np.ndarray, classes: np.ndarray, C: float, sample_weight: np.ndarray | None):
-    """Dual coefficients (C x n) and intercepts (C,) of one binary SVM per class."""
+def binary_targets(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(C, n) targets in {-1, +1}: one-vs-rest for class indices, one binary problem per label for multi-hot."""
+    if y.ndim == 2:
+        return np.where(y.T.astype(bool), 1, -1)
+    return np.where(y[None, :] == classes[:, None], 1, -1)
+
+
+def target_weights(targets: np.ndarray, y: np.ndarray, class_weight) -> np.ndarray | None:
+    """(C, n) sample weights of every binary problem.
+
+    Single-label: the paper's class weights n/(C n_c) of each sample's class, shared by all problems.
+    Multi-label: each label's positives and negatives balanced, n/(2 n_pos) and n/(2 n_neg).
+    """
+    if class_weight is None:
+        return None
+    if class_weight != "balanced":
+        raise UsageError(f"class_weight={class_weight!r}: expected 'balanced' or None")
+    if y.ndim == 1:
+        return np.broadcast_to(balanced_sample_weights(y), targets.shape)
+    pos = (targets > 0).sum(1, keepdims=True)
+    n = targets.shape[1]
+    return np.where(targets > 0, n / (2.0 * np.maximum(pos, 1)), n / (2.0 * np.maximum(n - pos, 1)))
+
+
+def fit_one_vs_rest(K: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray | None):
+    """Dual coefficients (C x n) and intercepts (C,) of one binary SVM per row of ``targets``."""
     K = np.asarray(K, dtype=np.float64)
-    alpha = np.zeros((len(classes), len(y)), dtype=np.float64)
-    bias = np.zeros(len(classes), dtype=np.float64)
-    for c, label in enumerate(classes):
-        target = np.where(y == label, 1, -1)
-        svc = SVC(kernel="precomputed", C=C, tol=1e-4).fit(K, target, sample_weight=sample_weight)
+    alpha = np.zeros(targets.shape, dtype=np.float64)
+    bias = np.zeros(len(targets), dtype=np.float64)
+    for c, target in enumerate(targets):
+        if np.all(target == target[0]):  # a label absent from (or everywhere in) this training part
+            bias[c] = float(target[0])
+            continue
+        sw = None if weights is None else np.ascontiguousarray(weights[c], dtype=np.float64)
+        svc = SVC(kernel="precomputed", C=C, tol=1e-4).fit(K, np.ascontiguousarray(target), sample_weight=sw)
         alpha[c, svc.support_] = svc.dual_coef_[0]
         bias[c] = svc.intercept_[0]
     return alpha, bias
@@ -42,11 +70,15 @@ def fit_one_vs_rest(K: np.ndarray, y: np.ndarray, classes: np.ndarray, C: float,
 class KernelSVM(ClassifierMixin, BaseEstimator):
     """One-vs-rest SVMs on a precomputed Gram matrix, class weights n/(C n_c), C by k-fold CV.
 
+    Also multi-label: with a multi-hot ``y`` (n, L) it trains one binary SVM per label (positives and
+    negatives balanced) and ``predict`` returns the (n, L) indicator of positive scores.
+
     Parameters
     ----------
     C : float or "cv"
-        Soft-margin penalty; "cv" picks it from ``C_grid`` by stratified ``cv``-fold cross-validation on
-        the training Gram (balanced accuracy), as the paper selects models on training data only.
+        Soft-margin penalty; "cv" picks it from ``C_grid`` by ``cv``-fold cross-validation on the training
+        Gram (balanced accuracy; macro AUC-ROC for multi-label), as the paper selects models on training
+        data only.
     class_weight : "balanced" or None
     """
 
@@ -62,47 +94,53 @@ class KernelSVM(ClassifierMixin, BaseEstimator):
         tags.input_tags.pairwise = True
         return tags
 
-    def _weights(self, y):
-        if self.class_weight == "balanced":
-            return balanced_sample_weights(y)
-        if self.class_weight is None:
-            return None
-        raise UsageError(f"class_weight={self.class_weight!r}: expected 'balanced' or None")
-
     def fit(self, X, y):
         K = np.asarray(X, dtype=np.float64)
         y = np.asarray(y)
-        check_classification_targets(y)
         if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] != len(y):
             raise ValueError(f"KernelSVM.fit expects the (n, n) training Gram, got shape {K.shape} for {len(y)} labels")
         if not np.all(np.isfinite(K)):
             raise ValueError("Input contains NaN or infinity in the Gram matrix.")
-        self.classes_ = np.unique(y)
-        if len(self.classes_) < 2:
-            raise ValueError("KernelSVM needs at least 2 classes in the training labels")
+        self.multilabel_ = y.ndim == 2
+        if self.multilabel_:
+            y = y.astype(bool)
+            self.classes_ = np.arange(y.shape[1])
+        else:
+            check_classification_targets(y)
+            self.classes_ = np.unique(y)
+            if len(self.classes_) < 2:
+                raise ValueError("KernelSVM needs at least 2 classes in the training labels")
         self.C_ = self._select_C(K, y) if self.C == "cv" else float(self.C)
-        alpha, bias = fit_one_vs_rest(K, y, self.classes_, self.C_, self._weights(y))
+        targets = binary_targets(y, self.classes_)
+        alpha, bias = fit_one_vs_rest(K, targets, self.C_, target_weights(targets, y, self.class_weight))
         self.alpha_, self.intercept_ = alpha.astype(np.float32), bias.astype(np.float32)
         self.n_features_in_ = K.shape[1]
         return self
 
     def _select_C(self, K, y) -> float:
-        n_splits = int(min(self.cv, np.bincount(np.unique(y, return_inverse=True)[1]).min()))
-        if n_splits < 2:
-            return 1.0
-        folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state).split(K, y)
-        folds = list(folds)
+        if self.multilabel_:
+            n_splits = int(min(self.cv, len(y)))
+            folds = list(KFold(n_splits=n_splits, shuffle=True, random_state=self.random_state).split(K))
+        else:
+            n_splits = int(min(self.cv, np.bincount(np.unique(y, return_inverse=True)[1]).min()))
+            if n_splits < 2:
+                return 1.0
+            folds = list(StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state).split(K, y))
         scores = []
         for C in self.C_grid:
             fold_scores = []
             for tr, va in folds:
-                classes = np.unique(y[tr])
-                alpha, bias = fit_one_vs_rest(K[np.ix_(tr, tr)], y[tr], classes, C, self._weights(y[tr]))
-                pred = classes[np.argmax(K[np.ix_(va, tr)] @ alpha.T + bias, axis=1)]
-                fold_scores.append(balanced_accuracy_score(y[va], pred))
-            scores.append(np.mean(fold_scores))
+                classes = self.classes_ if self.multilabel_ else np.unique(y[tr])
+                targets = binary_targets(y[tr], classes)
+                alpha, bias = fit_one_vs_rest(K[np.ix_(tr, tr)], targets, C, target_weights(targets, y[tr], self.class_weight))
+                scores_va = K[np.ix_(va, tr)] @ alpha.T + bias
+                if self.multilabel_:
+                    fold_scores.append(macro_auc(y[va], scores_va))
+                else:
+                    fold_scores.append(balanced_accuracy_score(y[va], classes[np.argmax(scores_va, axis=1)]))
+            scores.append(np.nanmean(fold_scores))
         self.cv_scores_ = np.array(scores)
-        return float(self.C_grid[int(np.argmax(scores))])
+        return float(self.C_grid[int(np.nanargmax(scores))])
 
     def decision_function(self, X):
         K = np.asarray(X, dtype=np.float32)
@@ -111,7 +149,10 @@ class KernelSVM(ClassifierMixin, BaseEstimator):
         return K @ self.alpha_.T + self.intercept_
 
     def predict(self, X):
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        scores = self.decision_function(X)
+        if getattr(self, "multilabel_", False):
+            return scores > 0
+        return self.classes_[np.argmax(scores, axis=1)]
 
     # Gram-stack interface used by the CLI pipeline (one elementary kernel: m == 1).
     def fit_gram(self, grams, y, **_):
@@ -121,11 +162,13 @@ class KernelSVM(ClassifierMixin, BaseEstimator):
         return self.decision_function(_single(grams_test))
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {"alpha": self.alpha_, "intercept": self.intercept_, "classes": np.asarray(self.classes_), "C": np.array([self.C_], dtype=np.float64)}
+        return {"alpha": self.alpha_, "intercept": self.intercept_, "classes": np.asarray(self.classes_),
+                "C": np.array([self.C_], dtype=np.float64), "multilabel": np.array([self.multilabel_])}
 
     def load_state_dict(self, state) -> "KernelSVM":
         self.alpha_, self.intercept_ = np.asarray(state["alpha"]), np.asarray(state["intercept"])
         self.classes_, self.C_ = np.asarray(state["classes"]), float(np.asarray(state["C"])[0])
+        self.multilabel_ = bool(np.asarray(state["multilabel"])[0])
         self.n_features_in_ = self.alpha_.shape[1]
         return self
 

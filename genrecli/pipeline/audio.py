@@ -46,7 +46,15 @@ def extract_audio(
     manifest = read_manifest(paths.manifest)
     shard_t = parse_shard(shard)
     target = paths.features(shard_t)
-    renderer = {"synth": "tinysoundfont", "soundfont": str(soundfont) if soundfont else "TimGM6mb (pretty_midi)"}
+    from genrecli.audio.synth import RELEASE_SECONDS
+
+    # How MIDI and scores become audio: part of every audio feature's identity.
+    renderer = {
+        "synth": "tinysoundfont",
+        "soundfont": str(soundfont) if soundfont else "TimGM6mb (pretty_midi)",
+        "score_to_midi": "music21, opening bars that sound within max_seconds",
+        "release_seconds": RELEASE_SECONDS,
+    }
     result = StageResult()
     wanted, params_of = [], {}
     for name in features:

@@ -11,10 +11,11 @@ import numpy as np
 from genrecli import store, ui
 from genrecli.errors import UsageError
 from genrecli.layout import DatasetPaths
-from genrecli.metrics import mean_std, single_label_metrics
+from genrecli.metrics import mean_std, multi_label_metrics, single_label_metrics
 from genrecli.pipeline import StageResult
 
 SCALARS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
+MULTI_SCALARS = ("auc_roc", "example_f", "micro_f1", "macro_f1", "adiv@1", "adiv@3", "adiv@5")
 
 
 def list_runs(paths: DatasetPaths) -> list[Path]:
@@ -42,8 +43,9 @@ def evaluate(data: str, *, run: str | None = None, data_home: str | Path | None 
         metrics = run_metrics(run_dir)
         metrics["predictions_sha256"] = digest
         out.write_text(json.dumps(metrics, indent=2))
-        acc = metrics["summary"]["accuracy"]
-        ui.info(f"{run_dir.name}: accuracy {acc['mean']:.3f} ± {acc['std']:.3f} over {acc['n']} fold/seed runs")
+        key = "auc_roc" if metrics["config"].get("multilabel") else "accuracy"
+        stat = metrics["summary"][key]
+        ui.info(f"{run_dir.name}: {key} {stat['mean']:.3f} ± {stat['std']:.3f} over {stat['n']} fold/seed runs")
         result.written.append(run_dir.name)
     if result.up_to_date:
         ui.info(f"{len(result.up_to_date)} runs already evaluated (unchanged predictions); nothing to do for them")
@@ -53,20 +55,28 @@ def evaluate(data: str, *, run: str | None = None, data_home: str | Path | None 
 def run_metrics(run_dir: Path) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
     n_classes = len(config["labels"])
+    multilabel = bool(config.get("multilabel"))
     entries, confusion = [], np.zeros((n_classes, n_classes), dtype=np.int64)
     with h5py.File(run_dir / "predictions.h5", "r") as h5:
         for fold in sorted(h5):
             for seed in sorted(h5[fold]):
                 g = h5[fold][seed]
-                m = single_label_metrics(g["y_true"][()], g["y_pred"][()], n_classes)
-                confusion += np.asarray(m["confusion"])
+                if multilabel:
+                    m = multi_label_metrics(g["y_true"][()], g["y_pred"][()], g["scores"][()])
+                else:
+                    m = single_label_metrics(g["y_true"][()], g["y_pred"][()], n_classes)
+                    confusion += np.asarray(m["confusion"])
                 m.update(fold=fold, seed=seed, fit_seconds=float(g.attrs["fit_seconds"]),
                          predict_seconds=float(g.attrs["predict_seconds"]), n_test=int(len(g["y_true"])),
                          extra=json.loads(g.attrs.get("extra", "{}")))
                 entries.append(m)
-    summary = {k: mean_std(e[k] for e in entries) for k in (*SCALARS, "fit_seconds", "predict_seconds")}
+    scalars = [k for k in MULTI_SCALARS if k in entries[0]] if multilabel else list(SCALARS)
+    summary = {k: mean_std(e[k] for e in entries) for k in (*scalars, "fit_seconds", "predict_seconds")}
     summary["extra"] = _aggregate_extra([e["extra"] for e in entries])
-    return {"run": run_dir.name, "config": config, "summary": summary, "confusion": confusion.tolist(), "entries": entries}
+    out = {"run": run_dir.name, "config": config, "summary": summary, "entries": entries}
+    if not multilabel:
+        out["confusion"] = confusion.tolist()
+    return out
 
 
 def _aggregate_extra(extras: list[dict]) -> dict:

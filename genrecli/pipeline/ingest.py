@@ -13,6 +13,7 @@ from genrecli.errors import UsageError
 from genrecli.layout import DatasetPaths
 from genrecli.manifest import Manifest, add_split, read_manifest, write_manifest
 from genrecli.pipeline import StageResult
+from genrecli.pipeline.features import write_feature_group
 from genrecli.splits import make_split, split_name
 
 
@@ -41,14 +42,19 @@ def ingest(
     for note in listing.notes:
         ui.info(note)
     tracks = listing.tracks
-    label_names = listing.label_names or sorted({t.label for t in tracks})
+    if not tracks:
+        raise UsageError(f"{dataset}: the corpus lists no usable tracks")
+    label_names = listing.label_names or sorted({name for t in tracks for name in (t.labels or (t.label,))})
     if limit is not None and limit < len(tracks):
         if limit < len(label_names):
             raise UsageError(f"--limit {limit}: fewer tracks than the {len(label_names)} labels")
-        labels = [t.label for t in tracks]
-        keep, _ = train_test_split(np.arange(len(tracks)), train_size=limit, random_state=seed, stratify=labels)
-        tracks = [tracks[i] for i in sorted(keep)]
-    label_names = [n for n in label_names if any(t.label == n for t in tracks)]
+        strata = Manifest(paths.name, tracks, label_names).strata()
+        keep, _ = train_test_split(np.arange(len(tracks)), train_size=limit, random_state=seed, stratify=strata)
+        keep = np.sort(keep)
+        tracks = [tracks[i] for i in keep]
+        listing.features = {g: (arr[keep], p) for g, (arr, p) in listing.features.items()}
+    used = {name for t in tracks for name in (t.labels or (t.label,))}
+    label_names = [n for n in label_names if n in used]
     manifest = Manifest(paths.name, tracks, label_names)
     specs = [resolve_split_spec(s, dataset) for s in splits]
     for s in specs:
@@ -71,12 +77,26 @@ def ingest(
     write_manifest(paths.manifest, manifest, params)
     with store.write_transaction(paths.manifest) as h5:
         store.record_failures(h5, "ingest", listing.skipped)
-    counts = ", ".join(f"{n} {sum(t.label == n for t in tracks)}" for n in label_names)
+    if listing.features:
+        _write_precomputed(paths, listing.features, manifest.content_hash())
+    counts = ", ".join(f"{n} {c}" for n, c in zip(label_names, manifest.Y.sum(0)))
     ui.info(f"{paths.manifest}: {len(tracks)} tracks ({counts}); splits: {', '.join(manifest.splits)}")
     if listing.skipped:
         ui.info(f"{len(listing.skipped)} files or items skipped (listed by `genre info --data {paths.name}`)")
     result.written.append("manifest")
     return result
+
+
+def _write_precomputed(paths: DatasetPaths, features: dict, content: str) -> None:
+    """Store features that ship with the corpus; rows with NaN/inf are marked invalid and recorded."""
+    with store.write_transaction(paths.features()) as h5:
+        for group, (array, params) in features.items():
+            data = np.asarray(array, dtype=np.float32)
+            valid = np.isfinite(data.reshape(len(data), -1)).all(axis=1)
+            failures = {f"row {i}": "precomputed feature has NaN/inf values" for i in np.flatnonzero(~valid)}
+            data[~valid] = np.nan
+            write_feature_group(h5, group, data, valid, {**params, "precomputed": True, "manifest": content}, failures)
+            ui.info(f"{paths.features()}: wrote precomputed {group} {data.shape[1:]} ({int(valid.sum())} valid rows)")
 
 
 def ensure_split(paths: DatasetPaths, spec: str, *, seed: int = 0) -> str:

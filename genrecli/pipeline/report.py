@@ -35,10 +35,25 @@ def load_metrics(paths: DatasetPaths) -> list[dict]:
     return out
 
 
+def multilabel_table(metrics: list[dict]) -> list[list[str]]:
+    """Multi-label runs: macro AUC-ROC, example-based F-measure, ADiv@N (Oramas et al.'s metrics)."""
+    rows = [["run", "model", "inputs", "split", "AUC-ROC %", "example F %", "micro F1 %", "ADiv@1 %", "ADiv@3 %", "ADiv@5 %"]]
+    for m in metrics:
+        c, s = m["config"], m["summary"]
+        if not c.get("multilabel"):
+            continue
+        inputs = ", ".join(sorted({i for i, _ in c["pairs"]}))
+        rows.append([m["run"], c["model"], inputs, c["split"], _pm(s["auc_roc"]), _pm(s["example_f"]), _pm(s["micro_f1"]),
+                     *[_pm(s.get(f"adiv@{n}")) for n in (1, 3, 5)]])
+    return rows if len(rows) > 1 else []
+
+
 def runs_table(metrics: list[dict]) -> list[list[str]]:
     rows = [["run", "model", "inputs", "kernels", "split", "test n", "accuracy %", "balanced acc %", "macro F1 %", "fit s"]]
     for m in metrics:
         c, s = m["config"], m["summary"]
+        if c.get("multilabel"):
+            continue
         inputs = ", ".join(sorted({i for i, _ in c["pairs"]}))
         kernels = ", ".join(sorted({k for _, k in c["pairs"]}, key=KERNEL_ORDER.index))
         n_test = int(np.mean([e["n_test"] for e in m["entries"]]))
@@ -52,7 +67,7 @@ def svm_pivot(metrics: list[dict], split: str) -> list[list[str]]:
     cells, inputs = {}, set()
     for m in metrics:
         c = m["config"]
-        if c["model"] != "svm" or c["split"] != split or len(c["pairs"]) != 1:
+        if c["model"] != "svm" or c["split"] != split or len(c["pairs"]) != 1 or c.get("multilabel"):
             continue
         (inp, ker), = c["pairs"]
         inputs.add(inp)
@@ -72,7 +87,7 @@ def model_table(metrics: list[dict], split: str) -> list[list[str]]:
     rows = [["model", "inputs", "accuracy %", "macro F1 %", "RE train %", "RE test %", "forward s (test set)"]]
     for m in metrics:
         c, s = m["config"], m["summary"]
-        if c["split"] != split or c["model"] == "svm":
+        if c["split"] != split or c["model"] == "svm" or c.get("multilabel"):
             continue
         extra = s.get("extra", {})
         inputs = ", ".join(sorted({i for i, _ in c["pairs"]}))
@@ -178,12 +193,19 @@ def report(data: str, *, data_home: str | Path | None = None, force: bool = Fals
             md += [f"## Multi-kernel models — split {split}", "", markdown(models), ""]
             body += [f"<h2>Multi-kernel models — split {html.escape(split)}</h2>", html_table(models)]
     runs = runs_table(metrics)
-    md += ["## All runs (mean ± std over folds × seeds)", "", markdown(runs), ""]
-    body += ["<h2>All runs (mean ± std over folds × seeds)</h2>", html_table(runs), "<h2>Figures</h2>"]
+    if len(runs) > 1:
+        md += ["## All runs (mean ± std over folds × seeds)", "", markdown(runs), ""]
+        body += ["<h2>All runs (mean ± std over folds × seeds)</h2>", html_table(runs)]
+    multi = multilabel_table(metrics)
+    if multi:
+        md += ["## Multi-label runs (mean ± std over folds × seeds)", "", markdown(multi), ""]
+        body += ["<h2>Multi-label runs (mean ± std over folds × seeds)</h2>", html_table(multi)]
+    body.append("<h2>Figures</h2>")
     for m in metrics:
-        png = f"confusion-{m['run']}.png"
-        _confusion_png(m, paths.report / png)
-        body.append(f"<figure><img src='{html.escape(png)}' alt='confusion matrix'><figcaption>{html.escape(m['run'])}</figcaption></figure>")
+        if "confusion" in m:
+            png = f"confusion-{m['run']}.png"
+            _confusion_png(m, paths.report / png)
+            body.append(f"<figure><img src='{html.escape(png)}' alt='confusion matrix'><figcaption>{html.escape(m['run'])}</figcaption></figure>")
         ri_png = f"importance-{m['run']}.png"
         if _importance_png(m, paths.report / ri_png):
             body.append(f"<figure><img src='{html.escape(ri_png)}' alt='relative importance'></figure>")
@@ -195,7 +217,7 @@ def report(data: str, *, data_home: str | Path | None = None, force: bool = Fals
         f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
     stamp.write_text(digest)
-    ui.info(f"{paths.report}: results.md, index.html and {len(metrics)} confusion matrices")
+    ui.info(f"{paths.report}: results.md, index.html and figures of {len(metrics)} runs")
     print("\n".join(md))
     result.written.append("report")
     return result

@@ -21,6 +21,7 @@ from genrecli import store, ui
 from genrecli.errors import UsageError
 from genrecli.layout import DatasetPaths
 from genrecli.manifest import read_manifest
+from genrecli.metrics import macro_auc
 from genrecli.models import get_model
 from genrecli.pipeline import StageResult
 from genrecli.pipeline.ingest import ensure_split
@@ -55,7 +56,7 @@ def train(
     paths = DatasetPaths.of(data, data_home)
     split_id = ensure_split(paths, split)
     manifest = read_manifest(paths.manifest)
-    y_all = manifest.y
+    y_all = manifest.targets()
     assignment = manifest.split(split_id)
     inputs = tuple(inputs) if inputs else tuple(available_inputs(paths))
     if seeds < 1:
@@ -69,6 +70,7 @@ def train(
             "model": model, "pairs": pairs, "split": split_id, "seeds": seeds, "options": options,
             "kernels": [kernel_digest(paths, split_id, f, pairs) for f in range(assignment.shape[0])],
             "labels": manifest.label_names,
+            "multilabel": manifest.multilabel,
         }
         digest = store.params_hash(config)
         cfg_path = run_dir / "config.json"
@@ -111,7 +113,7 @@ def _train_run(spec, pairs, paths, split_id, assignment, y_all, seeds, options, 
                 t0 = time.perf_counter()
                 scores = np.asarray(est.decision_gram(g_te, map_grams_test=m_te), dtype=np.float32)
                 predict_s = time.perf_counter() - t0
-                y_pred = np.asarray(est.classes_)[np.argmax(scores, axis=1)]
+                y_pred = scores > 0 if y_all.ndim == 2 else np.asarray(est.classes_)[np.argmax(scores, axis=1)]
                 extra = {}
                 if hasattr(est, "extra_metrics"):
                     extra = est.extra_metrics(g_te, y_all[te], map_grams_test=m_te)
@@ -124,8 +126,11 @@ def _train_run(spec, pairs, paths, split_id, assignment, y_all, seeds, options, 
                                  extra=store.canonical_json(extra), params=store.canonical_json(_jsonable(est.get_params())))
                 save_file({k: np.ascontiguousarray(v) for k, v in est.state_dict().items()},
                           str(run_dir / f"model-fold{fold}-seed{seed}.safetensors"))
-                acc = float(np.mean(y_pred == y_all[te])) if len(te) else float("nan")
-                ui.info(f"{label}: accuracy {acc:.3f} on {len(te)} test tracks (fit {fit_s:.1f} s)")
+                if y_all.ndim == 2:
+                    ui.info(f"{label}: AUC-ROC {macro_auc(y_all[te], scores):.3f} on {len(te)} test tracks (fit {fit_s:.1f} s)")
+                else:
+                    acc = float(np.mean(y_pred == y_all[te])) if len(te) else float("nan")
+                    ui.info(f"{label}: accuracy {acc:.3f} on {len(te)} test tracks (fit {fit_s:.1f} s)")
     tmp.replace(run_dir / "predictions.h5")
 
 
