@@ -100,13 +100,15 @@ def ingest_cmd(
     split: Annotated[Optional[list[str]], typer.Option("--split", help="split spec(s): standard, random:F, group:KEY:F, kfold:K, groupkfold:KEY:K, file:DIR")] = None,
     seed: Annotated[int, typer.Option("--seed", help="seed of the splits and of --limit")] = 0,
     limit: Annotated[Optional[int], typer.Option("--limit", help="keep a stratified sample of N tracks")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="loader option KEY=VALUE (repeatable; see data/README.md)")] = None,
     force: ForceOpt = False,
 ) -> None:
     """List a corpus, check and checksum its files, write the manifest and the splits."""
     from genrecli.pipeline.ingest import ingest
 
     specs = tuple(split) if split else ("standard",)
-    _finish(ingest(dataset, root=root, name=name, splits=specs, seed=seed, limit=limit, data_home=_globals["data_home"], force=force))
+    _finish(ingest(dataset, root=root, name=name, splits=specs, seed=seed, limit=limit, options=_options(option, as_text=True),
+                   data_home=_globals["data_home"], force=force))
 
 
 @command("extract-audio")
@@ -169,14 +171,15 @@ def kernels_cmd(
                             levels=levels, seed=seed, device=device, data_home=_globals["data_home"], force=force))
 
 
-def _options(pairs: Optional[list[str]]) -> dict:
+def _options(pairs: Optional[list[str]], *, as_text: bool = False) -> dict:
+    """``KEY=VALUE`` pairs; values are parsed as JSON (numbers, lists, true) unless ``as_text``."""
     out = {}
     for item in pairs or []:
         if "=" not in item:
             raise GenreError(f"--option {item}: expected KEY=VALUE")
         key, value = item.split("=", 1)
         try:
-            out[key] = json.loads(value)
+            out[key] = value if as_text else json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
     return out

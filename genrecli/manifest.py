@@ -67,6 +67,7 @@ class Manifest:
     splits: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     split_specs: dict[str, str] = dataclasses.field(default_factory=dict)
     attrs: dict = dataclasses.field(default_factory=dict)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # items the loader left out, and why
 
     @property
     def ids(self) -> list[str]:
@@ -191,7 +192,8 @@ def read_manifest(path: Path) -> Manifest:
         splits = {k: v[()] for k, v in h5["splits"].items()}
         specs = {k: str(v.attrs.get("spec", k)) for k, v in h5["splits"].items()}
         attrs = store.group_params(h5)
-        return Manifest(str(h5.attrs["dataset"]), tracks, names, splits, specs, attrs)
+        skipped = {tid: msg for tid, stage, msg in store.read_failures(h5) if stage == "ingest"}
+        return Manifest(str(h5.attrs["dataset"]), tracks, names, splits, specs, attrs, skipped)
 
 
 def manifest_hash(path: Path) -> str:

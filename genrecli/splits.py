@@ -9,7 +9,9 @@ or ``UNUSED`` (see :mod:`genrecli.manifest`). Specs:
                         the groups allow
 ``kfold:K``             stratified K-fold cross-validation (K folds)
 ``groupkfold:KEY:K``    stratified group K-fold (no group in two parts of a fold)
-``file:DIR``            DIR holds ``train.txt``, ``test.txt`` and optionally ``valid.txt``: one track id (or file name) per line
+``given:KEY``           the corpus's own parts, recorded per track in group KEY (train / valid / test)
+``file:DIR``            DIR holds ``train.txt``, ``test.txt`` and optionally ``valid.txt`` (or the published
+                        ``<part>_filtered.txt`` of the fault-filtered GTZAN split): one track id or file name per line
 ``standard``            the dataset's own protocol (resolved by the dataset loader)
 """
 
@@ -84,11 +86,26 @@ def _make_split(spec: str, manifest: Manifest, seed: int) -> np.ndarray:
             raise UsageError(f"split '{spec}': only {len(set(groups))} distinct '{parts[1]}' groups for {k} folds")
         cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         return _assign_folds(cv.split(np.zeros(n), y, groups), n, k)
+    if kind == "given" and len(parts) == 2:
+        return _given_split(manifest, parts[1], spec)
     if kind == "file" and len(parts) >= 2:
         return _file_split(Path(spec[5:]), manifest, spec)
     raise UsageError(
-        f"unknown split spec '{spec}' (expected random:F[:V], group:KEY:F[:V], kfold:K, groupkfold:KEY:K, file:DIR or standard)"
+        f"unknown split spec '{spec}' (expected random:F[:V], group:KEY:F[:V], kfold:K, groupkfold:KEY:K, "
+        "given:KEY, file:DIR or standard)"
     )
+
+
+GIVEN_PARTS = {"train": TRAIN, "valid": VALID, "test": TEST}
+
+
+def _given_split(manifest: Manifest, key: str, spec: str) -> np.ndarray:
+    """The corpus's own parts: group KEY holds train, valid or test (anything else: unused)."""
+    values = manifest.group_values(key)
+    out = np.array([[GIVEN_PARTS.get(str(v).lower(), UNUSED) for v in values]], dtype=np.int8)
+    if not (out == TRAIN).any() or not (out == TEST).any():
+        raise UsageError(f"split '{spec}': group '{key}' marks no train or no test tracks (values: train, valid, test)")
+    return out
 
 
 def _fractions(parts: list[str], spec: str) -> tuple[float, float]:
@@ -157,8 +174,14 @@ def _file_split(directory: Path, manifest: Manifest, spec: str) -> np.ndarray:
     if not directory.is_dir():
         raise UsageError(f"split '{spec}': {directory} is not a directory")
     lists = {name: directory / f"{name}.txt" for name in ("train", "valid", "test")}
+    if not lists["train"].exists():  # the fault-filtered GTZAN lists are published as <part>_filtered.txt
+        lists = {name: directory / f"{name}_filtered.txt" for name in ("train", "valid", "test")}
     if not lists["train"].exists() or not lists["test"].exists():
-        raise UsageError(f"split '{spec}': expected {lists['train']} and {lists['test']} (one track id per line)")
+        raise UsageError(
+            f"split '{spec}': expected {directory}/train.txt and test.txt (or train_filtered.txt and "
+            "test_filtered.txt), one track id or file name per line"
+        )
+    skipped = {Path(k).stem for k in manifest.skipped}
     # Lists may name ids or files (with folders and suffixes, as published GTZAN lists do).
     index = {}
     for i, tid in enumerate(manifest.ids):
@@ -176,7 +199,8 @@ def _file_split(directory: Path, manifest: Manifest, spec: str) -> np.ndarray:
                 continue
             key = next((k for k in (entry, Path(entry).name, Path(entry).stem) if k in index), None)
             if key is None:
-                unknown.append(entry)
+                if Path(entry).stem not in skipped:  # a file skipped at ingest (jazz.00054) is not an error
+                    unknown.append(entry)
                 continue
             out[0, index[key]] = code
         if unknown:

@@ -69,11 +69,29 @@ def file_sha256(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def combine_digests(digests: list[str]) -> str:
+    """One digest as is; several joined and hashed again."""
+    if not digests:
+        raise ValueError("a checksum needs at least one file or text")
+    return digests[0] if len(digests) == 1 else text_sha256("".join(digests))
+
+
 def files_sha256(*paths: str | os.PathLike) -> str:
-    """Checksum of one file, or of several files taken together (a score and its MIDI)."""
-    if len(paths) == 1:
-        return file_sha256(paths[0])
-    return text_sha256("".join(file_sha256(p) for p in paths))
+    """Checksum of one file, or of several files taken together."""
+    return combine_digests([file_sha256(p) for p in paths])
+
+
+def track_checksum(*, audio=None, midi=None, score=None, image=None, score_text: str | None = None) -> str:
+    """The checksum of a track that loaders record and ``genre validate`` recomputes.
+
+    SHA-256 of each of the track's files in the order audio, midi, score, image (the score only when it is
+    not given inline), plus that of the inline text when the track also has files.
+    """
+    files = [p for p in (audio, midi, score if score_text is None else None, image) if p]
+    digests = [file_sha256(p) for p in files]
+    if score_text is not None:
+        digests.append(text_sha256(score_text))
+    return combine_digests(digests)
 
 
 def text_sha256(text: str) -> str:

@@ -1,6 +1,6 @@
 """Audio for every track: decoding, synthesis from scores and MIDI, and per-track features."""
 
-from genrecli.audio.features import AUDIO_FEATURES, AudioFeature, extract_track, mfcc_summary
+from genrecli.audio.features import AUDIO_FEATURES, AudioFeature, configure_feature, extract_track, mfcc_summary
 from genrecli.audio.io import AUDIO_SUFFIXES, decode_audio, load_audio, resample
 from genrecli.audio.synth import (
     SCORE_FORMATS,
@@ -17,6 +17,7 @@ __all__ = [
     "AUDIO_SUFFIXES",
     "SCORE_FORMATS",
     "AudioFeature",
+    "configure_feature",
     "decode_audio",
     "default_soundfont",
     "extract_track",

@@ -1,18 +1,44 @@
-"""Fixed-length audio descriptors per track, and the registry the extract-audio stage reads."""
+"""Per-track audio features: the registry the extract-audio stage reads, and the extraction driver.
+
+Registered features (``genre list features``; shapes are per track):
+
+=================  ===============  ==========================================================
+name               shape            what
+=================  ===============  ==========================================================
+mfcc               (80,)            MFCC statistics, 0.03 s frames (DM2KMN's hand-crafted view)
+mfcc-image         (1000,)          MFCC image (224x224 viridis) -> ImageNet CNN logits (DM2KMN):
+                                    EfficientNet-Lite0 by default, HF ResNet-101 with weights=DIR
+vggish             (128,)           VGGish embedding, mean over 0.96 s examples; weights=FILE
+musicnn            (200,)           musicnn MTT penultimate layer, mean over 3 s patches
+musicnn-tags       (50,)            musicnn MTT tag probabilities, mean over patches
+musicnn-pool       (753,)           musicnn MTT temporal max-pool, mean over patches
+mel                (128, 431)       log-mel patch, 10 s (Ng et al.)
+cqt                (84, 431)        log-CQT patch, 10 s (Ng et al.)
+harmonic           (128, 431)       log-mel of the HPSS harmonic part, 10 s (Ng et al.)
+percussive         (128, 431)       log-mel of the HPSS percussive part, 10 s (Ng et al.)
+scattering         (299, 512)       log scattering transform, J=9 Q=8, 11.9 s (Ng et al.)
+timbre             (33,)            centroid, flux, zero crossings, 13 MFCCs, low energy (Ng et al.)
+rhythm             (228,)           rhythm histogram + SSD on 24 Bark bands (Ng et al.)
+logcqt-oramas      (96, 323)        log-CQT, hop 1024, 15 s (Oramas et al.)
+logmel-ru          (128, 1292)      log-mel, 128 bands, hop 512, 30 s (Ru et al.)
+=================  ===============  ==========================================================
+
+Options a user must supply (weights) come through :func:`configure_feature`; they become part of the
+feature's ``params`` (with the sha256 of the weight files), so the store's parameter hash follows them.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import Callable
 
 import numpy as np
 
+from genrecli.audio import encoders, handcrafted
+from genrecli.audio.base import SILENCE_RMS, AudioFeature
 from genrecli.audio.synth import track_audio
 from genrecli.errors import InputError, UsageError
 
-# Below this RMS a track is treated as silent: its MFCCs would only describe the dB floor.
-SILENCE_RMS = 1e-5
+__all__ = ["AUDIO_FEATURES", "SILENCE_RMS", "AudioFeature", "configure_feature", "extract_track", "mfcc_summary"]
 _DELTA_WIDTH = 9  # librosa's default delta window, in frames
 
 
@@ -24,6 +50,7 @@ def mfcc_summary(
     window_seconds: float = 0.03,
     hop_seconds: float = 0.015,
     n_mels: int = 40,
+    device="cpu",
 ) -> np.ndarray:
     """MFCC statistics of a track, as in the DM2KMN paper (0.03 s frames).
 
@@ -39,6 +66,8 @@ def mfcc_summary(
         Frame length (also the FFT size) and hop, in seconds.
     n_mels : int
         Mel bands before the DCT.
+    device : str or torch.device
+        CUDA devices compute the MFCCs with the torch front end (:mod:`genrecli.audio.frontend`).
 
     Returns
     -------
@@ -52,6 +81,8 @@ def mfcc_summary(
     """
     import librosa
 
+    from genrecli.audio.frontend import mfcc as mfcc_frames
+
     n_fft, hop = _frames(sr, window_seconds, hop_seconds)
     y = np.asarray(y, dtype=np.float32)
     n_frames = 1 + len(y) // hop
@@ -60,7 +91,7 @@ def mfcc_summary(
         raise InputError(f"audio too short for MFCCs ({len(y) / sr:.3f} s; need {need:.3f} s)")
     if float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))) < SILENCE_RMS:
         raise InputError("audio is silent")
-    mfcc = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=n_mfcc, n_fft=n_fft, hop_length=hop, n_mels=n_mels)
+    mfcc = mfcc_frames(y, sr=sr, n_mfcc=n_mfcc, n_fft=n_fft, hop_length=hop, n_mels=n_mels, device=device)
     delta = librosa.feature.delta(mfcc, width=_DELTA_WIDTH)
     stats = [mfcc.mean(axis=1), mfcc.std(axis=1), delta.mean(axis=1), delta.std(axis=1)]
     return np.concatenate(stats).astype(np.float32)
@@ -68,51 +99,6 @@ def mfcc_summary(
 
 def _frames(sr: int, window_seconds: float, hop_seconds: float) -> tuple[int, int]:
     return int(round(window_seconds * sr)), int(round(hop_seconds * sr))
-
-
-@dataclasses.dataclass(frozen=True)
-class AudioFeature:
-    """A per-track audio descriptor: what it needs, what it returns, and how to compute it.
-
-    Attributes
-    ----------
-    name : str
-        Registry key (``/audio/<name>`` in the feature store).
-    sample_rate : int
-        Rate in Hz the audio must have when passed to :meth:`compute`.
-    params : dict
-        JSON-serialisable parameters the store records and hashes (sample rate, window, hop, shape, ...).
-    shape : tuple of int
-        Shape of the vector :meth:`compute` returns.
-    description : str
-        One line for ``genre list features``.
-    function : callable
-        ``function(y) -> array``; a picklable top-level function or :func:`functools.partial` of one.
-    """
-
-    name: str
-    sample_rate: int
-    params: dict
-    shape: tuple[int, ...]
-    description: str
-    function: Callable[[np.ndarray], np.ndarray] = dataclasses.field(repr=False)
-
-    def compute(self, y: np.ndarray) -> np.ndarray:
-        """Compute the descriptor.
-
-        Parameters
-        ----------
-        y : np.ndarray, shape (n_samples,)
-            Mono audio at ``self.sample_rate``.
-
-        Returns
-        -------
-        np.ndarray, float32, shape ``self.shape``
-        """
-        out = np.asarray(self.function(y), dtype=np.float32)
-        if out.shape != self.shape:
-            raise RuntimeError(f"feature {self.name} returned shape {out.shape}, declared {self.shape}")
-        return out
 
 
 def _mfcc_feature(*, sr=22050, n_mfcc=20, window_seconds=0.03, hop_seconds=0.015, n_mels=40) -> AudioFeature:
@@ -143,18 +129,79 @@ def _mfcc_feature(*, sr=22050, n_mfcc=20, window_seconds=0.03, hop_seconds=0.015
         f"{n_mfcc} MFCCs on {window_seconds * 1000:g} ms frames: mean and std of MFCC and delta "
         f"({shape[0]} values)"
     )
-    return AudioFeature("mfcc", sr, params, shape, description, function)
+    return AudioFeature("mfcc", sr, params, shape, description, function, device_aware=True)
 
 
-AUDIO_FEATURES: dict[str, AudioFeature] = {feature.name: feature for feature in [_mfcc_feature()]}
+# name -> builder(**options) -> AudioFeature; the registry holds each builder's default feature
+_BUILDERS = {
+    "mfcc": _mfcc_feature,
+    "mfcc-image": encoders.mfcc_image_feature,
+    "vggish": encoders.vggish_feature,
+    "musicnn": functools.partial(encoders.musicnn_feature, "musicnn", "penultimate"),
+    "musicnn-tags": functools.partial(encoders.musicnn_feature, "musicnn-tags", "taggram"),
+    "musicnn-pool": functools.partial(encoders.musicnn_feature, "musicnn-pool", "max_pool"),
+    "mel": handcrafted.mel_feature,
+    "cqt": handcrafted.cqt_feature,
+    "harmonic": functools.partial(handcrafted.hpss_feature, "harmonic"),
+    "percussive": functools.partial(handcrafted.hpss_feature, "percussive"),
+    "scattering": handcrafted.scattering_feature,
+    "timbre": handcrafted.timbre_feature,
+    "rhythm": handcrafted.rhythm_feature,
+    "logcqt-oramas": handcrafted.logcqt_oramas_feature,
+    "logmel-ru": handcrafted.logmel_ru_feature,
+}
+# Options users may set per feature (the rest of each builder's keywords are fixed by the papers).
+_USER_OPTIONS = {
+    "mfcc-image": {"weights", "representation"},
+    "vggish": {"weights", "pca", "final_relu", "pooling"},
+    "musicnn": {"model"},
+    "musicnn-tags": {"model"},
+    "musicnn-pool": {"model"},
+}
+
+AUDIO_FEATURES: dict[str, AudioFeature] = {name: build() for name, build in _BUILDERS.items()}
+
+
+def configure_feature(name: str, **options) -> AudioFeature:
+    """Return feature ``name`` with user options applied (their values go into ``params``).
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`AUDIO_FEATURES`.
+    **options
+        ``mfcc-image``: ``weights=DIR`` (local Hugging Face ResNet-101 directory; default the bundled
+        EfficientNet-Lite0), ``representation="mfcc"|"logmel"``. ``vggish``: ``weights=FILE``
+        (torchvggish ``.pth``/``.safetensors``, required), ``pca=FILE``, ``final_relu=True``,
+        ``pooling="mean"|"meanstd"``. ``musicnn*``: ``model="MTT_musicnn"|"MSD_musicnn"``.
+        Options whose value is None are ignored.
+
+    Raises
+    ------
+    UsageError
+        Unknown feature or option, missing weights file, bad option value.
+    """
+    if name not in _BUILDERS:
+        raise UsageError(f"unknown audio feature {name} (known: {', '.join(_BUILDERS)})")
+    options = {k: v for k, v in options.items() if v is not None}
+    allowed = _USER_OPTIONS.get(name, set())
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        takes = f"takes {', '.join(sorted(allowed))}" if allowed else "takes no options"
+        raise UsageError(f"audio feature {name} {takes}, not {', '.join(unknown)}")
+    if not options:
+        return AUDIO_FEATURES[name]
+    return _BUILDERS[name](**options)
 
 
 def extract_track(
     source: dict,
-    feature_names: list[str],
+    feature_names: list,
     *,
     max_seconds: float | None = 30.0,
     soundfont=None,
+    device="cpu",
+    options: dict[str, dict] | None = None,
 ) -> dict[str, np.ndarray]:
     """Compute audio features of one track (a top-level function, so worker processes can run it).
 
@@ -166,12 +213,16 @@ def extract_track(
     source : dict
         Keys ``audio``, ``midi``, ``score``, ``score_text``, ``score_format`` (None when absent), as
         for :func:`genrecli.audio.synth.load_track_audio`; an optional ``name`` labels error messages.
-    feature_names : list of str
-        Keys of :data:`AUDIO_FEATURES`.
+    feature_names : list of str or AudioFeature
+        Keys of :data:`AUDIO_FEATURES`, or features made by :func:`configure_feature`.
     max_seconds : float or None
         Use at most this many seconds of audio.
     soundfont : path, optional
         SoundFont for synthesis.
+    device : str or torch.device
+        Where neural encoders and torch front ends run ("cpu", "cuda", "cuda:1", "auto").
+    options : dict, optional
+        ``{feature name: {option: value}}`` passed to :func:`configure_feature`.
 
     Returns
     -------
@@ -181,16 +232,15 @@ def extract_track(
     Raises
     ------
     UsageError
-        Unknown feature name.
+        Unknown feature name or option, a feature without its weights, an unavailable device.
     InputError
         Unusable source, or audio a feature cannot describe (silent, too short); the message names
         the track's file.
     """
-    unknown = [n for n in feature_names if n not in AUDIO_FEATURES]
-    if unknown:
-        known = ", ".join(AUDIO_FEATURES)
-        raise UsageError(f"unknown audio feature(s) {', '.join(unknown)} (known: {known})")
-    features = [AUDIO_FEATURES[n] for n in feature_names]
+    features = resolve_features(feature_names, options)
+    from genrecli.device import resolve_device
+
+    device = resolve_device(device)
     name = _source_name(source)
     keys = ("audio", "midi", "score", "score_text", "score_format")
     audio_at = track_audio(
@@ -202,10 +252,29 @@ def extract_track(
         y = audio_at(sr)
         for feature in (f for f in features if f.sample_rate == sr):
             try:
-                out[feature.name] = feature.compute(y)
+                out[feature.name] = feature.compute(y, device=device)
             except InputError as exc:
                 raise InputError(f"{name}: {feature.name}: {exc}") from None
     return out
+
+
+def resolve_features(feature_names: list, options: dict[str, dict] | None = None) -> list[AudioFeature]:
+    """Features for names (with ``options`` applied) or ready :class:`AudioFeature` objects; checks them.
+
+    Raises
+    ------
+    UsageError
+        Unknown names or options, or a feature that cannot run as configured (VGGish without weights).
+    """
+    options = options or {}
+    unknown = [n for n in feature_names if isinstance(n, str) and n not in AUDIO_FEATURES]
+    if unknown:
+        known = ", ".join(AUDIO_FEATURES)
+        raise UsageError(f"unknown audio feature(s) {', '.join(unknown)} (known: {known})")
+    features = [n if isinstance(n, AudioFeature) else configure_feature(n, **options.get(n, {})) for n in feature_names]
+    for feature in features:
+        feature.check()
+    return features
 
 
 def _source_name(source: dict) -> str:

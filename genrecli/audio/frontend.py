@@ -7,9 +7,10 @@ default), ``power_to_db(ref=1, amin=1e-10, top_db=80)`` and an orthonormal DCT-I
 and DCT matrices are built once per parameter set with librosa/scipy and cached per device.
 
 The ``backend`` argument of the public functions picks the implementation: ``"librosa"`` (NumPy),
-``"torch"``, or ``"auto"``: torch on CUDA devices, librosa on the CPU (measured on the 2-core CPU
-machine: librosa's mel spectrogram of 30 s at 22.05 kHz is as fast as torch's; see
-bench/bench_audio.py), so CPU results stay bit-identical to the reference library.
+``"torch"``, or ``"auto"``: torch on CUDA devices, librosa on the CPU. Measured on the 2-core CPU
+machine (bench/bench_audio.py): a mel spectrogram of 30 s at 22.05 kHz takes ~110 ms with librosa and
+~260 ms with the torch path (its STFT runs in float64 to match librosa, see :func:`stft_power`), so
+the CPU keeps librosa, which also keeps CPU results bit-identical to the reference library.
 """
 
 from __future__ import annotations
@@ -197,10 +198,13 @@ def mfcc(
     if not _use_torch(backend, device):
         import librosa
 
-        out = librosa.feature.mfcc(
-            y=np.asarray(y, dtype=np.float32), sr=sr, n_mfcc=n_mfcc, n_fft=n_fft, hop_length=hop_length,
+        # what librosa.feature.mfcc(y=...) does; its own ``norm`` keyword is the DCT's, so the mel
+        # spectrogram is passed as S to keep the mel ``norm`` configurable
+        S = librosa.feature.melspectrogram(
+            y=np.asarray(y, dtype=np.float32), sr=sr, n_fft=n_fft, hop_length=hop_length,
             win_length=win_length, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm,
         )
+        out = librosa.feature.mfcc(S=librosa.power_to_db(S), n_mfcc=n_mfcc)
         return out.astype(np.float32, copy=False)
     device = torch.device(device)
     S = mel_torch(y, sr=sr, n_fft=n_fft, hop_length=hop_length, win_length=win_length, n_mels=n_mels, fmin=fmin,

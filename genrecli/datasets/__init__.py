@@ -63,4 +63,4 @@ def require_root(name: str, root: Path | None) -> Path:
     return root
 
 
-from genrecli.datasets import folder, folk_dances, gtzan, piano  # noqa: E402,F401  (registration)
+from genrecli.datasets import ballroom, folder, folk_dances, fourmula, gtzan, ismir2004, mumu, music4all, piano, table  # noqa: E402,F401,I001  (registration)

@@ -50,7 +50,7 @@ def list_tracks(root: Path | None) -> Listing:
                     midi=str(midi.resolve()) if midi else None,
                     score=str(score.resolve()) if score else None,
                     score_format=SCORES[score.suffix.lower()] if score else None,
-                    checksum=store.files_sha256(*paths),
+                    checksum=store.track_checksum(audio=audio, midi=midi, score=score),
                 )
             )
     if not tracks:

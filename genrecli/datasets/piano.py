@@ -103,7 +103,7 @@ def list_tracks(root: Path | None) -> Listing:
                     score=str(score.resolve()),
                     score_format=FORMATS[score.suffix.lower()],
                     midi=str(midi.resolve()) if midi else None,
-                    checksum=store.files_sha256(score, *([midi] if midi else [])),
+                    checksum=store.track_checksum(midi=midi, score=score),
                 )
             )
     if not tracks:

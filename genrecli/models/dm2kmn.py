@@ -530,15 +530,18 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
             return self._forward_rows(ctx.Gxz, Ws, Ps, Fz, ctx.g)
 
     @staticmethod
-    def _forward_rows(Gxz, Ws, Ps, Fz_list, g, chunk=4096):
+    def _forward_rows(Gxz, Ws, Ps, Fz_list, g, chunk=2048):
         """Maps of rows x (m, B, N) through the network given the landmark maps (no gradient, chunked)."""
+        Qs = _layer_operators(Ps, Fz_list)
         outs = []
         for r0 in range(0, Gxz.shape[1], chunk):
             Ax = Gxz[:, r0:r0 + chunk]
             for li, (W, P) in enumerate(zip(Ws, Ps)):
-                Fx = torch.bmm(combine(W, Ax, g), P)
+                Kx = combine(W, Ax, g)
                 if li < len(Ws) - 1:
-                    Ax = torch.bmm(Fx, Fz_list[li].transpose(1, 2))
+                    Ax = _next_inner(Kx, Qs[li])
+                else:
+                    Fx = torch.bmm(Kx, P)
             outs.append(Fx)
         return torch.cat(outs, 1)
 
@@ -706,6 +709,7 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         """Inference: input-map Grams against the landmarks (m, n_x, N) -> head scores (n_x, n_heads)."""
         dev = self._device()
         Ws, Ps, Fz, A, b = self._compile(dev)
+        Qs = _layer_operators(Ps, Fz)
         g = self._activation()
         X = torch.from_numpy(np.ascontiguousarray(Gxz, dtype=np.float32))
         out = []
@@ -716,7 +720,7 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
                 for li, W in enumerate(Ws):
                     Kx = combine(W, Ax, g)
                     if li < len(Ws) - 1:
-                        Ax = torch.bmm(torch.bmm(Kx, Ps[li]), Fz[li].transpose(1, 2))
+                        Ax = _next_inner(Kx, Qs[li])
                 # classifier folded into the last projection: s = Ktilde_L(x, Z) (P_L W^T) + b
                 if Kx.shape[0] == 1:
                     out.append(Kx[0] @ A[0] + b)
@@ -796,6 +800,27 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
                 maps.append(em)
             self.maps_ = maps
         return self
+
+
+def _layer_operators(Ps, Fz_list):
+    """Per hidden layer, how <phi_p(x), phi_p(Z)> is obtained from ktilde_p(x, Z) (m_l, B, N).
+
+    Either the two factors (P_p, Fz_p): x -> (ktilde P_p) Fz_p^T, 2 N r_p per row and unit, or their product
+    Q_p = P_p Fz_p^T (N x N; = U_r U_r^T ktilde(Z, Z) on the landmarks), N^2 per row and unit: the cheaper one
+    is taken (Q when 2 r_max >= N, the usual case at 99 % energy).
+    """
+    out = []
+    for P, Fz in zip(Ps[:-1], Fz_list[:-1]):
+        N, r = P.shape[1], P.shape[2]
+        out.append(torch.bmm(P, Fz.transpose(1, 2)) if 2 * r >= N else (P, Fz))
+    return out
+
+
+def _next_inner(Kx, Q):
+    if isinstance(Q, tuple):
+        P, Fz = Q
+        return torch.bmm(torch.bmm(Kx, P), Fz.transpose(1, 2))
+    return torch.bmm(Kx, Q)
 
 
 class _Ctx:

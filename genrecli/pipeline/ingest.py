@@ -29,16 +29,24 @@ def ingest(
     splits: tuple[str, ...] = ("standard",),
     seed: int = 0,
     limit: int | None = None,
+    options: dict | None = None,
     data_home: str | Path | None = None,
     force: bool = False,
 ) -> StageResult:
     """Write ``<data-home>/<name>/manifest.h5`` for a corpus; returns what was done.
 
-    ``limit`` keeps a stratified, seeded sample of that many tracks (for quick runs).
+    ``limit`` keeps a stratified, seeded sample of that many tracks (for quick runs); ``options`` are
+    the loader's own options (e.g. ``min_count`` of music4all), recorded in the manifest's parameters.
     """
     spec = get_dataset(dataset)
     paths = DatasetPaths.of(name or dataset, data_home)
-    listing = spec.list_tracks(Path(root) if root is not None else None)
+    options = dict(options or {})
+    try:
+        listing = spec.list_tracks(Path(root) if root is not None else None, **options)
+    except TypeError as exc:
+        if options and "unexpected keyword" in str(exc):
+            raise UsageError(f"dataset '{dataset}': unknown loader option ({exc})") from None
+        raise
     for note in listing.notes:
         ui.info(note)
     tracks = listing.tracks
@@ -55,7 +63,7 @@ def ingest(
         listing.features = {g: (arr[keep], p) for g, (arr, p) in listing.features.items()}
     used = {name for t in tracks for name in (t.labels or (t.label,))}
     label_names = [n for n in label_names if n in used]
-    manifest = Manifest(paths.name, tracks, label_names)
+    manifest = Manifest(paths.name, tracks, label_names, skipped=dict(listing.skipped))
     specs = [resolve_split_spec(s, dataset) for s in splits]
     for s in specs:
         manifest.splits[split_name(s)] = make_split(s, manifest, seed=seed)
@@ -66,6 +74,7 @@ def ingest(
         "limit": limit,
         "seed": seed,
         "splits": specs,
+        "options": options,
         "content": manifest.content_hash(),
     }
     result = StageResult()

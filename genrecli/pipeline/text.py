@@ -16,16 +16,26 @@ from genrecli.pipeline import StageResult
 from genrecli.pipeline.features import iter_chunks, write_feature_group
 
 SOURCE_GROUP = "text/source"
+PLAIN_TEXT = ("lyrics", "text")
 ENCODE_CHUNK = 64  # texts per checkpoint while encoding
 
 
 def _track_text(track, *, keep_metadata: bool) -> str:
     from genrecli.text.convert import score_to_text
 
-    if track.score_format == "lyrics":
-        text = Path(track.score).read_text(encoding="utf-8", errors="replace") if track.score else ""
+    if track.score_format in PLAIN_TEXT:  # lyrics, reviews: inline, or a text file
+        where = track.score or track.id
+        if track.score_text is not None:
+            text = track.score_text
+        elif track.score:
+            try:
+                text = Path(track.score).read_text(encoding="utf-8", errors="replace")
+            except OSError as exc:
+                raise GenreError(f"{where}: cannot read the text ({exc.strerror or exc})") from None
+        else:
+            text = ""
         if not text.strip():
-            raise GenreError(f"{track.score}: empty lyrics file")
+            raise GenreError(f"{where}: empty {track.score_format}")
         return text
     if track.score_text is not None:
         return score_to_text(text=track.score_text, fmt=track.score_format, keep_metadata=keep_metadata)
@@ -42,7 +52,7 @@ def convert_sources(paths: DatasetPaths, *, keep_metadata: bool, force: bool) ->
     formats = sorted({t.score_format for t in manifest.tracks if t.score_format})
     params = {
         "keep_metadata": keep_metadata,
-        "stripped": {} if keep_metadata else {f: strip_metadata_description(f) for f in formats if f != "lyrics"},
+        "stripped": {} if keep_metadata else {f: strip_metadata_description(f) for f in formats if f not in PLAIN_TEXT},
         "manifest": manifest.content_hash(),
     }
     digest = store.params_hash(params)

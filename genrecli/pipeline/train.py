@@ -116,7 +116,7 @@ def _train_run(spec, pairs, paths, split_id, assignment, y_all, seeds, options, 
                 y_pred = scores > 0 if y_all.ndim == 2 else np.asarray(est.classes_)[np.argmax(scores, axis=1)]
                 extra = {}
                 if hasattr(est, "extra_metrics"):
-                    extra = est.extra_metrics(g_te, y_all[te], map_grams_test=m_te)
+                    extra = est.extra_metrics(g_te, map_grams_test=m_te)
                 grp = h5.create_group(f"fold{fold}/seed{seed}")
                 grp.create_dataset("test_index", data=te)
                 grp.create_dataset("y_true", data=y_all[te])

@@ -1,0 +1,224 @@
+"""Audio feature throughput: audio-seconds per wall-second, jobs=1 and jobs=2, against plain librosa loops.
+
+    python bench/bench_audio.py --json out.json [--files 16] [--slow-files 6] [--features mel,cqt,...]
+
+The clips are the first 30 s of pieces from the music21 corpus rendered with the General-MIDI
+SoundFont, written once as 44.1 kHz WAV files (cached in --cache); every measurement decodes them
+from disk, as ``genre extract-audio`` does for audio datasets. Each configuration runs a fresh
+ProcessPoolExecutor whose workers import the package, set torch to ``cores // jobs`` threads and
+warm up the feature (model loading, filter banks) before the clock starts, so the numbers are steady-
+state throughput. The baseline is a plain per-file librosa loop in one process over the same files
+(librosa.load at the feature's rate + the librosa transform), for the librosa-expressible features.
+VGGish runs with random weights (no weights file ships; the cost is the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PIECES = [
+    "joplin/maple_leaf_rag.mxl", "bach/bwv66.6.mxl", "beethoven/opus18no1/movement1.mxl",
+    "mozart/k155/movement1.mxl", "haydn/opus74no1/movement1.mxl", "schumann_robert/opus41no1/movement2.mxl",
+    "ryansMammoth/AcrobatsHornpipe.abc", "chopin/mazurka06-2.krn", "corelli/opus3no1/1grave.xml",
+    "handel/rinaldo/Lascia_chio_pianga.mxl", "schubert/Lindenbaum.xml", "verdi/laDonnaEMobile.mxl",
+    "weber/concertino_clarinet.mxl", "monteverdi/madrigal.3.1.rntxt", "bach/bwv1.6.mxl", "beethoven/opus59no1/movement1.mxl",
+    "mozart/k80/movement1.mxl", "haydn/opus1no1/movement1.mxl", "bach/bwv10.7.mxl", "bach/bwv101.7.mxl",
+]  # fmt: skip
+FAST = ["mfcc", "mel", "cqt", "harmonic+percussive", "timbre", "rhythm", "logcqt-oramas", "logmel-ru"]
+SLOW = ["scattering", "musicnn+musicnn-tags+musicnn-pool", "mfcc-image", "vggish"]
+SECONDS = 30.0
+
+
+def render_clips(cache: pathlib.Path, n: int) -> list[pathlib.Path]:
+    import music21
+    import soundfile
+
+    from genrecli.audio import load_track_audio
+    from genrecli.errors import GenreError
+
+    cache.mkdir(parents=True, exist_ok=True)
+    corpus = pathlib.Path(music21.__file__).parent / "corpus"
+    paths = []
+    for piece in PIECES:
+        if len(paths) == n:
+            break
+        wav = cache / (piece.replace("/", "__").rsplit(".", 1)[0] + ".wav")
+        if not wav.is_file():
+            try:
+                y = load_track_audio(sr=44100, score=corpus / piece, max_seconds=SECONDS)
+            except (GenreError, FileNotFoundError) as exc:
+                print(f"skip {piece}: {exc}", file=sys.stderr)
+                continue
+            if len(y) < 10 * 44100:
+                continue
+            soundfile.write(wav, y, 44100, subtype="FLOAT")
+        paths.append(wav)
+    return paths
+
+
+def _duration(path) -> float:
+    import soundfile
+
+    return soundfile.info(str(path)).duration
+
+
+# ------------------------------------------------------------------ workers
+
+_STATE: dict = {}
+
+
+def _init(names, options, threads, warm_path):
+    import torch
+
+    torch.set_num_threads(threads)
+    from genrecli.audio.features import extract_track
+
+    _STATE.update(names=names, options=options)
+    extract_track({"audio": warm_path}, names, max_seconds=5.0, options=options)  # load models, filters
+
+
+def _ours(path):
+    from genrecli.audio.features import extract_track
+
+    extract_track({"audio": path}, _STATE["names"], max_seconds=SECONDS, options=_STATE["options"])
+    return path
+
+
+def _librosa(path, kind):
+    import librosa
+
+    if kind == "mel":
+        y, sr = librosa.load(path, sr=22050, duration=SECONDS)
+        librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, n_fft=2048, hop_length=512, n_mels=128))
+    elif kind == "cqt":
+        y, sr = librosa.load(path, sr=22050, duration=SECONDS)
+        librosa.amplitude_to_db(np.abs(librosa.cqt(y, sr=sr, hop_length=512, n_bins=84)))
+    elif kind == "hpss":
+        y, sr = librosa.load(path, sr=22050, duration=SECONDS)
+        h, p = librosa.decompose.hpss(librosa.stft(y, n_fft=2048, hop_length=512))
+        basis = librosa.filters.mel(sr=sr, n_fft=2048, n_mels=128)
+        librosa.power_to_db(basis @ np.abs(h) ** 2), librosa.power_to_db(basis @ np.abs(p) ** 2)
+    elif kind == "mfcc":
+        y, sr = librosa.load(path, sr=22050, duration=SECONDS)
+        m = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=20, n_fft=662, hop_length=331, n_mels=40)
+        librosa.feature.delta(m, width=9)
+    return path
+
+
+def measure(names, files, jobs, options, cores) -> float:
+    threads = max(1, cores // jobs)
+    with concurrent.futures.ProcessPoolExecutor(jobs, initializer=_init,
+                                                initargs=(names, options, threads, str(files[0]))) as pool:
+        list(pool.map(_sleep, range(jobs)))  # wait for every worker's warm-up
+        start = time.perf_counter()
+        list(pool.map(_ours, [str(f) for f in files]))
+        wall = time.perf_counter() - start
+    return sum(_duration(f) for f in files) / wall
+
+
+def _sleep(_):
+    time.sleep(0.2)
+
+
+def measure_librosa(kind, files) -> float:
+    _librosa(str(files[0]), kind)  # warm-up (numba, filter caches)
+    start = time.perf_counter()
+    for f in files:
+        _librosa(str(f), kind)
+    return sum(_duration(f) for f in files) / (time.perf_counter() - start)
+
+
+def frontend_timing() -> dict:
+    """CPU mel spectrogram of 30 s at 22.05 kHz: librosa vs the torch front end (float64 STFT)."""
+    import librosa
+    import torch
+
+    from genrecli.audio import frontend
+
+    y = np.random.default_rng(0).standard_normal(int(SECONDS * 22050)).astype(np.float32)
+    out = {}
+    for backend in ("librosa", "torch"):
+        frontend.melspectrogram(y, sr=22050, backend=backend)
+        start = time.perf_counter()
+        for _ in range(5):
+            frontend.melspectrogram(y, sr=22050, backend=backend)
+        out[backend] = (time.perf_counter() - start) / 5
+    out["torch_threads"] = torch.get_num_threads()
+    del librosa
+    return out
+
+
+BASELINES = {"mel": "mel", "cqt": "cqt", "harmonic+percussive": "hpss", "mfcc": "mfcc"}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=pathlib.Path, help="write the results here")
+    parser.add_argument("--files", type=int, default=16, help="clips for the fast features")
+    parser.add_argument("--slow-files", type=int, default=6, help="clips for the neural/scattering features")
+    parser.add_argument("--features", default=None, help="comma-separated groups (default: all)")
+    parser.add_argument("--cache", type=pathlib.Path, default=pathlib.Path(tempfile.gettempdir()) / "genre-bench-audio")
+    parser.add_argument("--jobs", default="1,2")
+    args = parser.parse_args(argv)
+
+    cores = os.cpu_count() or 1
+    files = render_clips(args.cache, max(args.files, args.slow_files))
+    groups = args.features.split(",") if args.features else FAST + SLOW
+    job_counts = [int(j) for j in args.jobs.split(",")]
+    options = {}
+    if any("vggish" in g for g in groups):
+        weights = args.cache / "vggish-random.pth"
+        if not weights.is_file():
+            import torch
+
+            from genrecli.audio.vggish import VGGish
+
+            torch.manual_seed(0)
+            torch.save(VGGish().state_dict(), weights)
+        options["vggish"] = {"weights": str(weights)}
+
+    rows = []
+    for group in groups:
+        names = group.split("+")
+        subset = files[: args.slow_files] if group in SLOW else files[: args.files]
+        row = {"feature": group, "files": len(subset), "audio_seconds": round(sum(_duration(f) for f in subset), 1)}
+        for jobs in job_counts:
+            row[f"jobs{jobs}"] = round(measure(names, subset, jobs, options, cores), 1)
+        if group in BASELINES:
+            row["librosa_loop"] = round(measure_librosa(BASELINES[group], subset), 1)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+
+    result = {"machine": {"cpus": cores, "python": platform.python_version(), "load_average": os.getloadavg()},
+              "clip_seconds": SECONDS, "unit": "audio seconds per wall second", "features": rows,
+              "cpu_mel_frontend_seconds": frontend_timing()}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    header = "| feature | files | " + " | ".join(f"jobs={j}" for j in job_counts) + " | librosa loop (1 proc) |"
+    print(header)
+    print("|" + "---|" * (3 + len(job_counts)))
+    for row in rows:
+        cells = [row["feature"], str(row["files"])] + [f"{row[f'jobs{j}']:.1f}" for j in job_counts]
+        cells.append(f"{row['librosa_loop']:.1f}" if "librosa_loop" in row else "–")
+        print("| " + " | ".join(cells) + " |")
+    fe = result["cpu_mel_frontend_seconds"]
+    print(f"\nCPU mel spectrogram, 30 s @ 22.05 kHz: librosa {fe['librosa'] * 1000:.0f} ms, "
+          f"torch front end {fe['torch'] * 1000:.0f} ms ({fe['torch_threads']} threads)")
+    print(f"load average during the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""DKN vs DM2KMN: training time, test-set forward time, inference throughput and peak memory.
+
+    python bench/bench_dm2kmn.py [--device cpu] [--json out.json] [--quick]
+
+Every case runs in a fresh interpreter; its peak memory is that interpreter's peak RSS (ru_maxrss). Times are
+wall-clock seconds of the computation only (data made and libraries imported before the clock starts; the
+forward passes get one warm-up call and report the best of 3).
+
+Data: SYNTHETIC features of the paper's shapes (no real ResNet-101 / RoBERTa features are at hand here):
+an "audio" block of 1000 ResNet-like logits (class means on a 24-d latent space, Student-t noise) and a "text"
+block of 1024 RoBERTa-like max-pooled embeddings (ReLU of a low-rank class structure + noise); 4 balanced
+classes (piano eras) in case A, 5 classes (4MuLA genres) in B and C. 2 modalities x 4 kernels = 8 inputs,
+16 hidden units, 1 output, exp activation.
+
+Cases
+  A  piano shape: n_train=600, n_test=385, landmarks = all. Full default training (DKN with C by 5-fold CV,
+     initial DM2KMN, fine-tuning with (lr, epochs) by 5-fold CV) -> training times, accuracy, RE, forward times
+     of the 385 test tracks from features and from stored Grams.
+  B  n_train=5000, 1000 landmarks (DKN trained on the landmarks with max_iter=60, initial DM2KMN, C=1),
+     300 test rows: fit time and inference throughput of the DM2KMN from features; DKN throughput against all
+     5000 training rows as support vectors (its cost model: weights of the landmark DKN, random dual
+     coefficients) — training a DKN on 5000 rows (8 x 5000^2 Grams, 300 steps) is out of reach on 2 cores.
+  C  n_train=50,000: the DKN cost model against 50,000 training rows; the DM2KMN is B's model, saved and
+     loaded (safetensors): at inference it reads only its N=1000 landmarks, so its cost does not depend on
+     n_train (fitting it on 50,000 rows would only change its linear classifier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+D_AUDIO, D_TEXT = 1000, 1024
+
+
+def make_data(n: int, n_classes: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    rng.shuffle(y)
+    lat_a = rng.standard_normal((n_classes, 24)) * 0.9
+    lat_t = rng.standard_normal((n_classes, 24)) * 0.9
+    mix_a = rng.standard_normal((24, D_AUDIO)) / np.sqrt(24)
+    mix_t = rng.standard_normal((24, D_TEXT)) / np.sqrt(24)
+    za = lat_a[y] + rng.standard_normal((n, 24))
+    zt = lat_t[y] + rng.standard_normal((n, 24))
+    audio = 2.0 * (za @ mix_a) + rng.standard_t(5, size=(n, D_AUDIO))
+    text = np.maximum(zt @ mix_t + 0.8 * rng.standard_normal((n, D_TEXT)), 0.0)
+    return np.hstack([audio, text]).astype(np.float32), y
+
+
+def best_time(fn, repeats=3):
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def case_a(device: str, quick: bool) -> dict:
+    import numpy as np
+
+    from genrecli.models.dkn import DKNClassifier
+    from genrecli.models.dm2kmn import DM2KMNClassifier
+
+    n_tr, n_te = 600, 385
+    X, y = make_data(n_tr + n_te, 4, seed=1)
+    Xtr, ytr, Xte, yte = X[:n_tr], y[:n_tr], X[n_tr:], y[n_tr:]
+    dims = (D_AUDIO, D_TEXT)
+    mods = ("audio", "text")
+    t0 = time.perf_counter()
+    dkn = DKNClassifier(input_dims=dims, modality_names=mods, hidden=16, random_state=0, device=device)
+    dkn.fit(Xtr, ytr)
+    t_dkn = time.perf_counter() - t0
+    extra = dict(ft_lr_grid=(1e-3, 1e-2), ft_max_epochs=10) if quick else {}
+    t0 = time.perf_counter()
+    net = DM2KMNClassifier(input_dims=dims, modality_names=mods, hidden=16, dkn=dkn, random_state=0,
+                           device=device, **extra)
+    net.fit(Xtr, ytr)
+    t_map = time.perf_counter() - t0
+    # Gram-level forward (the CLI path: Grams stored by the kernels stage)
+    G_te = dkn._grams(Xte)
+    M_te = net._map_grams(Xte)
+    metrics = net.extra_metrics(G_te, map_grams_test=M_te)
+    t_feat_dkn = best_time(lambda: dkn.decision_function(Xte))
+    t_feat_map = best_time(lambda: net.decision_function(Xte))
+    return {
+        "case": "A", "n_train": n_tr, "n_test": n_te, "landmarks": n_tr,
+        "train_dkn_s": t_dkn, "train_dm2kmn_s": t_map, "train_total_s": t_dkn + t_map,
+        "acc_dkn": float(np.mean(dkn.predict(Xte) == yte)), "acc_dm2kmn": float(np.mean(net.predict(Xte) == yte)),
+        "re_train_initial": net.re_train_initial_, "re_train": net.re_train_, "re_test": metrics["re_test"],
+        "ft_lr": net.ft_lr_, "ft_epochs": net.ft_epochs_, "ranks_max": [max(r) for r in net.ranks_],
+        "fwd_gram_dkn_s": metrics["forward_time_dkn_s"], "fwd_gram_dm2kmn_s": metrics["forward_time_dm2kmn_s"],
+        "fwd_feat_dkn_s": t_feat_dkn, "fwd_feat_dm2kmn_s": t_feat_map,
+        "ri_dkn": metrics["ri_dkn"]["per_modality"], "ri_dm2kmn": metrics["ri_dm2kmn"]["per_modality"],
+        "dkn_support": int(len(dkn.support_)),
+    }
+
+
+def case_big(device: str, n_tr: int, label: str, model_path: str) -> dict:
+    import numpy as np
+    import torch
+    from safetensors.numpy import load_file, save_file
+
+    from genrecli.kernels.elementary import ElementaryKernel
+    from genrecli.models.dkn import Activation, combine
+    from genrecli.models.dm2kmn import DM2KMNClassifier
+
+    n_te, N = 300, 1000
+    X, y = make_data(n_tr + n_te, 5, seed=2)
+    Xtr, ytr, Xte = X[:n_tr], y[:n_tr], X[n_tr:]
+    params = dict(input_dims=(D_AUDIO, D_TEXT), hidden=16, landmarks=N, finetune=False, C=1.0, max_iter=60,
+                  random_state=0, device=device)
+    t_fit = None
+    if label == "B":  # fit, then save the model for case C
+        t0 = time.perf_counter()
+        net = DM2KMNClassifier(**params).fit(Xtr, ytr)
+        t_fit = time.perf_counter() - t0
+        save_file(net.state_dict(), model_path)
+    else:  # the DM2KMN reads only its N landmarks at inference: the saved model serves any n_train
+        net = DM2KMNClassifier(**params).load_state_dict(load_file(model_path))
+    t_map = best_time(lambda: net.decision_function(Xte))
+    M_te = net._map_grams(Xte)
+    t_map_gram = best_time(lambda: net._heads(M_te))
+    # DKN cost model at n_train: elementary Grams of the test rows against all n_train training rows (kernels
+    # fitted on them), the DKN recursion and the SVM expansion with every training row a support vector
+    kernels = [(sl, ElementaryKernel(k, device=device).fit(Xtr[:, sl])) for sl in net.slices_ for k in net.kernels]
+    beta = torch.as_tensor(np.random.default_rng(0).standard_normal((5, n_tr)), dtype=torch.float32)
+    dev = torch.device(device)
+    Ws = [torch.as_tensor(w, device=dev) for w in net.dkn_.weights_]
+    g = Activation("exp")
+
+    def dkn_forward_all():
+        G = np.stack([ek.transform(Xte[:, sl]) for sl, ek in kernels])
+        K = torch.from_numpy(G).to(dev)
+        out = []
+        with torch.no_grad():
+            for r0 in range(0, K.shape[1], 50):
+                A = K[:, r0:r0 + 50]
+                for W in Ws:
+                    A = combine(W, A, g)
+                out.append(A[0] @ beta.to(dev).T)
+        return torch.cat(out)
+
+    t_dkn = best_time(dkn_forward_all, repeats=1)
+    return {
+        "case": label, "n_train": n_tr, "n_test": n_te, "landmarks": N, "fit_dm2kmn_initial_s": t_fit,
+        "fwd_feat_dm2kmn_s": t_map, "fwd_gram_dm2kmn_s": t_map_gram, "fwd_feat_dkn_s": t_dkn,
+        "throughput_dm2kmn": n_te / t_map, "throughput_dkn": n_te / t_dkn,
+        "ranks_max": [max(r) for r in net.ranks_],
+    }
+
+
+def worker(name: str, device: str, quick: bool, model_path: str):
+    import torch
+
+    torch.manual_seed(0)
+    if name == "A":
+        res = case_a(device, quick)
+    elif name == "B":
+        res = case_big(device, 5000, "B", model_path)
+    else:
+        res = case_big(device, 50_000, "C", model_path)
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    res["device"] = device
+    print("RESULT " + json.dumps(res))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--cases", default="A,B,C")
+    ap.add_argument("--quick", action="store_true", help="case A: smaller fine-tuning grid (2 rates, 10 epochs)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--model-path", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.device, args.quick, args.model_path)
+        return
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="bench_dm2kmn_")
+    model_path = os.path.join(tmp, "dm2kmn_B.safetensors")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    results = []
+    t_all = time.perf_counter()
+    for name in args.cases.split(","):
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--device", args.device,
+               "--model-path", model_path]
+        if args.quick:
+            cmd.append("--quick")
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            print(f"case {name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+            sys.exit(1)
+        res = json.loads(lines[-1][len("RESULT "):])
+        res["case_wall_s"] = time.perf_counter() - t0
+        results.append(res)
+        print(f"case {name} done in {res['case_wall_s']:.1f} s", file=sys.stderr)
+    print(table(results))
+    print(f"\ntotal wall time {time.perf_counter() - t_all:.1f} s")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+
+
+def table(results) -> str:
+    f = lambda v, p=3: "—" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))  # noqa: E731
+    out = ["| case | n_train | landmarks N | n_test | DKN forward (s) | DM2KMN forward (s) | DKN samples/s | "
+           "DM2KMN samples/s | training (s) | peak RSS (MiB) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r["case"] == "A":
+            out.append(f"| A features | {r['n_train']} | {r['landmarks']} | {r['n_test']} | {f(r['fwd_feat_dkn_s'])} | "
+                       f"{f(r['fwd_feat_dm2kmn_s'])} | {r['n_test'] / r['fwd_feat_dkn_s']:.0f} | "
+                       f"{r['n_test'] / r['fwd_feat_dm2kmn_s']:.0f} | DKN {f(r['train_dkn_s'], 1)} + DM2KMN "
+                       f"{f(r['train_dm2kmn_s'], 1)} | {f(r['peak_rss_mib'], 0)} |")
+            out.append(f"| A stored Grams | {r['n_train']} | {r['landmarks']} | {r['n_test']} | "
+                       f"{f(r['fwd_gram_dkn_s'], 4)} | {f(r['fwd_gram_dm2kmn_s'], 4)} | "
+                       f"{r['n_test'] / r['fwd_gram_dkn_s']:.0f} | {r['n_test'] / r['fwd_gram_dm2kmn_s']:.0f} | | |")
+        else:
+            out.append(f"| {r['case']} features | {r['n_train']} | {r['landmarks']} | {r['n_test']} | "
+                       f"{f(r['fwd_feat_dkn_s'])} | {f(r['fwd_feat_dm2kmn_s'])} | {r['throughput_dkn']:.0f} | "
+                       f"{r['throughput_dm2kmn']:.0f} | {'initial DM2KMN ' + f(r['fit_dm2kmn_initial_s'], 1) if r['fit_dm2kmn_initial_s'] else 'model of B'} | "
+                       f"{f(r['peak_rss_mib'], 0)} |")
+    extra = []
+    for r in results:
+        if r["case"] == "A":
+            extra.append(f"\nCase A: accuracy DKN {r['acc_dkn']:.3f}, DM2KMN {r['acc_dm2kmn']:.3f}; "
+                         f"RE initial {r['re_train_initial']['re_abs']:.3f} %, learned (train) "
+                         f"{r['re_train']['re_abs']:.3f} %, test x train {r['re_test']['re_abs']:.3f} %; "
+                         f"fine-tuning lr {r['ft_lr']} for {r['ft_epochs']} epochs; max KPCA ranks per layer "
+                         f"{r['ranks_max']}; DKN support vectors {r['dkn_support']}; RI DKN {r['ri_dkn']}, "
+                         f"DM2KMN {r['ri_dm2kmn']}.")
+        else:
+            extra.append(f"Case {r['case']}: DM2KMN stored-Gram forward {r['fwd_gram_dm2kmn_s']:.3f} s; "
+                         f"max KPCA ranks per layer {r['ranks_max']}.")
+    return "\n".join(out + extra)
+
+
+if __name__ == "__main__":
+    main()

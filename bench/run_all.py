@@ -1,0 +1,73 @@
+"""Run every benchmark in one go and write BENCHMARKS.md (the figures of this machine, measured now).
+
+    python bench/run_all.py --out BENCHMARKS.md [--device cuda] [--only pipeline,kernels]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = {
+    "pipeline": ("Demo pipeline, per stage (folk-dances, 400 tunes, --jobs 2)", ["bench_pipeline.py", "--limit", "400", "--jobs", "2"]),
+    "kernels": ("Kernel stage at n=5000, d=1024 against scikit-learn", ["bench_kernels.py", "--n", "5000", "--d", "1024"]),
+    "dm2kmn": ("DKN vs DM2KMN", ["bench_dm2kmn.py"]),
+    "audio": ("Audio features: throughput", ["bench_audio.py"]),
+    "text": ("Text encoders: throughput", ["bench_text.py"]),
+}
+DEVICE_AWARE = {"kernels", "dm2kmn", "audio", "text"}
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = cpu
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), GPU: {gpu}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--only", default=",".join(BENCHES))
+    opts = ap.parse_args()
+    sections = [
+        "# Benchmarks",
+        "",
+        f"Measured by `make bench` (`python bench/run_all.py`) on {dt.date.today().isoformat()}: {machine()}.",
+        "Every table below comes from one run of its script; rerun `make bench` to refresh them.",
+        "",
+    ]
+    for key in opts.only.split(","):
+        title, cmd = BENCHES[key]
+        script = HERE / cmd[0]
+        if not script.exists():
+            sections += [f"## {title}", "", f"(`{cmd[0]}` is not in this checkout)", ""]
+            continue
+        args = [sys.executable, str(script), *cmd[1:]]
+        if key in DEVICE_AWARE:
+            args += ["--device", opts.device]
+        t0 = time.perf_counter()
+        proc = subprocess.run(args, capture_output=True, text=True)
+        took = time.perf_counter() - t0
+        print(f"{key}: exit {proc.returncode} in {took:.0f} s", file=sys.stderr)
+        body = proc.stdout.strip() if proc.returncode == 0 else f"FAILED (exit {proc.returncode}):\n\n```\n{proc.stderr[-3000:]}\n```"
+        sections += [f"## {title}", "", f"`{' '.join(['python', 'bench/' + cmd[0], *cmd[1:]])}` ({took:.0f} s)", "", body, ""]
+    opts.out.write_text("\n".join(sections) + "\n")
+    print(f"wrote {opts.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The torch spectrogram front end against librosa on rendered music (CPU; CUDA when present)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import librosa
+import numpy as np
+import pytest
+import torch
+
+from genrecli.audio import frontend, load_track_audio
+
+SR = 22050
+CONFIGS = [
+    dict(n_fft=2048, hop_length=512, n_mels=128),  # mel / logmel-ru
+    dict(n_fft=662, hop_length=331, n_mels=40),  # the DM2KMN MFCC frames (30 ms, non-power-of-two FFT)
+]
+
+
+@pytest.fixture(scope="module")
+def music():
+    import music21
+
+    score = pathlib.Path(music21.__file__).parent / "corpus" / "joplin" / "maple_leaf_rag.mxl"
+    return load_track_audio(sr=SR, score=score, max_seconds=12.0)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("config", CONFIGS, ids=["2048-512-128", "662-331-40"])
+def test_torch_mel_matches_librosa(music, config, device):
+    expected = librosa.feature.melspectrogram(y=music, sr=SR, **config)
+    got = frontend.melspectrogram(music, sr=SR, backend="torch", device=device, **config)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    # every bin, the quiet ones included, to 1e-4 relative
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("config", CONFIGS, ids=["2048-512-128", "662-331-40"])
+def test_torch_mfcc_matches_librosa(music, config, device):
+    expected = librosa.feature.mfcc(y=music, sr=SR, n_mfcc=20, **config)
+    got = frontend.mfcc(music, sr=SR, n_mfcc=20, backend="torch", device=device, **config)
+    assert got.shape == expected.shape
+    # relative to the coefficients' scale (single coefficients cross zero)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_auto_backend_is_librosa_on_cpu(music):
+    a = frontend.melspectrogram(music, sr=SR, device="cpu")
+    np.testing.assert_array_equal(a, librosa.feature.melspectrogram(y=music, sr=SR))
+
+
+def test_batched_stft_and_other_parameters(music):
+    batch = np.stack([music[:SR * 2], music[SR : SR * 3]])
+    S = frontend.stft_power(batch, n_fft=1024, hop_length=256, power=1.0)
+    assert S.shape == (2, 513, 1 + 2 * SR // 256)
+    np.testing.assert_allclose(S[1].numpy(), np.abs(librosa.stft(batch[1], n_fft=1024, hop_length=256)), rtol=1e-6,
+                               atol=1e-9)
+    kw = dict(n_fft=1024, hop_length=256, win_length=800, n_mels=64, fmin=50.0, fmax=8000.0, htk=True, norm=None)
+    np.testing.assert_allclose(frontend.melspectrogram(music, sr=SR, backend="torch", **kw),
+                               librosa.feature.melspectrogram(y=music, sr=SR, **kw), rtol=1e-4)
