@@ -117,6 +117,8 @@ def extract_audio_cmd(
     features: Annotated[str, typer.Option("--features", help="comma-separated audio features (see `genre list features`)")] = "mfcc",
     max_seconds: Annotated[float, typer.Option("--max-seconds", help="audio analysed per track (from the start)")] = 30.0,
     soundfont: Annotated[Optional[Path], typer.Option("--soundfont", help="General-MIDI .sf2 for MIDI rendering")] = None,
+    weights: Annotated[Optional[list[str]], typer.Option("--weights", help="FEATURE=PATH: local weights (vggish=vggish.pth, mfcc-image=resnet-101 dir); PATH alone when one feature is asked")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="FEATURE.KEY=VALUE feature option (repeatable)")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="worker processes")] = 1,
     shard: Annotated[Optional[str], typer.Option("--shard", help="k/N: compute every N-th track from the k-th into features.k-of-N.h5")] = None,
     device: DeviceOpt = "cpu",
@@ -127,8 +129,28 @@ def extract_audio_cmd(
     from genrecli.pipeline.audio import extract_audio
 
     resolve_device(device)
-    _finish(extract_audio(data, features=_csv(features), max_seconds=max_seconds, soundfont=str(soundfont) if soundfont else None,
-                          jobs=jobs, shard=shard, device=device, data_home=_globals["data_home"], force=force))
+    names = _csv(features)
+    _finish(extract_audio(data, features=names, options=_feature_options(names, weights, option), max_seconds=max_seconds,
+                          soundfont=str(soundfont) if soundfont else None, jobs=jobs, shard=shard, device=device,
+                          data_home=_globals["data_home"], force=force))
+
+
+def _feature_options(names: tuple[str, ...], weights: Optional[list[str]], pairs: Optional[list[str]]) -> dict:
+    """``--weights`` and ``-o FEATURE.KEY=VALUE`` as ``{feature: {key: value}}``."""
+    out: dict[str, dict] = {}
+    for item in weights or []:
+        feature, sep, path = item.partition("=")
+        if not sep:
+            if len(names) != 1:
+                raise GenreError(f"--weights {item}: say which feature it is for, as FEATURE=PATH")
+            feature, path = names[0], item
+        out.setdefault(feature, {})["weights"] = path
+    for key, value in _options(pairs).items():
+        feature, sep, opt = key.partition(".")
+        if not sep:
+            raise GenreError(f"--option {key}={value}: expected FEATURE.KEY=VALUE, e.g. musicnn.model=MSD_musicnn")
+        out.setdefault(feature, {})[opt] = value
+    return out
 
 
 @command("extract-text")

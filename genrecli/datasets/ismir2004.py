@@ -112,7 +112,7 @@ def list_tracks(root: Path | None, *, subsets: str | tuple[str, ...] = ("trainin
                     audio=str(path.resolve()), checksum=store.files_sha256(path),
                 )
             )
-    notes = [f"ISMIR 2004: " + ", ".join(f"{s} {sum(t.id.startswith(s + '/') for t in tracks)}" for s in subsets)]
+    notes = ["ISMIR 2004: " + ", ".join(f"{s} {sum(t.id.startswith(s + '/') for t in tracks)}" for s in subsets)]
     return Listing(tracks, skipped, label_names=[c for c in CLASSES if any(t.label == c for t in tracks)], notes=notes)
 
 

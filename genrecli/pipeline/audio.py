@@ -6,29 +6,23 @@ import functools
 from pathlib import Path
 
 from genrecli import store, ui
-from genrecli.errors import UsageError
 from genrecli.layout import DatasetPaths
 from genrecli.manifest import read_manifest
 from genrecli.pipeline import StageResult
 from genrecli.pipeline.features import assemble, parse_shard, run_per_track, shard_rows, write_feature_group
 
 
-def _feature_registry():
-    from genrecli.audio.features import AUDIO_FEATURES
-
-    return AUDIO_FEATURES
-
-
-def _extract_one(source: dict, *, names: tuple[str, ...], max_seconds: float, soundfont: str | None) -> dict:
+def _extract_one(source: dict, *, features: tuple, max_seconds: float, soundfont: str | None, device: str) -> dict:
     from genrecli.audio.features import extract_track
 
-    return extract_track(source, list(names), max_seconds=max_seconds, soundfont=soundfont)
+    return extract_track(source, list(features), max_seconds=max_seconds, soundfont=soundfont, device=device)
 
 
 def extract_audio(
     data: str,
     *,
     features: tuple[str, ...] = ("mfcc",),
+    options: dict[str, dict] | None = None,
     max_seconds: float = 30.0,
     soundfont: str | None = None,
     jobs: int = 1,
@@ -37,11 +31,17 @@ def extract_audio(
     data_home: str | Path | None = None,
     force: bool = False,
 ) -> StageResult:
-    """Compute audio features into ``features.h5:/audio/<feature>`` (or a shard store)."""
-    registry = _feature_registry()
-    unknown = [f for f in features if f not in registry]
-    if unknown:
-        raise UsageError(f"unknown audio feature(s) {', '.join(unknown)} (known: {', '.join(sorted(registry))})")
+    """Compute audio features into ``features.h5:/audio/<feature>`` (or a shard store).
+
+    ``options`` maps a feature name to its options (``{"vggish": {"weights": "vggish.pth"}}``); they are
+    part of the feature's parameters, so changing them (or the weights file) recomputes.
+    """
+    from genrecli.audio.features import resolve_features
+    from genrecli.device import resolve_device
+
+    # Unknown names, options or missing weights stop the stage here, not once per track.
+    configured = {f.name: f for f in resolve_features(list(features), options or {})}
+    device_type = resolve_device(device).type
     paths = DatasetPaths.of(data, data_home)
     manifest = read_manifest(paths.manifest)
     shard_t = parse_shard(shard)
@@ -57,8 +57,7 @@ def extract_audio(
     }
     result = StageResult()
     wanted, params_of = [], {}
-    for name in features:
-        feat = registry[name]
+    for name, feat in configured.items():
         params = {
             "feature": name,
             **feat.params,
@@ -69,6 +68,8 @@ def extract_audio(
             "manifest": manifest.content_hash(),
             "shard": list(shard_t) if shard_t else None,
         }
+        if feat.device_aware:  # torch front ends on a GPU agree with librosa to 1e-4, not bit for bit
+            params["device"] = device_type
         params_of[name] = params
         status = store.group_status(target, f"audio/{name}", store.params_hash(params))
         if status == "fresh" and not force:
@@ -84,14 +85,15 @@ def extract_audio(
     items = {int(r): manifest.tracks[r].source() for r in rows}
     digest = store.params_hash({n: params_of[n] for n in wanted})
     checkpoint = store.RowCheckpoint(paths.partial / "audio", digest)
-    func = functools.partial(_extract_one, names=tuple(wanted), max_seconds=max_seconds, soundfont=soundfont)
+    func = functools.partial(_extract_one, features=tuple(configured[n] for n in wanted), max_seconds=max_seconds,
+                             soundfont=soundfont, device=device)
     done, failed = run_per_track(
         func, items, checkpoint=checkpoint, jobs=jobs, description=f"audio {','.join(wanted)}", ids=manifest.ids
     )
     failures = {manifest.ids[r]: msg for r, msg in failed.items()}
     with store.write_transaction(target) as h5:
         for name in wanted:
-            data_arr, valid = assemble(len(manifest), done, name, registry[name].shape)
+            data_arr, valid = assemble(len(manifest), done, name, configured[name].shape)
             write_feature_group(h5, f"audio/{name}", data_arr, valid, params_of[name], failures)
             result.written.append(f"audio/{name}")
     checkpoint.clear()

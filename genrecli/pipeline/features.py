@@ -87,7 +87,8 @@ def run_per_track(
                 finish(row, outcome)
                 advance(1)
         else:
-            with cf.ProcessPoolExecutor(max_workers=jobs) as pool:
+            threads = max(1, (os.cpu_count() or 1) // jobs)  # N workers x all-core BLAS would oversubscribe
+            with cf.ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads,)) as pool:
                 futures = {pool.submit(func, items[row]): row for row in todo}
                 for fut in cf.as_completed(futures):
                     row = futures[fut]
@@ -96,6 +97,12 @@ def run_per_track(
                     advance(1)
     checkpoint.save(pending_values, pending_failed)
     return done, failed
+
+
+def _limit_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def assemble(n: int, rows_done: Mapping[int, Mapping[str, np.ndarray]], name: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,6 @@ manifest's ``/failed`` rows under stage ``validate`` (a clean run clears them) a
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from genrecli import store, ui
