@@ -16,13 +16,14 @@ export TRANSFORMERS_OFFLINE := 1
 
 install: $(STAMP)
 
-# CPU torch is pinned first (an unpinned torch pulls several GB of CUDA wheels); tinysoundfont is
-# installed without its pyaudio dependency, which is only for live playback and needs PortAudio.
+# CPU torch is pinned first (an unpinned torch pulls several GB of CUDA wheels). Two wheels go in without
+# their declared dependencies: tinysoundfont (pyaudio is only for live playback and needs PortAudio) and
+# musicnn (we read its checkpoints without TensorFlow, which cannot be installed on Python 3.11).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q --no-deps tinysoundfont==0.3.7
+	$(BIN)/pip install -q --no-deps tinysoundfont==0.3.7 musicnn==0.1.0
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
