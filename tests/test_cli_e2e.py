@@ -43,6 +43,7 @@ def test_folk_dances_end_to_end(tmp_path):
         assert 0.0 <= acc <= 1.0 and metrics["summary"]["accuracy"]["n"] == 1
         assert list(run.glob("model-fold0-seed0.safetensors"))
     with h5py.File(home / "folk" / "features.h5") as h5:
+        assert h5["text/minilm/label_embeddings"].shape[1] == 384  # genre-name embeddings, one per label
         mfcc = h5["audio/mfcc/data"][()]
         assert mfcc.dtype == np.float32 and np.isfinite(mfcc[h5["audio/mfcc/valid"][()]]).all()
         assert not any(line.startswith("T:") or line.startswith("R:")

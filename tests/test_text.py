@@ -376,3 +376,16 @@ def test_tfidf_caps_vocabulary_normalises_rows_and_fits_on_train_only():
     assert set(full.vectorizer_.vocabulary_) == {"4c", "4C", "8cc#L"}
     assert clone(encoder).get_params()["max_features"] == 10
     assert encoder.params()["vocabulary_size"] == 10 and make_encoder("tfidf", max_features=5).max_features == 5
+
+
+
+def test_genre_name_embeddings_are_semantic():
+    from genrecli.text.encoders import TransformerEncoder, label_embeddings
+
+    names = ["heavy-metal", "metal_punk", "jazz", "jazz blues", "classical"]
+    V = label_embeddings(TransformerEncoder(None), names)
+    assert V.shape == (5, 384) and V.dtype == np.float32
+    V = V / np.linalg.norm(V, axis=1, keepdims=True)
+    S = V @ V.T
+    assert S[0, 1] > S[0, 2] and S[0, 1] > S[0, 4]  # metal with metal, not with jazz or classical
+    assert S[2, 3] > S[2, 1]

@@ -106,7 +106,7 @@ def extract_text(
     force: bool = False,
 ) -> StageResult:
     """Convert scores to text and encode them into ``features.h5:/text/<encoder>``."""
-    from genrecli.text.encoders import make_encoder
+    from genrecli.text.encoders import TransformerEncoder, label_embeddings, make_encoder
 
     paths = DatasetPaths.of(data, data_home)
     result = StageResult()
@@ -134,8 +134,12 @@ def extract_text(
         vectors = _encode_resumable(enc, texts, rows, paths.partial / "text", digest)
     out = np.full((len(texts), vectors.shape[1]), np.nan, dtype=np.float32)
     out[rows] = vectors
+    manifest = read_manifest(paths.manifest)
+    labels = label_embeddings(enc, manifest.label_names) if isinstance(enc, TransformerEncoder) else None
     with store.write_transaction(target) as h5:
         write_feature_group(h5, group, out, valid.copy(), params, {})
+        if labels is not None:  # genre-name embeddings, in /labels order (for label-graph models)
+            h5[group].create_dataset("label_embeddings", data=labels.astype(np.float32))
     ui.info(f"{target}: wrote {group} ({len(rows)} tracks, dim {vectors.shape[1]})")
     result.written.append(group)
     return result

@@ -60,6 +60,15 @@ def make_encoder(name_or_path, *, device="cpu", **options):
     )
 
 
+def label_embeddings(encoder: "TransformerEncoder", label_names) -> np.ndarray:
+    """Embeddings of the genre names, (n_labels, dim) float32, for models that use label graphs.
+
+    Names are read as words ('hip_hop' and 'hip-hop' become 'hip hop'), each encoded as one short text.
+    """
+    texts = [" ".join(str(name).replace("_", " ").replace("-", " ").split()) for name in label_names]
+    return encoder.encode(texts)
+
+
 # ---------------------------------------------------------------------------------------------- transformer
 
 
