@@ -633,6 +633,23 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "weights_")
         return relative_importance(self.weights_, self.modalities_)
 
+    def extra_metrics(self, grams_test=None, *, map_grams_test=None, repeats=3) -> dict:
+        """RI of the input kernels and, with grams_test, the forward time of the test set (best of repeats)."""
+        import time
+
+        check_is_fitted(self, "weights_")
+        out = {"ri_dkn": self.relative_importance(), "support_vectors": int(len(self.support_))}
+        if grams_test is not None:
+            G = _check_grams(grams_test, "grams_test", self.n_train_, len(self.weights_[0]))
+            self._scores(G)  # warm-up
+            best = math.inf
+            for _ in range(max(1, int(repeats))):
+                t0 = time.perf_counter()
+                self._scores(G)
+                best = min(best, time.perf_counter() - t0)
+            out.update({"forward_time_dkn_s": best, "n_test": int(G.shape[1])})
+        return out
+
     # -- internals -------------------------------------------------------------------------------------------
     def _fit_gram_idx(self, G: np.ndarray, y_idx, classes, modalities):
         if self.output not in OUTPUT_MODES:
