@@ -7,8 +7,7 @@ import pathlib
 import numpy as np
 
 from genrecli.errors import InputError
-
-AUDIO_SUFFIXES = (".wav", ".au", ".mp3", ".flac", ".ogg", ".aif", ".aiff")
+from genrecli.formats import AUDIO_SUFFIXES  # noqa: F401  (re-exported)
 
 
 def one_line(exc: BaseException) -> str:

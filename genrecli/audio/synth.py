@@ -18,15 +18,8 @@ import numpy as np
 
 from genrecli.audio.io import decode_audio, one_line, resample
 from genrecli.errors import InputError, UsageError
+from genrecli.formats import SCORE_FORMATS
 
-SCORE_FORMATS = {
-    ".krn": "humdrum",
-    ".kern": "humdrum",
-    ".musicxml": "musicxml",
-    ".xml": "musicxml",
-    ".mxl": "musicxml",
-    ".abc": "abc",
-}
 # Seconds rendered after the last MIDI event so that the final notes decay instead of being cut.
 RELEASE_SECONDS = 1.0
 _DRUM_CHANNEL = 9

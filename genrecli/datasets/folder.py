@@ -11,11 +11,12 @@ from pathlib import Path
 from genrecli import store
 from genrecli.datasets import DatasetSpec, Listing, register, require_root
 from genrecli.errors import UsageError
+from genrecli.formats import AUDIO_SUFFIXES as AUDIO
+from genrecli.formats import LYRICS_SUFFIXES, SCORE_FORMATS
+from genrecli.formats import MIDI_SUFFIXES as MIDI
 from genrecli.manifest import Track
 
-AUDIO = (".wav", ".au", ".mp3", ".flac", ".ogg", ".aif", ".aiff")
-MIDI = (".mid", ".midi")
-SCORES = {".krn": "humdrum", ".musicxml": "musicxml", ".xml": "musicxml", ".mxl": "musicxml", ".abc": "abc", ".txt": "lyrics"}
+SCORES = {**SCORE_FORMATS, **{s: "lyrics" for s in LYRICS_SUFFIXES}}
 
 
 def list_tracks(root: Path | None) -> Listing:

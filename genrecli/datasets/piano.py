@@ -16,11 +16,11 @@ from pathlib import Path
 from genrecli import store
 from genrecli.datasets import DatasetSpec, Listing, register, require_root
 from genrecli.errors import UsageError
+from genrecli.formats import MIDI_SUFFIXES, SCORE_FORMATS
 from genrecli.manifest import Track
 
-SCORE_PREFERENCE = (".krn", ".musicxml", ".xml", ".mxl")
-MIDI_SUFFIXES = (".mid", ".midi")
-FORMATS = {".krn": "humdrum", ".musicxml": "musicxml", ".xml": "musicxml", ".mxl": "musicxml"}
+SCORE_PREFERENCE = (".krn", ".kern", ".musicxml", ".xml", ".mxl")  # kern first, as the paper's text is kern
+FORMATS = {s: SCORE_FORMATS[s] for s in SCORE_PREFERENCE}
 
 
 def work_group(track_id: str) -> str:

@@ -15,20 +15,12 @@ from __future__ import annotations
 
 import io
 import re
-import zipfile
 import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 
 from genrecli.errors import InputError, UsageError
-
-SCORE_FORMATS = {
-    ".krn": "humdrum",
-    ".kern": "humdrum",
-    ".musicxml": "musicxml",
-    ".xml": "musicxml",
-    ".mxl": "musicxml",
-    ".abc": "abc",
-}
+from genrecli.formats import SCORE_FORMATS
 
 _STRIPPED = {
     "humdrum": (
