@@ -49,12 +49,17 @@ bench: install
 all: piano folk
 
 PIANO_SPLITS := group:composer:0.7 group:work:0.7
+PIANO_INPUTS := audio/mfcc,text/minilm
+PIANO_SPLIT  := group:composer:0.7
 piano: install
 	$(GENRE) ingest piano --root $(KERN_ERAS) $(foreach s,$(PIANO_SPLITS),--split $(s))
 	$(GENRE) extract-audio --data piano --features mfcc --jobs $(JOBS)
 	$(GENRE) extract-text --data piano --encoder minilm --max-clips 8
-	$(foreach s,$(PIANO_SPLITS),$(GENRE) kernels --data piano --inputs audio/mfcc,text/minilm --split $(s) &&) true
-	$(foreach s,$(PIANO_SPLITS),$(GENRE) train --data piano --model svm --inputs audio/mfcc,text/minilm --split $(s) --seeds 3 &&) true
+	$(foreach s,$(PIANO_SPLITS),$(GENRE) kernels --data piano --inputs $(PIANO_INPUTS) --split $(s) &&) true
+	$(foreach s,$(PIANO_SPLITS),$(GENRE) train --data piano --model svm --inputs $(PIANO_INPUTS) --split $(s) --seeds 3 &&) true
+	$(GENRE) train --data piano --model dkn --inputs audio/mfcc --split $(PIANO_SPLIT) --seeds 3
+	$(GENRE) train --data piano --model dkn --inputs text/minilm --split $(PIANO_SPLIT) --seeds 3
+	$(foreach m,dkn dm2kmn-init dm2kmn,$(GENRE) train --data piano --model $(m) --inputs $(PIANO_INPUTS) --split $(PIANO_SPLIT) --seeds 3 -o hidden=16 &&) true
 	$(GENRE) evaluate --data piano
 	$(GENRE) report --data piano
 

@@ -66,8 +66,13 @@ def train(
     for pairs in groups:
         rid = run_id(model, pairs, split_id, options)
         run_dir = paths.runs / rid
+        # The estimator's full parameters (defaults included), so a changed default retrains too.
+        model_params = _jsonable(spec.build(seed=0, device=device, **options).get_params())
+        model_params.pop("random_state", None)
+        model_params.pop("device", None)
         config = {
             "model": model, "pairs": pairs, "split": split_id, "seeds": seeds, "options": options,
+            "model_params": model_params,
             "kernels": [kernel_digest(paths, split_id, f, pairs) for f in range(assignment.shape[0])],
             "labels": manifest.label_names,
             "multilabel": manifest.multilabel,
