@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import multiprocessing
 import os
 import pathlib
 import platform
@@ -80,20 +81,20 @@ def _duration(path) -> float:
 _STATE: dict = {}
 
 
-def _init(names, options, threads, warm_path):
+def _init(names, options, threads, warm_path, device="cpu"):
     import torch
 
     torch.set_num_threads(threads)
     from genrecli.audio.features import extract_track
 
-    _STATE.update(names=names, options=options)
-    extract_track({"audio": warm_path}, names, max_seconds=5.0, options=options)  # load models, filters
+    _STATE.update(names=names, options=options, device=device)
+    extract_track({"audio": warm_path}, names, max_seconds=5.0, options=options, device=device)  # load models, filters
 
 
 def _ours(path):
     from genrecli.audio.features import extract_track
 
-    extract_track({"audio": path}, _STATE["names"], max_seconds=SECONDS, options=_STATE["options"])
+    extract_track({"audio": path}, _STATE["names"], max_seconds=SECONDS, options=_STATE["options"], device=_STATE["device"])
     return path
 
 
@@ -118,10 +119,11 @@ def _librosa(path, kind):
     return path
 
 
-def measure(names, files, jobs, options, cores) -> float:
+def measure(names, files, jobs, options, cores, device="cpu") -> float:
     threads = max(1, cores // jobs)
-    with concurrent.futures.ProcessPoolExecutor(jobs, initializer=_init,
-                                                initargs=(names, options, threads, str(files[0]))) as pool:
+    context = multiprocessing.get_context("spawn" if device != "cpu" else None)  # CUDA cannot follow a fork
+    with concurrent.futures.ProcessPoolExecutor(jobs, initializer=_init, mp_context=context,
+                                                initargs=(names, options, threads, str(files[0]), device)) as pool:
         list(pool.map(_sleep, range(jobs)))  # wait for every worker's warm-up
         start = time.perf_counter()
         list(pool.map(_ours, [str(f) for f in files]))
@@ -172,6 +174,7 @@ def main(argv=None):
     parser.add_argument("--features", default=None, help="comma-separated groups (default: all)")
     parser.add_argument("--cache", type=pathlib.Path, default=pathlib.Path(tempfile.gettempdir()) / "genre-bench-audio")
     parser.add_argument("--jobs", default="1,2")
+    parser.add_argument("--device", default="cpu", help="where neural encoders and torch front ends run")
     args = parser.parse_args(argv)
 
     cores = os.cpu_count() or 1
@@ -196,7 +199,7 @@ def main(argv=None):
         subset = files[: args.slow_files] if group in SLOW else files[: args.files]
         row = {"feature": group, "files": len(subset), "audio_seconds": round(sum(_duration(f) for f in subset), 1)}
         for jobs in job_counts:
-            row[f"jobs{jobs}"] = round(measure(names, subset, jobs, options, cores), 1)
+            row[f"jobs{jobs}"] = round(measure(names, subset, jobs, options, cores, args.device), 1)
         if group in BASELINES:
             row["librosa_loop"] = round(measure_librosa(BASELINES[group], subset), 1)
         rows.append(row)
