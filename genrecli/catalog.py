@@ -80,9 +80,19 @@ def dataset_info(data: str, *, data_home=None) -> list[str]:
             metrics = run / "metrics.json"
             status = "evaluated" if metrics.exists() else ("trained" if (run / "predictions.h5").exists() else "incomplete")
             lines.append(f"run {run.name}: {status}")
-    if failures:
-        lines.append(f"failed items ({len(failures)}):")
-        lines += [f"  [{stage}] {tid}: {msg}" for _, tid, stage, msg in failures]
+    skipped = [(tid, msg) for _, tid, stage, msg in failures if stage == "ingest"]
+    failed = [(tid, stage, msg) for _, tid, stage, msg in failures if stage != "ingest"]
+    if skipped:
+        reasons: dict[str, int] = {}
+        for _, msg in skipped:
+            reasons[msg] = reasons.get(msg, 0) + 1
+        lines.append(f"skipped at ingest ({len(skipped)}): " + "; ".join(f"{n} × {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]))
+        lines += [f"  {tid}: {msg}" for tid, msg in skipped[:10]]
+        if len(skipped) > 10:
+            lines.append(f"  ... and {len(skipped) - 10} more")
+    if failed:
+        lines.append(f"failed items ({len(failed)}):")
+        lines += [f"  [{stage}] {tid}: {msg}" for tid, stage, msg in failed]
     else:
         lines.append("failed items: none")
     return lines
