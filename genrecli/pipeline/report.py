@@ -95,10 +95,13 @@ def model_table(metrics: list[dict], split: str) -> list[list[str]]:
         c, s = m["config"], m["summary"]
         extra = s.get("extra", {})
         inputs = ", ".join(sorted({i for i, _ in c["pairs"]}))
-        own = extra.get("forward_time_dm2kmn_s") or s["predict_seconds"]
+        if c["model"] == "dkn":  # its own forward time; no map network to compare with
+            own, dkn = extra.get("forward_time_dkn_s") or s["predict_seconds"], None
+        else:
+            own, dkn = extra.get("forward_time_dm2kmn_s") or s["predict_seconds"], extra.get("forward_time_dkn_s")
         rows.append([c["model"], inputs, _pm(s["accuracy"]), _pm(s["macro_f1"]),
                      _pm(extra.get("re_train", {}).get("re_abs"), 1.0, 3), _pm(extra.get("re_test", {}).get("re_abs"), 1.0, 3),
-                     _pm(own, 1.0, 4), _pm(extra.get("forward_time_dkn_s"), 1.0, 4)])
+                     _pm(own, 1.0, 4), _pm(dkn, 1.0, 4)])
     return rows if len(rows) > 1 else []
 
 
