@@ -305,22 +305,27 @@ def score_to_midi(
 
 
 def _midi_bytes(score, max_seconds: float | None) -> bytes:
+    """MIDI of the opening (when ``max_seconds``), else of the whole score; straight through if repeats fail.
+
+    The whole score is the fall-back of the opening: a cut may split a repeat that the whole score closes,
+    and music21 rejects some cut streams ("... is already found in this Stream"). A score whose repeats
+    music21 cannot expand ("badly formed repeats") is played straight through (SOURCE.md: this fixes all
+    such files).
+    """
     from music21 import bar, repeat
     from music21.midi.translate import streamToMidiFile
 
-    opening = score if max_seconds is None else _opening(score, max_seconds)
-    try:
-        return streamToMidiFile(opening).writestr()
-    except repeat.ExpanderException:
-        pass
-    if opening is not score:
-        try:  # the cut may have split a repeat that the whole score closes
-            return streamToMidiFile(score).writestr()
-        except repeat.ExpanderException:
-            pass
-    # "badly formed repeats": play the score straight through (SOURCE.md: this fixes all such files)
-    score.remove(list(score.recurse().getElementsByClass((bar.Repeat, repeat.RepeatMark))), recurse=True)
-    return streamToMidiFile(score if max_seconds is None else _opening(score, max_seconds)).writestr()
+    candidates = ([lambda: _opening(score, max_seconds)] if max_seconds is not None else []) + [lambda: score]
+    error: Exception | None = None
+    for straight_through in (False, True):
+        if straight_through:
+            score.remove(list(score.recurse().getElementsByClass((bar.Repeat, repeat.RepeatMark))), recurse=True)
+        for make in candidates:
+            try:
+                return streamToMidiFile(make()).writestr()
+            except Exception as exc:  # noqa: BLE001 - ExpanderException and music21's errors on cut streams
+                error = exc
+    raise error
 
 
 def _opening(score, max_seconds: float):
