@@ -287,14 +287,12 @@ def _danskin_grad(thetas, mode, K, B, g, out_per_head: bool):
     with torch.no_grad():
         Ws = [w.detach() for w in _theta_to_weights(thetas, mode)]
     m, n, _ = K.shape
-    widest = max(W.shape[1] for W in Ws)
     row_chunk = max(1, _CHUNK_ELEMS // (2 * sum(W.shape[1] for W in Ws) * n))
     gW = [torch.zeros_like(W) for W in Ws]
     with torch.no_grad():
         for r0 in range(0, n, row_chunk):
             rows = slice(r0, r0 + row_chunk)
             A = K[:, rows]
-            r = A.shape[1]
             acts, pre = [A.reshape(m, -1)], []
             for W in Ws:
                 Z = W.T @ acts[-1]

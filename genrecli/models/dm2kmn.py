@@ -55,7 +55,6 @@ from genrecli.models.dkn import (
     _to_labels,
     class_weights,
     combine,
-    dkn_forward,
     heads_to_scores,
     ovr_targets,
     pack_json,
@@ -626,7 +625,7 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
 
         val = (val_rows, every): validation accuracy recorded at epoch 0 and every ``every`` epochs.
         """
-        dev, g = ctx.dev, ctx.g
+        dev = ctx.dev
         gen = torch.Generator().manual_seed(int(seed))
         Wp = [w.detach().clone().requires_grad_(True) for w in Ws]
         Pp = [p.detach().clone().requires_grad_(bool(self.train_projections)) for p in Ps]
