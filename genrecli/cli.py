@@ -188,7 +188,7 @@ def kernels_cmd(
     """Elementary Gram matrices and explicit maps, fitted on the training part of each fold."""
     from genrecli.pipeline.kernels import compute_kernels
 
-    lm = landmarks if landmarks == "all" else int(landmarks)
+    lm = landmarks if landmarks == "all" else _positive_int(landmarks, "--landmarks")
     _finish(compute_kernels(data, inputs=_csv(inputs), kernels=_csv(kernels), split=split, landmarks=lm, energy=energy,
                             levels=levels, seed=seed, device=device, data_home=_globals["data_home"], force=force))
 
@@ -216,6 +216,7 @@ def train_cmd(
     split: Annotated[str, typer.Option("--split")] = "standard",
     seeds: Annotated[int, typer.Option("--seeds", help="independent runs per fold")] = 3,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="model option KEY=VALUE (repeatable)")] = None,
+    landmarks: Annotated[Optional[str], typer.Option("--landmarks", help="DM2KMN: landmarks of the intermediate maps, all or N (memory linear in n for fixed N)")] = None,
     device: DeviceOpt = "cpu",
     force: ForceOpt = False,
 ) -> None:
@@ -224,8 +225,19 @@ def train_cmd(
     from genrecli.pipeline.train import train
 
     resolve_device(device)
-    _finish(train(model, data, inputs=_csv(inputs), kernels=_csv(kernels), split=split, seeds=seeds, options=_options(option),
+    options = _options(option)
+    if landmarks is not None:
+        if not model.startswith("dm2kmn"):
+            raise GenreError(f"--landmarks applies to the dm2kmn models, not to '{model}'")
+        options["landmarks"] = landmarks if landmarks == "all" else _positive_int(landmarks, "--landmarks")
+    _finish(train(model, data, inputs=_csv(inputs), kernels=_csv(kernels), split=split, seeds=seeds, options=options,
                   device=device, data_home=_globals["data_home"], force=force))
+
+
+def _positive_int(text: str, flag: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise GenreError(f"{flag} {text}: expected 'all' or a positive integer")
+    return int(text)
 
 
 @command("evaluate")

@@ -102,6 +102,7 @@ def test_bad_inputs_one_line_each_and_recorded(tmp_path):
         (("list", "things"), "expected datasets"),
         (("train", "--no-such-flag"), "No such option"),
         (("kernels", "--data", "x", "--kernels", "cosine"), "unknown kernel"),
+        (("train", "--data", "x", "--model", "svm", "--landmarks", "5"), "applies to the dm2kmn models"),
     ],
 )
 def test_usage_errors_exit_1_with_one_line(tmp_path, args, fragment):
