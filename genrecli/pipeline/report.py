@@ -142,7 +142,7 @@ def _confusion_png(m: dict, path: Path) -> None:
             ax.text(j, i, f"{norm[i, j]:.0%}", ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(m["run"], fontsize=7)
+    ax.set_title(m["run"].replace("__", "\n"), fontsize=7)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
