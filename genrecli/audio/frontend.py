@@ -200,10 +200,8 @@ def mfcc(
 
         # what librosa.feature.mfcc(y=...) does; its own ``norm`` keyword is the DCT's, so the mel
         # spectrogram is passed as S to keep the mel ``norm`` configurable
-        S = librosa.feature.melspectrogram(
-            y=np.asarray(y, dtype=np.float32), sr=sr, n_fft=n_fft, hop_length=hop_length,
-            win_length=win_length, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm,
-        )
+        S = melspectrogram(y, sr=sr, n_fft=n_fft, hop_length=hop_length, win_length=win_length, n_mels=n_mels,
+                           fmin=fmin, fmax=fmax, htk=htk, norm=norm, backend="librosa")
         out = librosa.feature.mfcc(S=librosa.power_to_db(S), n_mfcc=n_mfcc)
         return out.astype(np.float32, copy=False)
     device = torch.device(device)
