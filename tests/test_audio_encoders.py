@@ -8,17 +8,16 @@ import pathlib
 import numpy as np
 import pytest
 import torch
+from conftest import one_line
 
-from genrecli.audio import AUDIO_FEATURES, configure_feature, extract_track
-from genrecli.audio import encoders, vggish
+from genrecli.audio import (
+    AUDIO_FEATURES,
+    configure_feature,
+    encoders,
+    extract_track,
+    vggish,
+)
 from genrecli.errors import InputError, UsageError
-
-
-def one_line(excinfo, *needles):
-    message = str(excinfo.value)
-    assert "\n" not in message and message.strip() == message, message
-    for needle in needles:
-        assert needle in message, message
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from conftest import one_line
 
 from genrecli.audio import AUDIO_FEATURES, configure_feature, extract_track
 from genrecli.audio.base import middle_patch
@@ -34,13 +35,6 @@ EXPECTED_SHAPES = {
     "logmel-ru": (128, 1292),
 }
 RATES = (16000, 22050, 44100)
-
-
-def one_line(excinfo, *needles):
-    message = str(excinfo.value)
-    assert "\n" not in message and message.strip() == message, message
-    for needle in needles:
-        assert needle in message, message
 
 
 @pytest.fixture(scope="module")

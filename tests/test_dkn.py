@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import FLOAT32_INVARIANCE_FAILURES
 
 from genrecli.models.dkn import (
     ACTIVATIONS,
@@ -288,13 +289,7 @@ def test_output_per_class_and_softplus_variant(dances):
 
 # ------------------------------------------------------------------------------------------- sklearn, devices
 
-# Checks DKNClassifier cannot pass, and why.
-DKN_EXPECTED_FAILED = {
-    "check_methods_subset_invariance": "float32 torch GEMMs round differently for different batch shapes "
-                                       "(differences ~1e-6 relative; the check demands 1e-7)",
-    "check_methods_sample_order_invariance": "same float32 rounding: a permuted batch changes the BLAS "
-                                             "summation order (fails intermittently at 1e-7)",
-}
+DKN_EXPECTED_FAILED = FLOAT32_INVARIANCE_FAILURES  # checks DKNClassifier cannot pass, and why
 
 
 def test_check_estimator():

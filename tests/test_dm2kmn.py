@@ -10,10 +10,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import FLOAT32_INVARIANCE_FAILURES
+from test_dkn import elementary_grams, oneill_dances
 
 from genrecli.models.dkn import Activation, DKNClassifier, combine
-from genrecli.models.dm2kmn import DM2KMNClassifier, kpca_projection_torch, relative_error
-from test_dkn import elementary_grams, oneill_dances
+from genrecli.models.dm2kmn import (
+    DM2KMNClassifier,
+    kpca_projection_torch,
+    relative_error,
+)
 
 MODS = ["melody"] * 4 + ["rhythm"] * 4
 
@@ -172,12 +177,7 @@ def test_relative_error_formulas():
     assert np.isclose(re["re_fro"], 100 * np.sqrt(0.02) / np.sqrt(10))
 
 
-DM2KMN_EXPECTED_FAILED = {
-    "check_methods_subset_invariance": "float32 torch GEMMs round differently for different batch shapes "
-                                       "(differences ~1e-6 relative; the check demands 1e-7)",
-    "check_methods_sample_order_invariance": "same float32 rounding: a permuted batch changes the BLAS "
-                                             "summation order (fails intermittently at 1e-7)",
-}
+DM2KMN_EXPECTED_FAILED = FLOAT32_INVARIANCE_FAILURES
 
 
 def test_check_estimator():

@@ -40,12 +40,12 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import LabelEncoder
-from sklearn.svm import SVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from genrecli.device import resolve_device
 from genrecli.errors import UsageError
+from genrecli.models.svm import fit_one_vs_rest
 
 ACTIVATIONS = ("exp", "expm1", "cosh", "poly")
 WEIGHT_PARAMS = ("simplex", "softplus")
@@ -190,26 +190,13 @@ def heads_to_scores(S: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def solve_svms(Kout: np.ndarray, Yb: np.ndarray, sample_weight: np.ndarray, C: float, *, tol: float = 1e-3):
-    """C one-vs-rest soft-margin SVMs on precomputed kernels (libsvm).
+    """C one-vs-rest soft-margin SVMs on precomputed kernels (libsvm, :func:`genrecli.models.svm.fit_one_vs_rest`).
 
     Kout: (m_L, n, n) output kernels (head h uses Kout[h] when m_L > 1, else Kout[0]); Yb: (n_heads, n) +-1.
     Bounds 0 <= alpha_i <= C * omega_{y_i} via sample_weight. Returns beta (n_heads, n) = alpha * y (signed
     dual coefficients, decision = K beta + b) and b (n_heads,).
     """
-    n_heads, n = Yb.shape
-    beta = np.zeros((n_heads, n))
-    b = np.zeros(n_heads)
-    for h in range(n_heads):
-        K = Kout[h if Kout.shape[0] > 1 else 0]
-        yh = Yb[h]
-        if np.all(yh == yh[0]):  # one class only in this (fold) sample: constant decision
-            b[h] = yh[0]
-            continue
-        svc = SVC(kernel="precomputed", C=float(C), tol=tol, cache_size=500)
-        svc.fit(K, yh, sample_weight=sample_weight)
-        beta[h, svc.support_] = svc.dual_coef_[0]
-        b[h] = svc.intercept_[0]
-    return beta, b
+    return fit_one_vs_rest(Kout if Kout.shape[0] > 1 else Kout[0], Yb, float(C), sample_weight, tol=tol)
 
 
 def dual_objective(Kout: torch.Tensor, beta: np.ndarray) -> float:

@@ -51,17 +51,22 @@ def target_weights(targets: np.ndarray, y: np.ndarray, class_weight) -> np.ndarr
     return np.where(targets > 0, n / (2.0 * np.maximum(pos, 1)), n / (2.0 * np.maximum(n - pos, 1)))
 
 
-def fit_one_vs_rest(K: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray | None):
-    """Dual coefficients (C x n) and intercepts (C,) of one binary SVM per row of ``targets``."""
-    K = np.asarray(K, dtype=np.float64)
+def fit_one_vs_rest(K: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray | None, *, tol: float = 1e-4):
+    """Dual coefficients (C x n) and intercepts (C,) of one binary SVM per row of ``targets`` (libsvm).
+
+    ``K`` is the (n, n) training Gram shared by every problem, or one (n, n) Gram per problem (C, n, n);
+    ``weights`` scale each sample's bound C: shape (C, n), (n,) for all problems, or None.
+    """
+    K = np.asarray(K)
     alpha = np.zeros(targets.shape, dtype=np.float64)
     bias = np.zeros(len(targets), dtype=np.float64)
     for c, target in enumerate(targets):
         if np.all(target == target[0]):  # a label absent from (or everywhere in) this training part
             bias[c] = float(target[0])
             continue
-        sw = None if weights is None else np.ascontiguousarray(weights[c], dtype=np.float64)
-        svc = SVC(kernel="precomputed", C=C, tol=1e-4).fit(K, np.ascontiguousarray(target), sample_weight=sw)
+        Kc = np.asarray(K[c] if K.ndim == 3 else K, dtype=np.float64)
+        sw = None if weights is None else np.ascontiguousarray(weights[c] if np.ndim(weights) == 2 else weights, dtype=np.float64)
+        svc = SVC(kernel="precomputed", C=C, tol=tol, cache_size=500).fit(Kc, np.ascontiguousarray(target), sample_weight=sw)
         alpha[c, svc.support_] = svc.dual_coef_[0]
         bias[c] = svc.intercept_[0]
     return alpha, bias
