@@ -41,7 +41,7 @@ def test_folk_dances_end_to_end(tmp_path):
         metrics = json.loads((run / "metrics.json").read_text())
         acc = metrics["summary"]["accuracy"]["mean"]
         assert 0.0 <= acc <= 1.0 and metrics["summary"]["accuracy"]["n"] == 1
-        assert list(run.glob("model-fold0-seed0.safetensors"))
+        assert (run / "fold0-seed0" / "model.safetensors").exists() and (run / "fold0-seed0" / "model.json").exists()
     with h5py.File(home / "folk" / "features.h5") as h5:
         assert h5["text/minilm/label_embeddings"].shape[1] == 384  # genre-name embeddings, one per label
         mfcc = h5["audio/mfcc/data"][()]

@@ -20,6 +20,16 @@ from genrecli.pipeline.evaluate import list_runs
 KERNEL_ORDER = ["linear", "poly2", "rbf", "hist"]
 
 
+def _inputs(config: dict) -> list[str]:
+    """A run's inputs (runs written before the model contract list (input, kernel) pairs instead)."""
+    return sorted(config.get("inputs") or {i for i, _ in config["pairs"]})
+
+
+def _kernels(config: dict) -> list[str]:
+    kernels = config.get("kernels") if "kernels" in config else {k for _, k in config["pairs"]}
+    return sorted((k for k in kernels if k), key=lambda k: KERNEL_ORDER.index(k) if k in KERNEL_ORDER else 99)
+
+
 def _pm(stat: dict | None, scale: float = 100.0, digits: int = 1) -> str:
     if not stat:
         return "—"
@@ -42,7 +52,7 @@ def multilabel_table(metrics: list[dict]) -> list[list[str]]:
         c, s = m["config"], m["summary"]
         if not c.get("multilabel"):
             continue
-        inputs = ", ".join(sorted({i for i, _ in c["pairs"]}))
+        inputs = ", ".join(_inputs(c))
         rows.append([m["run"], c["model"], inputs, c["split"], _pm(s["auc_roc"]), _pm(s["example_f"]), _pm(s["micro_f1"]),
                      *[_pm(s.get(f"adiv@{n}")) for n in (1, 3, 5)]])
     return rows if len(rows) > 1 else []
@@ -54,8 +64,8 @@ def runs_table(metrics: list[dict]) -> list[list[str]]:
         c, s = m["config"], m["summary"]
         if c.get("multilabel"):
             continue
-        inputs = ", ".join(sorted({i for i, _ in c["pairs"]}))
-        kernels = ", ".join(sorted({k for _, k in c["pairs"]}, key=KERNEL_ORDER.index))
+        inputs = ", ".join(_inputs(c))
+        kernels = ", ".join(_kernels(c)) or "—"
         n_test = int(np.mean([e["n_test"] for e in m["entries"]]))
         rows.append([m["run"], c["model"], inputs, kernels, c["split"], str(n_test), _pm(s["accuracy"]),
                      _pm(s["balanced_accuracy"]), _pm(s["macro_f1"]), f"{s['fit_seconds']['mean']:.2f}"])
@@ -67,9 +77,9 @@ def svm_pivot(metrics: list[dict], split: str) -> list[list[str]]:
     cells, inputs = {}, set()
     for m in metrics:
         c = m["config"]
-        if c["model"] != "svm" or c["split"] != split or len(c["pairs"]) != 1 or c.get("multilabel"):
+        if c["model"] != "svm" or c["split"] != split or len(_inputs(c)) != 1 or c.get("multilabel"):
             continue
-        (inp, ker), = c["pairs"]
+        (inp,), (ker,) = _inputs(c), _kernels(c)
         inputs.add(inp)
         cells[(ker, inp)] = m["summary"]["accuracy"]
     if not cells:
@@ -89,13 +99,13 @@ def model_table(metrics: list[dict], split: str) -> list[list[str]]:
     DKN; forward times are of the whole test set, DM2KMN and its DKN timed in the same run.
     """
     rows = [["model", "inputs", "accuracy %", "macro F1 %", "RE train %", "RE test %", "forward s (test set)", "DKN forward s (same run)"]]
-    order = {"dkn": 0, "dm2kmn-init": 1, "dm2kmn": 2}
+    order = {"majority": -1, "dkn": 0, "dm2kmn-init": 1, "dm2kmn": 2}
     chosen = [m for m in metrics if m["config"]["split"] == split and m["config"]["model"] != "svm" and not m["config"].get("multilabel")]
-    for m in sorted(chosen, key=lambda m: (order.get(m["config"]["model"], 9), len(m["config"]["pairs"]), m["run"])):
+    for m in sorted(chosen, key=lambda m: (order.get(m["config"]["model"], 9), len(_inputs(m["config"])), m["run"])):
         c, s = m["config"], m["summary"]
         extra = s.get("extra", {})
-        inputs = ", ".join(sorted({i for i, _ in c["pairs"]}))
-        if c["model"] == "dkn":  # its own forward time; no map network to compare with
+        inputs = ", ".join(_inputs(c))
+        if not c["model"].startswith("dm2kmn"):  # its own forward time; no map network to compare with
             own, dkn = extra.get("forward_time_dkn_s") or s["predict_seconds"], None
         else:
             own, dkn = extra.get("forward_time_dm2kmn_s") or s["predict_seconds"], extra.get("forward_time_dkn_s")

@@ -1,41 +1,75 @@
-"""``genre train``: fit a model on every fold and seed of a split; save models, config and predictions.
+"""``genre train``: fit a model on features for every fold and seed of a split; save artifacts and predictions.
 
-``<data>/runs/<run-id>/`` holds ``config.json`` (model, inputs, options, the hashes of everything it read),
-``model-fold<k>-seed<s>.safetensors`` (plain tensors, never pickles) and ``predictions.h5`` with, per fold
-and seed, the test rows, true and predicted labels, class scores and timings. Hyper-parameters are chosen
-on training data only (inside each model's fit).
+``<data>/runs/<run-id>/`` holds
+
+* ``config.json`` -- model, inputs, kernels, split, options, the model's full parameters, and for each input
+  its feature parameters and their hash (a changed feature or option retrains);
+* ``fold<k>-seed<s>/`` -- one self-contained model artifact per fold x seed (``model.safetensors`` +
+  ``model.json`` with every input's feature parameters, the label names and the toolkit version, and
+  ``features.safetensors`` for fitted feature extractors such as TF-IDF), enough for ``genre predict``;
+  ``result.npz`` there holds that fold x seed's test predictions, so a killed run resumes at the next one;
+* ``predictions.h5`` -- per fold and seed: test rows, true and predicted labels, class scores, timings.
+
+Kernel models compute their own Grams from the features; ``kernels.h5`` is used as a cache when its groups are
+fresh for these features and this split. Neural models train on the split's validation rows as their
+validation part when it has some (else they carve one from training) and checkpoint every epoch under
+``.checkpoints/``. Hyper-parameters are chosen on training data only, inside each model's fit.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
-from safetensors.numpy import save_file
 
 from genrecli import store, ui
 from genrecli.errors import UsageError
 from genrecli.layout import DatasetPaths
-from genrecli.manifest import read_manifest
+from genrecli.manifest import TRAIN, VALID, read_manifest
 from genrecli.metrics import macro_auc
 from genrecli.models import get_model
+from genrecli.models.base import input_kind
 from genrecli.pipeline import StageResult
-from genrecli.pipeline.ingest import ensure_split
-from genrecli.pipeline.kernels import available_inputs, kernel_digest, load_grams
 from genrecli.splits import train_test_indices
 
+RESULT_FILE = "result.npz"
 
-def run_id(model: str, pairs: list[tuple[str, str]], split: str, options: dict) -> str:
-    inputs = "+".join(sorted({i.replace("/", "-") for i, _ in pairs}))
-    kernels = "+".join(sorted({k for _, k in pairs}, key=["linear", "poly2", "rbf", "hist"].index))
-    tag = f"{model}__{inputs}__{kernels}__{split}"
+
+def run_id(model: str, inputs: list[str], kernels: list[str] | None, split: str, options: dict) -> str:
+    tag = f"{model}__{'+'.join(i.replace('/', '-') for i in sorted(inputs))}"
+    if kernels:
+        tag += "__" + "+".join(kernels)
+    tag += f"__{split}"
     if options:
         tag += "__" + store.params_hash(options)[:8]
     return re.sub(r"[^A-Za-z0-9_.+-]+", "-", tag)
+
+
+def artifact_dir(run_dir: Path, fold: int, seed: int) -> Path:
+    return run_dir / f"fold{fold}-seed{seed}"
+
+
+def feature_info(paths: DatasetPaths, names: list[str]) -> dict[str, dict]:
+    """Per input: its stored parameters, their hash, the per-track shape and the valid-row mask."""
+    out = {}
+    with store.open_read(paths.features(), what="features", hint="run `genre extract-audio` / `genre extract-text` first") as h5:
+        from genrecli.pipeline.features import feature_groups
+
+        have = feature_groups(h5)
+        for name in names:
+            if name not in have:
+                raise UsageError(f"{paths.features()}: no feature '{name}' (have: {', '.join(have) or 'none'})")
+            grp = h5[name]
+            params = store.group_params(grp)
+            out[name] = {"params": params, "params_hash": str(grp.attrs.get("params_hash", store.params_hash(params))),
+                         "shape": tuple(grp["data"].shape[1:]), "valid": grp["valid"][()]}
+    return out
 
 
 def train(
@@ -43,7 +77,7 @@ def train(
     data: str,
     *,
     inputs: tuple[str, ...] | None = None,
-    kernels: tuple[str, ...] = ("linear", "poly2", "rbf", "hist"),
+    kernels: tuple[str, ...] | None = None,
     split: str = "standard",
     seeds: int = 3,
     options: dict | None = None,
@@ -51,93 +85,315 @@ def train(
     data_home: str | Path | None = None,
     force: bool = False,
 ) -> StageResult:
+    """Train ``model`` on ``data``'s features for every fold and seed of ``split``.
+
+    ``inputs`` default to every feature group the model can take; ``kernels`` (kernel models only) to all four.
+    """
+    from genrecli.kernels.elementary import KERNEL_NAMES
+
     spec = get_model(model)
     options = dict(options or {})
-    paths = DatasetPaths.of(data, data_home)
-    split_id = ensure_split(paths, split)
-    manifest = read_manifest(paths.manifest)
-    y_all = manifest.targets()
-    assignment = manifest.split(split_id)
-    inputs = tuple(inputs) if inputs else tuple(available_inputs(paths))
+    spec.check_options(options)  # before any store is read
     if seeds < 1:
         raise UsageError(f"--seeds {seeds}: need at least one seed")
-    groups = [[(i, k)] for i in inputs for k in kernels] if spec.per_kernel else [[(i, k) for i in inputs for k in kernels]]
+    if kernels and not spec.uses_kernels:
+        raise UsageError(f"--kernels applies to kernel models (svm, dkn, dm2kmn, ...), not to '{model}'")
+    kernels = tuple(kernels) if kernels else (KERNEL_NAMES if spec.uses_kernels else ())
+    unknown = [k for k in kernels if k not in KERNEL_NAMES]
+    if unknown:
+        raise UsageError(f"unknown kernel(s) {', '.join(unknown)} (known: {', '.join(KERNEL_NAMES)})")
+    paths = DatasetPaths.of(data, data_home)
+    manifest = read_manifest(paths.manifest)
+    split_id = _split_name(paths, manifest, split)
+    assignment = manifest.split(split_id)
+    y_all = manifest.targets()
+    inputs = list(inputs) if inputs else _default_inputs(paths, spec)
+    info = feature_info(paths, inputs)
+    spec.capabilities.check(model, multilabel=manifest.multilabel, inputs={n: i["shape"] for n, i in info.items()})
+    # The model's full parameters (defaults included), so a changed default retrains too.
+    model_params = _jsonable(spec.build(seed=0, device=device, **options).get_params(deep=True))
+    for key in [k for k in model_params if k.endswith("random_state") or k.endswith("device")]:
+        model_params.pop(key)
+    if spec.per_pair:
+        runs = [([i], [k]) for i in inputs for k in (kernels or [None])]
+    else:
+        runs = [(inputs, list(kernels))]
     result = StageResult()
-    for pairs in groups:
-        rid = run_id(model, pairs, split_id, options)
+    for run_inputs, run_kernels in runs:
+        run_kernels = [k for k in run_kernels if k]
+        rid = run_id(model, run_inputs, run_kernels, split_id, options)
         run_dir = paths.runs / rid
-        # The estimator's full parameters (defaults included), so a changed default retrains too.
-        model_params = _jsonable(spec.build(seed=0, device=device, **options).get_params())
-        model_params.pop("random_state", None)
-        model_params.pop("device", None)
         config = {
-            "model": model, "pairs": pairs, "split": split_id, "seeds": seeds, "options": options,
-            "model_params": model_params,
-            "kernels": [kernel_digest(paths, split_id, f, pairs) for f in range(assignment.shape[0])],
-            "labels": manifest.label_names,
-            "multilabel": manifest.multilabel,
+            "model": model, "inputs": sorted(run_inputs), "kernels": run_kernels, "split": split_id, "seeds": seeds,
+            "options": options, "model_params": model_params,
+            "pairs": [[i, k] for i in sorted(run_inputs) for k in (run_kernels or [None])],
+            "features": {n: {"params": info[n]["params"], "params_hash": info[n]["params_hash"]} for n in sorted(run_inputs)},
+            "assignment": store.params_hash({"a": assignment.tolist()}),
+            "labels": manifest.label_names, "multilabel": manifest.multilabel, "manifest": manifest.content_hash(),
         }
         digest = store.params_hash(config)
-        cfg_path = run_dir / "config.json"
-        if not force and cfg_path.exists() and (run_dir / "predictions.h5").exists():
-            if json.loads(cfg_path.read_text()).get("params_hash") == digest:
-                ui.info(f"run {rid}: up to date (params {digest}); nothing to do")
-                result.up_to_date.append(rid)
-                continue
-            ui.info(f"run {rid}: inputs or options changed; retraining")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _train_run(spec, pairs, paths, split_id, assignment, y_all, seeds, options, device, run_dir, manifest)
-        cfg_path.write_text(json.dumps({**config, "params_hash": digest, "device": device}, indent=2))
+        with store.writer_lock(run_dir / "run"):
+            cfg_path = run_dir / "config.json"
+            if not force and cfg_path.exists() and (run_dir / "predictions.h5").exists():
+                if _read_json(cfg_path).get("params_hash") == digest:
+                    ui.info(f"run {rid}: up to date (params {digest}); nothing to do")
+                    result.up_to_date.append(rid)
+                    continue
+                ui.info(f"run {rid}: inputs or options changed; retraining")
+            if force or (cfg_path.exists() and _read_json(cfg_path).get("params_hash") != digest):
+                _clear_run(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(run_dir / ".config.partial.json", json.dumps({**config, "params_hash": digest}, indent=2))
+            _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, options, device, run_dir)
+            _atomic_write_text(cfg_path, json.dumps({**config, "params_hash": digest, "device": device}, indent=2))
+            (run_dir / ".config.partial.json").unlink(missing_ok=True)
         result.written.append(rid)
     return result
 
 
-def _train_run(spec, pairs, paths, split_id, assignment, y_all, seeds, options, device, run_dir: Path, manifest) -> None:
-    modalities = [i.split("/")[0] for i, _ in pairs]
-    tmp = run_dir / ".predictions.h5.tmp"
-    with h5py.File(tmp, "w") as h5:
-        for fold in range(assignment.shape[0]):
-            grams = load_grams(paths, split_id, fold, pairs)
-            map_grams = load_grams(paths, split_id, fold, pairs, which="map_gram") if spec.needs_map_grams else None
-            valid = np.isfinite(np.einsum("mii->mi", grams)).all(axis=0)
-            train, test = train_test_indices(assignment, fold)
-            tr, te = train[valid[train]], test[valid[test]]
-            excluded = [manifest.ids[i] for i in np.concatenate([train, test]) if not valid[i]]
-            if excluded:
-                ui.warn(f"{len(excluded)} tracks without features are left out of {run_dir.name} (e.g. {excluded[0]})")
-            g_tr, g_te = grams[:, tr][:, :, tr], grams[:, te][:, :, tr]
-            m_tr = m_te = None
-            if map_grams is not None:
-                m_tr, m_te = map_grams[:, tr][:, :, tr], map_grams[:, te][:, :, tr]
-            for seed in range(seeds):
-                label = f"{run_dir.name} fold {fold} seed {seed}"
-                est = spec.build(seed=seed, device=device, **options)
-                t0 = time.perf_counter()
-                est.fit_gram(g_tr, y_all[tr], map_grams=m_tr, modalities=modalities)
-                fit_s = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                scores = np.asarray(est.decision_gram(g_te, map_grams_test=m_te), dtype=np.float32)
-                predict_s = time.perf_counter() - t0
-                y_pred = scores > 0 if y_all.ndim == 2 else np.asarray(est.classes_)[np.argmax(scores, axis=1)]
-                extra = {}
-                if hasattr(est, "extra_metrics"):
-                    extra = est.extra_metrics(g_te, map_grams_test=m_te)
-                grp = h5.create_group(f"fold{fold}/seed{seed}")
-                grp.create_dataset("test_index", data=te)
-                grp.create_dataset("y_true", data=y_all[te])
-                grp.create_dataset("y_pred", data=y_pred)
-                grp.create_dataset("scores", data=scores)
-                grp.attrs.update(fit_seconds=fit_s, predict_seconds=predict_s, n_train=len(tr),
-                                 extra=store.canonical_json(extra), params=store.canonical_json(_jsonable(est.get_params())))
-                save_file({k: np.ascontiguousarray(v) for k, v in est.state_dict().items()},
-                          str(run_dir / f"model-fold{fold}-seed{seed}.safetensors"))
-                if y_all.ndim == 2:
-                    ui.info(f"{label}: AUC-ROC {macro_auc(y_all[te], scores):.3f} on {len(te)} test tracks (fit {fit_s:.1f} s)")
-                else:
-                    acc = float(np.mean(y_pred == y_all[te])) if len(te) else float("nan")
-                    ui.info(f"{label}: accuracy {acc:.3f} on {len(te)} test tracks (fit {fit_s:.1f} s)")
-    tmp.replace(run_dir / "predictions.h5")
+def _split_name(paths: DatasetPaths, manifest, split: str) -> str:
+    """The stored split for a name or spec; splits are written by ingest / `genre split`, never here."""
+    try:
+        from genrecli.pipeline.ingest import resolve_split
+    except ImportError:  # pragma: no cover - older ingest module
+        from genrecli.pipeline.ingest import ensure_split as resolve_split
+    return resolve_split(paths, split)
+
+
+def _default_inputs(paths: DatasetPaths, spec) -> list[str]:
+    from genrecli.pipeline.features import feature_groups
+
+    with store.open_read(paths.features(), what="features", hint="run `genre extract-audio` / `genre extract-text` first") as h5:
+        groups = feature_groups(h5)
+        usable = [g for g in groups if g.split("/", 1)[0] in spec.capabilities.modalities
+                  and input_kind(h5[g]["data"].shape[1:]) in spec.capabilities.input_kinds]
+    if not usable:
+        raise UsageError(f"{paths.features()}: no feature the model '{spec.name}' can take (have: {', '.join(groups) or 'none'})")
+    if spec.capabilities.max_inputs is not None and len(usable) > spec.capabilities.max_inputs and not spec.per_pair:
+        raise UsageError(f"model '{spec.name}' takes {spec.capabilities.max_inputs} input(s); choose with --inputs from {', '.join(usable)}")
+    return usable
+
+
+def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, options, device, run_dir: Path) -> None:
+    names = config["inputs"]
+    seeds = config["seeds"]
+    valid = np.logical_and.reduce([info[n]["valid"] for n in names])
+    arrays = _load_vectors(paths, names, info)
+    feature_state = _feature_states(paths, names)
+    n_folds = assignment.shape[0]
+    for fold in range(n_folds):
+        train_rows, test_rows = train_test_indices(assignment, fold)
+        tr, te = train_rows[valid[train_rows]], test_rows[valid[test_rows]]
+        excluded = [manifest.ids[i] for i in np.concatenate([train_rows, test_rows]) if not valid[i]]
+        if excluded:
+            ui.warn(f"{len(excluded)} tracks without features are left out of {run_dir.name} fold {fold} (e.g. {excluded[0]})")
+        if len(tr) < 2 or len(te) < 1:
+            raise UsageError(f"{run_dir.name} fold {fold}: {len(tr)} training and {len(te)} test tracks with features; need >= 2 and >= 1")
+        fit_rows, val_rows = tr, None
+        if spec.capabilities is not None and not spec.uses_kernels:
+            is_val = assignment[fold][tr] == VALID
+            if is_val.any() and (~is_val).sum() >= 2:
+                fit_rows, val_rows = tr[~is_val], tr[is_val]
+        cache = _gram_cache(paths, config, fold, fit_rows, info) if spec.uses_kernels else None
+        for seed in range(seeds):
+            out_dir = artifact_dir(run_dir, fold, seed)
+            if _finished(out_dir, digest):
+                ui.info(f"{run_dir.name} fold {fold} seed {seed}: already trained; kept")
+                continue
+            label = f"{run_dir.name} fold {fold} seed {seed}"
+            est = spec.build(seed=seed, device=device, **options)
+            if hasattr(est, "set_checkpoint_dir"):
+                est.set_checkpoint_dir(run_dir / ".checkpoints" / out_dir.name)
+            validation = None if val_rows is None else (_rows(arrays, paths, names, val_rows), y_all[val_rows])
+            kwargs = {"validation": validation}
+            if cache is not None:
+                kwargs["cache"] = cache
+            t0 = time.perf_counter()
+            est.fit(_rows(arrays, paths, names, fit_rows), y_all[fit_rows], **kwargs)
+            fit_s = time.perf_counter() - t0
+            test_inputs = _rows(arrays, paths, names, te)
+            t0 = time.perf_counter()
+            scores = np.asarray(est.decision_function(test_inputs), dtype=np.float32)
+            predict_s = time.perf_counter() - t0
+            y_pred = est.predict_from_scores(scores) if hasattr(est, "predict_from_scores") else _predict_from(est, scores)
+            extra = est.extra_metrics(test_inputs)
+            metadata = {
+                "inputs": config["features"], "labels": config["labels"], "multilabel": config["multilabel"],
+                "run": run_dir.name, "fold": fold, "seed": seed, "split": config["split"], "run_params_hash": digest,
+            }
+            est.save(out_dir, metadata=metadata, registry_name=spec.name)
+            if feature_state:
+                from safetensors.numpy import save_file
+
+                save_file(feature_state, str(out_dir / "features.safetensors"))
+            _save_result(out_dir, digest, te=te, y_true=y_all[te], y_pred=y_pred, scores=scores, classes=np.asarray(est.classes_),
+                         fit_s=fit_s, predict_s=predict_s, n_train=len(fit_rows), extra=extra,
+                         params=_jsonable(est.get_params(deep=False)))
+            if y_all.ndim == 2:
+                ui.info(f"{label}: AUC-ROC {macro_auc(y_all[te], _full_scores(scores, est.classes_, y_all.shape[1])):.3f} "
+                        f"on {len(te)} test tracks (fit {fit_s:.1f} s)")
+            else:
+                ui.info(f"{label}: accuracy {float(np.mean(y_pred == y_all[te])):.3f} on {len(te)} test tracks (fit {fit_s:.1f} s)")
+    _write_predictions(run_dir, n_folds, seeds, len(config["labels"]), bool(config["multilabel"]))
+
+
+def _predict_from(est, scores: np.ndarray) -> np.ndarray:
+    if getattr(est, "multilabel_", False):
+        return scores > 0
+    return np.asarray(est.classes_)[np.argmax(scores, axis=1)]
+
+
+def _full_scores(scores: np.ndarray, classes, n_labels: int) -> np.ndarray:
+    """Scores with one column per label of the corpus (labels a model never saw score -inf)."""
+    classes = np.asarray(classes, dtype=np.int64)
+    if scores.shape[1] == n_labels and np.array_equal(classes, np.arange(n_labels)):
+        return scores
+    out = np.full((len(scores), n_labels), -np.inf, dtype=np.float32)
+    out[:, classes] = scores
+    return out
+
+
+def _load_vectors(paths: DatasetPaths, names: list[str], info: dict) -> dict[str, np.ndarray | None]:
+    """Vector features are read once per run; patch features stay on disk (None here, views per fold)."""
+    from genrecli.pipeline.features import read_feature
+
+    out = {}
+    for name in names:
+        if input_kind(info[name]["shape"]) == "vector":
+            out[name] = np.asarray(read_feature(paths, name)[0], dtype=np.float32)
+        else:
+            out[name] = None
+    return out
+
+
+def _rows(arrays: dict, paths: DatasetPaths, names: list[str], rows: np.ndarray) -> dict:
+    from genrecli.pipeline.features import FeatureView
+
+    return {n: (arrays[n][rows] if arrays[n] is not None else FeatureView(paths.features(), n, rows)) for n in names}
+
+
+def _feature_states(paths: DatasetPaths, names: list[str]) -> dict[str, np.ndarray]:
+    """Fitted feature-extractor states (e.g. TF-IDF vocabulary and idf) to ship in every artifact."""
+    try:
+        from genrecli.pipeline.featurize import feature_state
+    except ImportError:  # pragma: no cover
+        return {}
+    out = {}
+    for name in names:
+        for key, value in (feature_state(paths, name) or {}).items():
+            out[f"{name}|{key}"] = np.ascontiguousarray(value)
+    return out
+
+
+def _gram_cache(paths: DatasetPaths, config: dict, fold: int, rows: np.ndarray, info: dict):
+    """Training Grams of ``kernels.h5`` for this fold when fresh for these features and this split, else None."""
+    from genrecli.models.kernel import GramCache
+
+    if not paths.kernels.exists():
+        return None
+    entries = {}
+    try:
+        with h5py.File(paths.kernels, "r") as h5:
+            for name in config["inputs"]:
+                for kernel in config["kernels"]:
+                    group = f"{config['split']}/fold{fold}/{name}/{kernel}"
+                    if group not in h5:
+                        continue
+                    grp = h5[group]
+                    params = store.group_params(grp)
+                    if (params.get("feature") != store.params_hash(info[name]["params"])
+                            or params.get("assignment") != _fold_assignment_hash(paths, config, fold)
+                            or params.get("offset", 1.0) != 1.0):
+                        continue
+                    gram = grp["gram"]
+                    K = gram[np.sort(rows)][:, np.sort(rows)]
+                    order = np.argsort(np.argsort(rows))
+                    K = np.ascontiguousarray(K[np.ix_(order, order)], dtype=np.float32)
+                    if not np.isfinite(K).all():
+                        continue
+                    state = {k[len("kernel_."):]: grp["state"][k][()] for k in grp["state"] if k.startswith("kernel_.")}
+                    entries[(name, kernel)] = (K, state)
+    except OSError:
+        return None
+    return GramCache(entries) if entries else None
+
+
+def _fold_assignment_hash(paths: DatasetPaths, config: dict, fold: int) -> str:
+    assignment = read_manifest(paths.manifest).split(config["split"])
+    return store.params_hash({"a": assignment[fold].tolist()})
+
+
+def _finished(out_dir: Path, digest: str) -> bool:
+    result = out_dir / RESULT_FILE
+    if not result.exists() or not (out_dir / "model.json").exists():
+        return False
+    try:
+        with np.load(result, allow_pickle=False) as data:
+            return str(data["run_params_hash"]) == digest
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _save_result(out_dir: Path, digest: str, *, te, y_true, y_pred, scores, classes, fit_s, predict_s, n_train, extra, params) -> None:
+    tmp = out_dir / f".{RESULT_FILE}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, test_index=te, y_true=y_true, y_pred=y_pred, scores=scores, classes=classes,
+                 fit_seconds=fit_s, predict_seconds=predict_s, n_train=n_train,
+                 extra=store.canonical_json(extra), params=store.canonical_json(params), run_params_hash=digest)
+    os.replace(tmp, out_dir / RESULT_FILE)
+
+
+def _write_predictions(run_dir: Path, n_folds: int, seeds: int, n_labels: int, multilabel: bool) -> None:
+    tmp = run_dir / f".predictions.h5.tmp-{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w") as h5:
+            for fold in range(n_folds):
+                for seed in range(seeds):
+                    with np.load(artifact_dir(run_dir, fold, seed) / RESULT_FILE, allow_pickle=False) as r:
+                        grp = h5.create_group(f"fold{fold}/seed{seed}")
+                        grp.create_dataset("test_index", data=r["test_index"])
+                        grp.create_dataset("y_true", data=r["y_true"])
+                        grp.create_dataset("y_pred", data=r["y_pred"])
+                        grp.create_dataset("scores", data=_full_scores(r["scores"], r["classes"], n_labels))
+                        grp.attrs.update(fit_seconds=float(r["fit_seconds"]), predict_seconds=float(r["predict_seconds"]),
+                                         n_train=int(r["n_train"]), extra=str(r["extra"]), params=str(r["params"]))
+        os.replace(tmp, run_dir / "predictions.h5")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _clear_run(run_dir: Path) -> None:
+    if not run_dir.exists():
+        return
+    for child in run_dir.iterdir():
+        if child.name.endswith(".lock"):
+            continue
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _jsonable(params: dict) -> dict:
-    return {k: (v if isinstance(v, (int, float, str, bool, type(None), list, tuple)) else repr(v)) for k, v in params.items()}
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, (int, float, str, bool, type(None))):
+            out[k] = v
+        elif isinstance(v, (list, tuple)):
+            out[k] = [x if isinstance(x, (int, float, str, bool, type(None))) else repr(x) for x in v]
+        else:
+            out[k] = type(v).__name__ if hasattr(v, "get_params") else repr(v)
+    return out

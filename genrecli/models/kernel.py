@@ -1,0 +1,370 @@
+"""Kernel models on features: the single-kernel SVM, the DKN and the DM2KMN under the model contract.
+
+Each model owns its kernels: it fits one :class:`~genrecli.kernels.elementary.ElementaryKernel` per
+(input, kernel) pair on the training rows (preprocessing, RBF width and unit-diagonal scale from those rows
+only) and computes the Grams it needs from features -- exact n x n Grams for the SVM and the DKN, n x N
+landmark blocks for the DM2KMN with ``landmarks=N`` (memory O(n N)). Every fitted kernel state (training or
+support rows, scales, widths, landmarks, map matrices) is part of the model's state, so a saved model needs
+no store to predict.
+
+Vector inputs are concatenated in sorted input-name order; each input is one modality block of the DKN
+(``input_dims``), named by its modality (``audio``, ``text``), which is what relative importance sums over.
+
+A :class:`GramCache` (``genre kernels``'s store) may hand the SVM and the DKN precomputed training Grams with
+the kernel states they were computed with; the result is the same model, computed faster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from sklearn.base import clone
+
+from genrecli.errors import UsageError
+from genrecli.models.base import GenreModel
+
+DEFAULT_KERNELS = ("linear", "poly2", "rbf", "hist")
+
+
+class GramCache:
+    """Precomputed training Grams: ``get(input, kernel) -> (K_train (n, n) float32, kernel state) or None``.
+
+    The pipeline builds one per fold from ``kernels.h5`` when its groups are fresh for the features and
+    split at hand; ``offset`` and ``sigma`` are the kernel settings the cache was computed with.
+    """
+
+    def __init__(self, entries: Mapping[tuple[str, str], tuple[np.ndarray, dict]], *, offset=1.0, sigma="total-variance"):
+        self.entries = dict(entries)
+        self.offset = offset
+        self.sigma = sigma
+
+    def get(self, input_name: str, kernel: str, *, offset, sigma):
+        if offset != self.offset or sigma != self.sigma:
+            return None
+        return self.entries.get((input_name, kernel))
+
+
+def _vectors(inputs: Mapping[str, object], names: list[str]) -> tuple[np.ndarray, list[int]]:
+    """Concatenate inputs (flattened per row) into one float32 (n, sum d) matrix, with each block's width."""
+    blocks = [np.asarray(inputs[name], dtype=np.float32) for name in names]
+    blocks = [b.reshape(len(b), -1) for b in blocks]
+    dims = [b.shape[1] for b in blocks]
+    X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+    return np.ascontiguousarray(X), dims
+
+
+def _prefixed(state: Mapping[str, np.ndarray], prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _check_y(y) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 1 and len(np.unique(y)) < 2:
+        raise UsageError(f"the training part has a single class ({y[0] if len(y) else 'none'}); a classifier needs two")
+    return y
+
+
+class SVMModel(GenreModel):
+    """One-vs-rest class-weighted SVM on one elementary kernel of one input (the paper's SVM baseline).
+
+    Parameters
+    ----------
+    kernel : {'linear', 'poly2', 'rbf', 'hist'}
+    offset, sigma : poly2 offset c and RBF width rule, as in :class:`ElementaryKernel`.
+    svm : :class:`~genrecli.models.svm.KernelSVM` or None
+        The classifier (C by 5-fold CV on the training Gram, class weights n / (C n_c)); None: defaults.
+        Options ``C``, ``C_grid``, ``cv``, ``class_weight`` configure it.
+    random_state : int, seed of the CV folds.
+
+    Attributes
+    ----------
+    kernel_ : ElementaryKernel, fitted on the training rows, keeping only the support rows.
+    svm_ : KernelSVM, its dual coefficients over those rows.
+    """
+
+    def __init__(self, kernel="rbf", *, offset=1.0, sigma="total-variance", svm=None, random_state=None):
+        self.kernel = kernel
+        self.offset = offset
+        self.sigma = sigma
+        self.svm = svm
+        self.random_state = random_state
+
+    @classmethod
+    def part_names(cls) -> list[str]:
+        return ["svm"]
+
+    @classmethod
+    def nested_option_names(cls) -> list[str]:
+        from genrecli.models.svm import KernelSVM
+
+        return sorted(set(KernelSVM._get_param_names()) - {"random_state"})
+
+    def set_options(self, options):
+        from genrecli.models.svm import KernelSVM
+
+        self.svm = (clone(self.svm) if self.svm is not None else KernelSVM()).set_params(**options)
+        return self
+
+    def _make_kernel(self):
+        from genrecli.kernels.elementary import ElementaryKernel
+
+        return ElementaryKernel(self.kernel, offset=self.offset, sigma=self.sigma)
+
+    def fit(self, inputs, y, *, validation=None, cache: GramCache | None = None):
+        from genrecli.models.svm import KernelSVM
+
+        names = self._check_inputs(inputs, fitting=True)
+        if len(names) != 1:
+            raise UsageError(f"svm takes one input, got {len(names)}: {', '.join(names)}")
+        y = _check_y(y)
+        X, _ = _vectors(inputs, names)
+        cached = cache.get(names[0], self.kernel, offset=self.offset, sigma=self.sigma) if cache else None
+        kernel = self._make_kernel()
+        if cached is not None:
+            K, state = cached
+            kernel.set_state(state)
+        else:
+            K = kernel.fit_transform(X)
+        svm = (clone(self.svm) if self.svm is not None else KernelSVM()).set_params(random_state=self.random_state)
+        svm.fit(K, y)
+        # Rows with no dual weight in any one-vs-rest problem never contribute to a score: drop them.
+        support = np.flatnonzero(np.any(svm.alpha_ != 0, axis=0))
+        kernel.X_fit_ = np.ascontiguousarray(kernel.X_fit_[support])
+        svm.alpha_ = np.ascontiguousarray(svm.alpha_[:, support])
+        svm.n_features_in_ = len(support)
+        self.kernel_, self.svm_ = kernel, svm
+        self.classes_, self.multilabel_, self.input_names_ = np.asarray(svm.classes_), bool(svm.multilabel_), names
+        return self
+
+    def decision_function(self, inputs) -> np.ndarray:
+        names = self._check_inputs(inputs, fitting=False)
+        X, _ = _vectors(inputs, names)
+        return np.asarray(self.svm_.decision_function(self.kernel_.transform(X)), dtype=np.float32)
+
+    def get_state(self):
+        state = {f"kernel.{k}": v for k, v in self.kernel_.get_state().items()}
+        state.update({f"svm.{k}": v for k, v in self.svm_.state_dict().items()})
+        return state
+
+    def set_state(self, state, meta):
+        from genrecli.models.svm import KernelSVM
+
+        super().set_state(state, meta)
+        self.kernel_ = self._make_kernel().set_state(_prefixed(state, "kernel."))
+        self.svm_ = (clone(self.svm) if self.svm is not None else KernelSVM()).load_state_dict(_prefixed(state, "svm."))
+        return self
+
+
+class _MultiKernelModel(GenreModel):
+    """Shared by the DKN and the DM2KMN: inputs -> one matrix with modality blocks."""
+
+    def _blocks(self, inputs, *, fitting: bool):
+        names = self._check_inputs(inputs, fitting=fitting)
+        X, dims = _vectors(inputs, names)
+        if not fitting and dims != list(self.input_dims_):
+            raise UsageError(f"inputs have widths {dims}, the model was trained on {list(self.input_dims_)}")
+        return names, X, dims
+
+    @staticmethod
+    def _modalities(names: list[str]) -> list[str]:
+        return [name.split("/", 1)[0] for name in names]
+
+    def get_meta(self):
+        return {**super().get_meta(), "input_dims": list(self.input_dims_)}
+
+    def set_state(self, state, meta):
+        super().set_state(state, meta)
+        self.input_dims_ = list(meta["input_dims"])
+        return self
+
+
+_DKN_CONTROLLED = {"kernels", "input_dims", "modality_names", "random_state", "device"}
+
+
+class DKNModel(_MultiKernelModel):
+    """Deep kernel network over every (input, kernel) pair with one-vs-rest SVMs on its output kernel.
+
+    Parameters
+    ----------
+    kernels : elementary kernels applied to every input.
+    dkn : :class:`~genrecli.models.dkn.DKNClassifier` or None
+        Its settings (``hidden``, ``depth``, ``activation``, ``C``, ...); ``kernels``, the input blocks,
+        ``random_state`` and ``device`` are set from this model. Every DKN option is accepted by ``-o``.
+    random_state, device
+    """
+
+    def __init__(self, kernels=DEFAULT_KERNELS, *, dkn=None, random_state=None, device="cpu"):
+        self.kernels = kernels
+        self.dkn = dkn
+        self.random_state = random_state
+        self.device = device
+
+    @classmethod
+    def part_names(cls) -> list[str]:
+        return ["dkn"]
+
+    @classmethod
+    def nested_option_names(cls) -> list[str]:
+        from genrecli.models.dkn import DKNClassifier
+
+        return sorted(set(DKNClassifier._get_param_names()) - _DKN_CONTROLLED)
+
+    def set_options(self, options):
+        from genrecli.models.dkn import DKNClassifier
+
+        self.dkn = (clone(self.dkn) if self.dkn is not None else DKNClassifier()).set_params(**options)
+        return self
+
+    def _estimator(self, names, dims):
+        from genrecli.models.dkn import DKNClassifier
+
+        base = clone(self.dkn) if self.dkn is not None else DKNClassifier()
+        return base.set_params(kernels=tuple(self.kernels), input_dims=tuple(dims), modality_names=tuple(self._modalities(names)),
+                               random_state=self.random_state, device=self.device)
+
+    def fit(self, inputs, y, *, validation=None, cache: GramCache | None = None):
+        names, X, dims = self._blocks(inputs, fitting=True)
+        y = _check_y(y)
+        if y.ndim != 1:
+            raise UsageError("dkn is single-label only; use svm or mlp on a multi-label corpus")
+        est = self._estimator(names, dims)
+        cached = self._cached(cache, est, names)
+        if cached is None:
+            est.fit(X, y)
+        else:
+            self._fit_cached(est, X, y, dims, names, cached)
+        self.dkn_, self.input_names_, self.input_dims_ = est, names, dims
+        self.classes_, self.multilabel_ = np.asarray(est.classes_), False
+        return self
+
+    def _cached(self, cache, est, names):
+        if cache is None:
+            return None
+        entries = [cache.get(n, k, offset=est.kernel_offset, sigma=est.sigma) for n in names for k in self.kernels]
+        return None if any(e is None for e in entries) else entries
+
+    def _fit_cached(self, est, X, y, dims, names, entries):
+        from genrecli.kernels.elementary import ElementaryKernel
+        from genrecli.models.dkn import split_columns
+
+        grams = np.stack([K for K, _ in entries]).astype(np.float32, copy=False)
+        modalities = [m for m in self._modalities(names) for _ in self.kernels]
+        est.fit_gram(grams, y, modalities=modalities)
+        est.kernels_ = [ElementaryKernel(k, offset=est.kernel_offset, sigma=est.sigma, device=est.device).set_state(state)
+                        for (_, state), k in zip(entries, [k for _ in names for k in self.kernels])]
+        est.slices_ = split_columns(X.shape[1], est.input_dims)
+        est.n_features_in_ = X.shape[1]
+
+    def decision_function(self, inputs) -> np.ndarray:
+        _, X, _ = self._blocks(inputs, fitting=False)
+        return np.asarray(self.dkn_.decision_gram(self.dkn_._grams(X)), dtype=np.float32)
+
+    def extra_metrics(self, inputs) -> dict:
+        _, X, _ = self._blocks(inputs, fitting=False)
+        return self.dkn_.extra_metrics(self.dkn_._grams(X))
+
+    def get_state(self):
+        return dict(self.dkn_.state_dict())
+
+    def set_state(self, state, meta):
+        super().set_state(state, meta)
+        self.dkn_ = self._estimator(self.input_names_, self.input_dims_)
+        self.dkn_.load_state_dict(dict(state))
+        if not hasattr(self.dkn_, "kernels_"):
+            raise UsageError("this DKN artifact holds no kernel states (it was trained on Grams only)")
+        return self
+
+
+_DM2KMN_CONTROLLED = {"dkn", "finetune", "random_state", "device"}
+
+
+class DM2KMNModel(_MultiKernelModel):
+    """Deep multi-modal kernel map network: explicit maps built from a DKN, optionally fine-tuned end to end.
+
+    Parameters
+    ----------
+    kernels : elementary kernels applied to every input.
+    dm2kmn : :class:`~genrecli.models.dm2kmn.DM2KMNClassifier` or None
+        Its map and fine-tuning settings, and its DKN (``dm2kmn.dkn``). ``-o`` options are routed by name:
+        a DM2KMN parameter (``landmarks``, ``energy``, ``ft_lr``, ...) to the map network, a DKN parameter
+        (``hidden``, ``depth``, ``C``, ...) to its DKN.
+    finetune : bool
+        False: the initial DM2KMN (registry entry ``dm2kmn-init``); True: fine-tuned (``dm2kmn``).
+    random_state, device
+    """
+
+    def __init__(self, kernels=DEFAULT_KERNELS, *, dm2kmn=None, finetune=True, random_state=None, device="cpu"):
+        self.kernels = kernels
+        self.dm2kmn = dm2kmn
+        self.finetune = finetune
+        self.random_state = random_state
+        self.device = device
+
+    @classmethod
+    def part_names(cls) -> list[str]:
+        return ["dm2kmn"]
+
+    @classmethod
+    def nested_option_names(cls) -> list[str]:
+        from genrecli.models.dkn import DKNClassifier
+        from genrecli.models.dm2kmn import DM2KMNClassifier
+
+        own = set(DM2KMNClassifier._get_param_names()) - _DM2KMN_CONTROLLED
+        return sorted(own | (set(DKNClassifier._get_param_names()) - _DKN_CONTROLLED))
+
+    def set_options(self, options):
+        from genrecli.models.dkn import DKNClassifier
+        from genrecli.models.dm2kmn import DM2KMNClassifier
+
+        est = clone(self.dm2kmn) if self.dm2kmn is not None else DM2KMNClassifier()
+        own = set(DM2KMNClassifier._get_param_names()) - _DM2KMN_CONTROLLED
+        mine = {k: v for k, v in options.items() if k in own}
+        theirs = {k: v for k, v in options.items() if k not in own}
+        est.set_params(**mine)
+        if theirs:
+            dkn = clone(est.dkn) if est.dkn is not None else DKNClassifier()
+            est.set_params(dkn=dkn.set_params(**theirs))
+        self.dm2kmn = est
+        return self
+
+    def _estimator(self, names, dims):
+        from genrecli.models.dkn import DKNClassifier
+        from genrecli.models.dm2kmn import DM2KMNClassifier
+
+        est = clone(self.dm2kmn) if self.dm2kmn is not None else DM2KMNClassifier()
+        dkn = clone(est.dkn) if est.dkn is not None else DKNClassifier()
+        dkn.set_params(kernels=tuple(self.kernels), input_dims=tuple(dims), modality_names=tuple(self._modalities(names)),
+                       random_state=self.random_state, device=self.device)
+        return est.set_params(dkn=dkn, finetune=self.finetune, random_state=self.random_state, device=self.device)
+
+    def fit(self, inputs, y, *, validation=None, cache=None):
+        names, X, dims = self._blocks(inputs, fitting=True)
+        y = _check_y(y)
+        if y.ndim != 1:
+            raise UsageError("dm2kmn is single-label only; use svm or mlp on a multi-label corpus")
+        est = self._estimator(names, dims)
+        est.fit(X, y)
+        self.dm2kmn_, self.input_names_, self.input_dims_ = est, names, dims
+        self.classes_, self.multilabel_ = np.asarray(est.classes_), False
+        return self
+
+    def decision_function(self, inputs) -> np.ndarray:
+        from genrecli.models.dkn import heads_to_scores
+
+        _, X, _ = self._blocks(inputs, fitting=False)
+        est = self.dm2kmn_
+        return np.asarray(heads_to_scores(est._heads(est._map_grams(X)), len(est.classes_)), dtype=np.float32)
+
+    def extra_metrics(self, inputs) -> dict:
+        _, X, _ = self._blocks(inputs, fitting=False)
+        return self.dm2kmn_.extra_metrics_features(X)
+
+    def get_state(self):
+        return dict(self.dm2kmn_.state_dict())
+
+    def set_state(self, state, meta):
+        super().set_state(state, meta)
+        self.dm2kmn_ = self._estimator(self.input_names_, self.input_dims_)
+        self.dm2kmn_.load_state_dict(dict(state))
+        return self
