@@ -19,10 +19,11 @@ BENCHES = {
     "pipeline": ("Demo pipeline, per stage (folk-dances, 400 tunes, --jobs 2)", ["bench_pipeline.py", "--limit", "400", "--jobs", "2"]),
     "kernels": ("Kernel stage at n=5000, d=1024 against scikit-learn", ["bench_kernels.py", "--n", "5000", "--d", "1024"]),
     "dm2kmn": ("DKN vs DM2KMN", ["bench_dm2kmn.py"]),
+    "scale": ("DM2KMN --landmarks 1000 through the CLI on a 50,000-row table", ["bench_scale.py", "--n", "50000", "--landmarks", "1000"]),
     "audio": ("Audio features: throughput", ["bench_audio.py"]),
     "text": ("Text encoders: throughput", ["bench_text.py"]),
 }
-DEVICE_AWARE = {"kernels", "dm2kmn", "audio", "text"}
+DEVICE_AWARE = {"kernels", "dm2kmn", "scale", "audio", "text"}
 
 
 def machine() -> str:

@@ -40,6 +40,7 @@ from genrecli.errors import InputError, UsageError
 
 __all__ = ["AUDIO_FEATURES", "SILENCE_RMS", "AudioFeature", "configure_feature", "extract_track", "mfcc_summary"]
 _DELTA_WIDTH = 9  # librosa's default delta window, in frames
+_PLAIN_TEXT = ("lyrics", "text")  # manifest score formats that are plain text, not scores
 
 
 def mfcc_summary(
@@ -243,6 +244,9 @@ def extract_track(
     device = resolve_device(device)
     name = _source_name(source)
     keys = ("audio", "midi", "score", "score_text", "score_format")
+    if source.get("audio") is None and source.get("midi") is None and source.get("score_format") in _PLAIN_TEXT:
+        # a lyrics (or review) track: text only, a per-track failure of the audio stage, not a usage error
+        raise InputError(f"{name}: {source['score_format']} only: no audio, MIDI or score to make audio from")
     audio_at = track_audio(
         **{k: source.get(k) for k in keys}, max_seconds=max_seconds, soundfont=soundfont, name=name
     )

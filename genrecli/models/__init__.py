@@ -12,8 +12,9 @@ from genrecli.models.base import Capabilities, GenreModel, ModelSpec, load_model
 
 __all__ = ["MODELS", "Capabilities", "GenreModel", "ModelSpec", "get_model", "load_model", "register"]
 
-_VECTORS = Capabilities(tasks=("single", "multi"), modalities=("audio", "text", "image"), input_kinds=("vector",))
-_KERNEL_NET = Capabilities(tasks=("single",), modalities=("audio", "text", "image"), input_kinds=("vector",))
+# Kernel models take patches too, flattened to vectors (the feature-suite tables run SVMs on flattened mel patches).
+_VECTORS = Capabilities(tasks=("single", "multi"), modalities=("audio", "text", "image"), input_kinds=("vector", "patch"))
+_KERNEL_NET = Capabilities(tasks=("single",), modalities=("audio", "text", "image"), input_kinds=("vector", "patch"))
 
 MODELS: dict[str, ModelSpec] = {}
 
@@ -31,11 +32,19 @@ register(ModelSpec("dm2kmn-init", "explicit kernel-map network built layer-wise 
                    "genrecli.models.kernel:DM2KMNModel", _KERNEL_NET, fixed={"finetune": False}, uses_kernels=True))
 register(ModelSpec("dm2kmn", "DM2KMN: the kernel-map network fine-tuned end to end (the paper's method)",
                    "genrecli.models.kernel:DM2KMNModel", _KERNEL_NET, fixed={"finetune": True}, uses_kernels=True))
+register(ModelSpec("svm-concat", "early fusion: one SVM with one kernel (--kernels K) on the concatenated, z-scored inputs",
+                   "genrecli.models.mkl:ConcatSVMModel", _VECTORS, uses_kernels=True))
+register(ModelSpec("svm-late", "late fusion: one SVM per (input, kernel) pair, calibrated class probabilities averaged",
+                   "genrecli.models.mkl:LateFusionSVMModel", _VECTORS, uses_kernels=True))
+register(ModelSpec("mkl-average", "one SVM on the uniform mean of every elementary kernel of every input",
+                   "genrecli.models.mkl:AverageMKLModel", _VECTORS, uses_kernels=True))
+register(ModelSpec("easymkl", "EasyMKL kernel weights (Aiolli & Donini 2015) on every (input, kernel) pair, then one SVM",
+                   "genrecli.models.mkl:EasyMKLModel", _VECTORS, uses_kernels=True))
 register(ModelSpec("majority", "the most frequent training class: the floor of every comparison",
                    "genrecli.models.majority:MajorityModel",
                    Capabilities(tasks=("single", "multi"), modalities=("audio", "text", "image"), input_kinds=("vector", "patch"))))
 register(ModelSpec("mlp", "multi-layer perceptron on the concatenated, standardised inputs (early fusion)",
-                   "genrecli.models.neural.mlp:MLPModel", _VECTORS))
+                   "genrecli.models.neural.mlp:MLPModel", _VECTORS))  # patches are flattened
 register(ModelSpec("cnn", "mel-spectrogram CNN (the DM2KMN paper's audio baseline), random patches in training",
                    "genrecli.models.neural.cnn:CNNModel",
                    Capabilities(tasks=("single", "multi"), modalities=("audio",), input_kinds=("patch",), max_inputs=1)))

@@ -12,6 +12,62 @@ from genrecli.pipeline import StageResult
 from genrecli.pipeline.features import assemble, parse_shard, run_per_track, shard_rows, write_feature_group
 
 
+PATH_OPTIONS = ("weights", "pca")  # feature options that name files: stored as absolute paths
+DEFAULT_SOUNDFONT = "TimGM6mb (pretty_midi)"
+
+
+def absolute_options(options: dict[str, dict] | None) -> dict[str, dict]:
+    """Feature options with None dropped and weight paths made absolute (so params rebuild anywhere)."""
+    out = {}
+    for name, opts in (options or {}).items():
+        out[name] = {
+            k: (str(Path(v).expanduser().resolve()) if k in PATH_OPTIONS and isinstance(v, (str, Path)) else v)
+            for k, v in (opts or {}).items() if v is not None
+        }
+    return out
+
+
+def renderer_params(soundfont: str | Path | None) -> dict:
+    """How MIDI and scores become audio: part of every audio feature's identity."""
+    from genrecli.audio.base import file_sha256
+    from genrecli.audio.synth import RELEASE_SECONDS, default_soundfont
+
+    path = Path(soundfont).expanduser().resolve() if soundfont else default_soundfont()
+    return {
+        "synth": "tinysoundfont",
+        "soundfont": str(path) if soundfont else DEFAULT_SOUNDFONT,
+        "soundfont_sha256": file_sha256(path) if path.is_file() else None,
+        "score_to_midi": "music21, opening bars that sound within max_seconds",
+        "release_seconds": RELEASE_SECONDS,
+    }
+
+
+def soundfont_of(params: dict) -> str | None:
+    """The ``soundfont=`` argument that gave a feature group's params (None: the bundled one)."""
+    value = params.get("soundfont")
+    return None if value in (None, DEFAULT_SOUNDFONT) else value
+
+
+def feature_params(feat, *, options: dict, max_seconds: float, renderer: dict, device_type: str) -> dict:
+    """The params of ``/audio/<name>`` without the corpus parts (``manifest``, ``shard``).
+
+    ``options`` are the user options the feature was configured with (:func:`configure_feature`); with
+    ``max_seconds`` and the renderer's soundfont they are all it takes to rebuild the feature.
+    """
+    params = {
+        "feature": feat.name,
+        **feat.params,
+        "sample_rate": feat.sample_rate,
+        "shape": list(feat.shape),
+        "options": dict(options),
+        "max_seconds": max_seconds,
+        **renderer,
+    }
+    if feat.device_aware:  # torch front ends on a GPU agree with librosa to 1e-4, not bit for bit
+        params["device"] = device_type
+    return params
+
+
 def _extract_one(source: dict, *, features: tuple, max_seconds: float, soundfont: str | None, device: str) -> dict:
     from genrecli.audio.features import extract_track
 
@@ -40,36 +96,23 @@ def extract_audio(
     from genrecli.device import resolve_device
 
     # Unknown names, options or missing weights stop the stage here, not once per track.
-    configured = {f.name: f for f in resolve_features(list(features), options or {})}
+    options = absolute_options(options)
+    configured = {f.name: f for f in resolve_features(list(features), options)}
     device_type = resolve_device(device).type
     paths = DatasetPaths.of(data, data_home)
     manifest = read_manifest(paths.manifest)
     shard_t = parse_shard(shard)
     target = paths.features(shard_t)
-    from genrecli.audio.synth import RELEASE_SECONDS
-
-    # How MIDI and scores become audio: part of every audio feature's identity.
-    renderer = {
-        "synth": "tinysoundfont",
-        "soundfont": str(soundfont) if soundfont else "TimGM6mb (pretty_midi)",
-        "score_to_midi": "music21, opening bars that sound within max_seconds",
-        "release_seconds": RELEASE_SECONDS,
-    }
+    renderer = renderer_params(soundfont)
     result = StageResult()
     wanted, params_of = [], {}
     for name, feat in configured.items():
         params = {
-            "feature": name,
-            **feat.params,
-            "sample_rate": feat.sample_rate,
-            "shape": list(feat.shape),
-            "max_seconds": max_seconds,
-            **renderer,
+            **feature_params(feat, options=options.get(name, {}), max_seconds=max_seconds, renderer=renderer,
+                             device_type=device_type),
             "manifest": manifest.content_hash(),
             "shard": list(shard_t) if shard_t else None,
         }
-        if feat.device_aware:  # torch front ends on a GPU agree with librosa to 1e-4, not bit for bit
-            params["device"] = device_type
         params_of[name] = params
         status = store.group_status(target, f"audio/{name}", store.params_hash(params))
         if status == "fresh" and not force:

@@ -146,29 +146,39 @@ def evaluate_on(run: str | Path, data: str, *, device: str = "cpu", data_home: s
     from genrecli.manifest import read_manifest
     from genrecli.metrics import mean_std, multi_label_metrics, single_label_metrics
     from genrecli.pipeline.evaluate import MULTI_SCALARS, SCALARS
-    from genrecli.pipeline.featurize import feature_identity
-    from genrecli.pipeline.train import feature_info
+    from genrecli.pipeline.featurize import encode_corpus, feature_identity, needs_state
+    from genrecli.pipeline.features import read_feature
 
     run_dir = find_run(run, data_home=data_home)
     paths = DatasetPaths.of(data, data_home)
     manifest = read_manifest(paths.manifest)
     config = json.loads((run_dir / "config.json").read_text())
     names = list(config["inputs"])
-    info = feature_info(paths, names)
+    run_state = _feature_state(run_artifacts(run_dir)[0])
+    arrays, valids, hashes = {}, [], {}
     for name in names:
-        want = feature_identity(name, config["features"][name]["params"])
-        have = feature_identity(name, info[name]["params"])
-        if want != have:
-            keys = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-            raise UsageError(
-                f"{paths.features()}: '{name}' of '{data}' was computed with other settings than run {run_dir.name} "
-                f"(differs in: {', '.join(keys)}); re-extract it with the run's settings"
-            )
+        run_params = config["features"][name]["params"]
+        if needs_state(name, run_params):
+            # a fitted extractor (TF-IDF): the other corpus's texts through the run's own vocabulary
+            data_arr, valid = encode_corpus(paths, name, run_params, state=run_state.get(name), device=device)
+            hashes[name] = store.params_hash({"encoded_with": config["features"][name]["params_hash"]})
+        else:
+            data_arr, valid, params = read_feature(paths, name)
+            want, have = feature_identity(name, run_params), feature_identity(name, params)
+            if want != have:
+                keys = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+                raise UsageError(
+                    f"{paths.features()}: '{name}' of '{data}' was computed with other settings than run {run_dir.name} "
+                    f"(differs in: {', '.join(keys)}); re-extract it with the run's settings"
+                )
+            hashes[name] = store.params_hash(params)
+        arrays[name] = np.asarray(data_arr, dtype=np.float32)
+        valids.append(valid)
     multilabel = bool(config["multilabel"])
     if multilabel != manifest.multilabel:
         raise UsageError(f"run {run_dir.name} is {'multi' if multilabel else 'single'}-label but '{data}' is not")
     out_dir = paths.root / "evaluations" / run_dir.name
-    digest = store.params_hash({"run": config.get("params_hash"), "features": {n: info[n]["params_hash"] for n in names},
+    digest = store.params_hash({"run": config.get("params_hash"), "features": hashes,
                                 "manifest": manifest.content_hash()})
     result = StageResult()
     metrics_path = out_dir / "metrics.json"
@@ -182,7 +192,7 @@ def evaluate_on(run: str | Path, data: str, *, device: str = "cpu", data_home: s
             pass
     run_labels = list(config["labels"])
     index = {name: i for i, name in enumerate(run_labels)}
-    valid = np.logical_and.reduce([info[n]["valid"] for n in names])
+    valid = np.logical_and.reduce(valids)
     rows = np.flatnonzero(valid)
     missing = len(manifest) - len(rows)
     if missing:
@@ -211,10 +221,9 @@ def evaluate_on(run: str | Path, data: str, *, device: str = "cpu", data_home: s
                 + ", ".join(f"{k} ({v})" for k, v in sorted(unseen.items())))
     if len(keep) == 0:
         raise UsageError(f"'{data}': no track has a label that run {run_dir.name} was trained on ({', '.join(run_labels)})")
-    from genrecli.pipeline.train import _full_scores, _load_vectors, _rows
+    from genrecli.pipeline.train import _full_scores
 
-    arrays = _load_vectors(paths, names, info)
-    inputs = _rows(arrays, paths, names, rows)
+    inputs = {n: arrays[n][rows] for n in names}
     entries, per_model = [], []
     for artifact in run_artifacts(run_dir):
         model = load_model(artifact)

@@ -18,9 +18,34 @@ from genrecli.pipeline.features import iter_chunks, write_feature_group
 SOURCE_GROUP = "text/source"
 PLAIN_TEXT = ("lyrics", "text")
 ENCODE_CHUNK = 64  # texts per checkpoint while encoding
+STATE = "state"  # subgroup of a fitted encoder's feature group holding its fitted state (tfidf: vocabulary, idf)
+PLAIN_TEXT_READING = "lyrics and other plain texts as they are (UTF-8, undecodable bytes replaced); not stripped"
 
 
-def _track_text(track, *, keep_metadata: bool) -> str:
+def conversion_params(keep_metadata: bool) -> dict:
+    """How scores and lyrics become text: the settings and, for every score format, what is stripped.
+
+    Stored in the params of ``/text/source`` and of every ``/text/<encoder>`` group; independent of the
+    corpus (all formats are described, whichever the corpus holds), so two corpora converted the same way
+    carry equal conversion params.
+    """
+    from genrecli.text.convert import SCORE_TEXT_FORMATS, strip_metadata_description
+
+    return {
+        "keep_metadata": bool(keep_metadata),
+        "stripped": {} if keep_metadata else {f: strip_metadata_description(f) for f in SCORE_TEXT_FORMATS},
+        "plain_text": PLAIN_TEXT_READING,
+    }
+
+
+def track_text(track, *, keep_metadata: bool) -> str:
+    """The text of one track (a manifest :class:`~genrecli.manifest.Track`, or one made for a new file).
+
+    Raises
+    ------
+    GenreError
+        One line naming the file: unreadable, empty, or an invalid score.
+    """
     from genrecli.text.convert import score_to_text
 
     if track.score_format in PLAIN_TEXT:  # lyrics, reviews: inline, or a text file
@@ -45,16 +70,13 @@ def _track_text(track, *, keep_metadata: bool) -> str:
 
 
 def convert_sources(paths: DatasetPaths, *, keep_metadata: bool, force: bool) -> tuple[list[str], np.ndarray, str, dict]:
-    """Make (or reuse) ``/text/source``; returns (texts, valid, params hash, failures)."""
-    from genrecli.text.convert import strip_metadata_description
+    """Make (or reuse) ``/text/source``; returns (texts, valid, params hash, failures).
 
+    Its params are ``{"conversion": conversion_params(keep_metadata), "formats": [...], "manifest": hash}``.
+    """
     manifest = read_manifest(paths.manifest)
     formats = sorted({t.score_format for t in manifest.tracks if t.score_format})
-    params = {
-        "keep_metadata": keep_metadata,
-        "stripped": {} if keep_metadata else {f: strip_metadata_description(f) for f in formats if f not in PLAIN_TEXT},
-        "manifest": manifest.content_hash(),
-    }
+    params = {"conversion": conversion_params(keep_metadata), "formats": formats, "manifest": manifest.content_hash()}
     digest = store.params_hash(params)
     target = paths.features()
     if store.group_status(target, SOURCE_GROUP, digest) == "fresh" and not force:
@@ -68,7 +90,7 @@ def convert_sources(paths: DatasetPaths, *, keep_metadata: bool, force: bool) ->
     with ui.progress(len(manifest), "score -> text") as advance:
         for i, track in enumerate(manifest.tracks):
             try:
-                texts.append(_track_text(track, keep_metadata=keep_metadata))
+                texts.append(track_text(track, keep_metadata=keep_metadata))
                 valid[i] = True
             except GenreError as exc:
                 texts.append("")
@@ -105,7 +127,12 @@ def extract_text(
     data_home: str | Path | None = None,
     force: bool = False,
 ) -> StageResult:
-    """Convert scores to text and encode them into ``features.h5:/text/<encoder>``."""
+    """Convert scores to text and encode them into ``features.h5:/text/<encoder>``.
+
+    The group's params are ``{"encoder": <encoder params>, "conversion": conversion_params(keep_metadata),
+    "source": <params hash of /text/source>}``. A fitted encoder (tfidf) also stores its fitted state in the
+    group: ``state/vocabulary`` (str, the term of each column) and ``state/idf`` (float, per column).
+    """
     from genrecli.text.encoders import TransformerEncoder, label_embeddings, make_encoder
 
     paths = DatasetPaths.of(data, data_home)
@@ -115,7 +142,7 @@ def extract_text(
     options = {} if encoder == "tfidf" else dict(clip_tokens=clip_tokens, pooling=pooling, max_clips=max_clips, batch_size=batch_size)
     enc = make_encoder(encoder, device=device, **options)
     group = f"text/{encoder_group_name(encoder)}"
-    params = {"encoder": enc.params(), "source": source_digest}
+    params = {"encoder": enc.params(), "conversion": conversion_params(keep_metadata), "source": source_digest}
     digest = store.params_hash(params)
     target = paths.features()
     status = store.group_status(target, group, digest)
@@ -138,6 +165,11 @@ def extract_text(
     labels = label_embeddings(enc, manifest.label_names) if isinstance(enc, TransformerEncoder) else None
     with store.write_transaction(target) as h5:
         write_feature_group(h5, group, out, valid.copy(), params, {})
+        if encoder == "tfidf":  # what predict needs to transform new texts exactly as these were
+            fitted = enc.state()
+            state = h5[group].create_group(STATE)
+            store.write_strings(state, "vocabulary", fitted["vocabulary"])
+            state.create_dataset("idf", data=fitted["idf"])
         if labels is not None:  # genre-name embeddings, in /labels order (for label-graph models)
             h5[group].create_dataset("label_embeddings", data=labels.astype(np.float32))
     ui.info(f"{target}: wrote {group} ({len(rows)} tracks, dim {vectors.shape[1]})")

