@@ -17,15 +17,18 @@ comma := ,
 
 install: $(STAMP)
 
-# CPU torch is pinned first (an unpinned torch pulls several GB of CUDA wheels). Two wheels go in without
-# their declared dependencies: tinysoundfont (pyaudio is only for live playback and needs PortAudio) and
-# musicnn (we read its checkpoints without TensorFlow, which cannot be installed on Python 3.11).
+# CPU torch is pinned first (an unpinned torch pulls several GB of CUDA wheels). The wheels listed in
+# pyproject.toml's [tool.genrecli] no-deps-dependencies go in last, without their declared dependencies
+# and without pip's warning about them: tinysoundfont (pyaudio is only for live playback and needs
+# PortAudio) and musicnn (we read its checkpoints without TensorFlow, which cannot be installed on
+# Python 3.11); see the comment there.
+NO_DEPS_LIST := import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["genrecli"]["no-deps-dependencies"])
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q --no-deps tinysoundfont==0.3.7 musicnn==0.1.0
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps --no-warn-conflicts $$($(BIN)/python -c '$(NO_DEPS_LIST)')
 	touch $(STAMP)
 
 # Exit code 2 means the stage ran and some tracks failed (recorded in the store, listed by `genre info`):

@@ -7,7 +7,11 @@ some items failed (summary printed, failures recorded in the store).
 from __future__ import annotations
 
 import functools
+import inspect
 import json
+import math
+import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -21,15 +25,18 @@ except ImportError:  # pragma: no cover
     from click.exceptions import ClickException, UsageError as ClickUsageError
 
 from genrecli import __version__, ui
-from genrecli.errors import GenreError
+from genrecli.errors import GenreError, UsageError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Multi-modal music genre classification: DM2KMN and peer systems on staged HDF5 stores.",
+    # Help text is shown as typed: rich markup would turn `group:KEY:F` into an emoji and eat `[...]`.
+    rich_markup_mode=None,
+    help="Multi-modal music genre classification: DM2KMN and peer systems on staged HDF5 stores. "
+    "The global options --data-home, --quiet and --verbose may also follow the command name.",
 )
-_globals = {"data_home": None, "verbose": False}
+_globals = {"data_home": None, "quiet": False, "verbose": False}
 
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="dataset name under the data home")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="recompute even when the cached result is up to date")]
@@ -51,13 +58,22 @@ def _finish(result) -> None:
         raise typer.Exit(2)
 
 
-def command(name: str | None = None, **kw):
-    """Register a command that turns GenreError into one line + exit 1, and unexpected errors likewise."""
+def command(name: str | None = None, *, uses_data_home: bool = True, **kw):
+    """Register a command: GenreError -> one line + exit 1; a bug -> one line (traceback with --verbose) + exit 1.
+
+    Every command also accepts the global options ``--data-home``, ``--quiet`` and ``--verbose`` after its
+    name (``genre info --data x --data-home DIR``): they are added to the command's signature here, so click
+    parses them like the command's own options (no guessing in ``sys.argv``), and given after the command
+    they override the ones given before it. ``uses_data_home`` commands check the data home first.
+    """
 
     def wrap(func):
         @functools.wraps(func)
         def inner(*args, **kwargs):
             try:
+                _apply_globals(kwargs.pop("global_data_home"), kwargs.pop("global_quiet"), kwargs.pop("global_verbose"))
+                if uses_data_home:
+                    _check_data_home()
                 return func(*args, **kwargs)
             except (typer.Exit, typer.Abort, ClickException):
                 raise
@@ -68,27 +84,83 @@ def command(name: str | None = None, **kw):
                 ui.error("interrupted; finished work is kept and the next run resumes")
                 raise typer.Exit(1) from None
             except Exception as exc:  # noqa: BLE001 - a bug, not a user error: one line unless --verbose
-                if _globals["verbose"]:
-                    traceback.print_exc()
-                ui.error(f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose for the traceback)")
+                _internal_error(exc)
                 raise typer.Exit(1) from None
 
+        sig = inspect.signature(func, eval_str=True)
+        params = [*sig.parameters.values(), *_GLOBAL_PARAMS]
+        inner.__signature__ = sig.replace(parameters=params)
+        inner.__annotations__ = {p.name: p.annotation for p in params}  # a copy: func's own stays as it is
         return app.command(name, **kw)(inner)
 
     return wrap
 
 
-@app.callback()
-def main_options(
-    data_home: Annotated[Optional[Path], typer.Option("--data-home", help="where datasets live (default $GENRE_DATA_HOME or ./data)")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only warnings and errors")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="more detail, tracebacks of internal errors")] = False,
-    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
-) -> None:
-    if version:
+DataHomeOpt = Annotated[Optional[Path], typer.Option("--data-home", help="where datasets live (default $GENRE_DATA_HOME or ./data)", show_default=False)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="only warnings and errors")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="more detail, tracebacks of internal errors")]
+_GLOBAL_PARAMS = [
+    inspect.Parameter("global_data_home", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=DataHomeOpt),
+    inspect.Parameter("global_quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=QuietOpt),
+    inspect.Parameter("global_verbose", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=VerboseOpt),
+]
+
+
+def _apply_globals(data_home: Optional[Path], quiet: bool, verbose: bool) -> None:
+    """Global options given after the command name override those given before it."""
+    if data_home is not None:
+        _globals["data_home"] = data_home
+    _globals["quiet"] = _globals["quiet"] or quiet
+    _globals["verbose"] = _globals["verbose"] or verbose
+    ui.configure(quiet=_globals["quiet"], verbose=_globals["verbose"])
+
+
+def _check_data_home() -> None:
+    """The data home (``--data-home``, else ``$GENRE_DATA_HOME``, else ./data) must be a folder or creatable."""
+    from genrecli.layout import DATA_HOME_ENV, data_home
+
+    home = data_home(_globals["data_home"])
+    source = "--data-home" if _globals["data_home"] is not None else (f"${DATA_HOME_ENV}" if os.environ.get(DATA_HOME_ENV) else "data home")
+    for path in (home, *home.parents):
+        if path.is_dir():
+            return
+        if path.exists() or path.is_symlink():
+            what = "is not a directory" if path == home else f"cannot be created: {path} is not a directory"
+            raise GenreError(f"{source} {home}: {what}")
+
+
+def _internal_error(exc: BaseException) -> None:
+    """One line for a bug in genre (the traceback too with --verbose); names the stage and track when known."""
+    from genrecli.pipeline.features import TrackInternalError
+
+    where = ""
+    if isinstance(exc, TrackInternalError):
+        where = f" in {exc.stage} on {exc.track_id}"
+        exc = exc.__cause__ or exc
+    if _globals["verbose"]:
+        traceback.print_exception(exc)
+    ui.error(f"internal error{where}: {type(exc).__name__}: {_one_line(exc)} (rerun with --verbose for the traceback)")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _show_version(value: bool) -> None:
+    if value:
         print(f"genre {__version__}")
         raise typer.Exit(0)
-    _globals.update(data_home=data_home, verbose=verbose)
+
+
+@app.callback()
+def main_options(
+    data_home: DataHomeOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit", is_eager=True, callback=_show_version)] = False,
+) -> None:
+    """Global options; --data-home, --quiet and --verbose may also follow the command name."""
+    _globals.update(data_home=data_home, quiet=quiet, verbose=verbose)
     ui.configure(quiet=quiet, verbose=verbose)
 
 
@@ -106,9 +178,24 @@ def ingest_cmd(
     """List a corpus, check and checksum its files, write the manifest and the splits."""
     from genrecli.pipeline.ingest import ingest
 
+    _at_least(limit, 1, "--limit")
+    _at_least(seed, 0, "--seed")
     specs = tuple(split) if split else ("standard",)
     _finish(ingest(dataset, root=root, name=name, splits=specs, seed=seed, limit=limit, options=_options(option, as_text=True),
                    data_home=_globals["data_home"], force=force))
+
+
+@command("split")
+def split_cmd(
+    data: DataOpt,
+    spec: Annotated[str, typer.Argument(help="split spec: standard, random:F[:V], group:KEY:F[:V], kfold:K, groupkfold:KEY:K, given:KEY, file:DIR")],
+    seed: Annotated[int, typer.Option("--seed", help="seed of the split")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="replace a stored split of that name whose parts differ")] = False,
+) -> None:
+    """Add a split to a dataset's manifest (splits are written only here and by `genre ingest --split`)."""
+    from genrecli.pipeline.ingest import split
+
+    _finish(split(data, spec, seed=seed, data_home=_globals["data_home"], force=force))
 
 
 @command("extract-audio")
@@ -125,11 +212,18 @@ def extract_audio_cmd(
     force: ForceOpt = False,
 ) -> None:
     """Decode or synthesise audio and compute audio features into features.h5:/audio/<feature>."""
-    from genrecli.device import resolve_device
     from genrecli.pipeline.audio import extract_audio
+    from genrecli.pipeline.features import parse_shard
 
-    resolve_device(device)
+    _at_least(jobs, 1, "--jobs")
+    _positive_seconds(max_seconds, "--max-seconds")
+    parse_shard(shard)
+    if soundfont is not None and not soundfont.is_file():
+        raise UsageError(f"--soundfont {soundfont}: no such file")
+    _check_device(device)
     names = _csv(features)
+    if not names:
+        raise UsageError("--features: give at least one audio feature (see `genre list features`)")
     _finish(extract_audio(data, features=names, options=_feature_options(names, weights, option), max_seconds=max_seconds,
                           soundfont=str(soundfont) if soundfont else None, jobs=jobs, shard=shard, device=device,
                           data_home=_globals["data_home"], force=force))
@@ -168,6 +262,11 @@ def extract_text_cmd(
     """Convert kern/MusicXML/ABC/lyrics to text (cached) and encode it into features.h5:/text/<encoder>."""
     from genrecli.pipeline.text import extract_text
 
+    _at_least(max_clips, 1, "--max-clips")
+    _at_least(clip_tokens, 3, "--clip-tokens")
+    _at_least(batch_size, 1, "--batch-size")
+    _one_of(pooling, ("cls", "mean"), "--pooling")
+    _check_device(device)
     _finish(extract_text(data, encoder=encoder, keep_metadata=keep_metadata, device=device, clip_tokens=clip_tokens, pooling=pooling,
                          max_clips=max_clips, batch_size=batch_size, data_home=_globals["data_home"], force=force))
 
@@ -189,8 +288,46 @@ def kernels_cmd(
     from genrecli.pipeline.kernels import compute_kernels
 
     lm = landmarks if landmarks == "all" else _positive_int(landmarks, "--landmarks")
+    if not 0 < energy <= 1:
+        raise UsageError(f"--energy must be in (0, 1] (got {energy:g})")
+    _at_least(levels, 1, "--levels")
+    _at_least(seed, 0, "--seed")
+    _check_device(device)
     _finish(compute_kernels(data, inputs=_csv(inputs), kernels=_csv(kernels), split=split, landmarks=lm, energy=energy,
                             levels=levels, seed=seed, device=device, data_home=_globals["data_home"], force=force))
+
+
+def _at_least(value: Optional[int], low: int, flag: str) -> None:
+    """Reject an integer option below ``low`` (None: not given, nothing to check)."""
+    if value is not None and value < low:
+        raise UsageError(f"{flag} must be >= {low} (got {value})")
+
+
+def _positive_seconds(value: float, flag: str) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{flag} must be a positive, finite number of seconds (got {value:g})")
+
+
+def _one_of(value: str, allowed: tuple[str, ...], flag: str) -> None:
+    if value not in allowed:
+        raise UsageError(f"{flag} {value}: expected one of {', '.join(allowed)}")
+
+
+_DEVICE = re.compile(r"(cpu|auto|cuda(:\d+)?)", re.IGNORECASE)
+
+
+def _check_device(name: str) -> None:
+    """``--device``: cpu, cuda, cuda:N or auto, and CUDA present when asked (CUDA is not touched for cpu)."""
+    if not _DEVICE.fullmatch(name):
+        raise UsageError(f"--device {name}: expected cpu, cuda, cuda:N or auto")
+    from genrecli.device import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is not None:
+        import torch
+
+        if device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def _options(pairs: Optional[list[str]], *, as_text: bool = False) -> dict:
@@ -211,20 +348,20 @@ def _options(pairs: Optional[list[str]], *, as_text: bool = False) -> dict:
 def train_cmd(
     data: DataOpt,
     model: Annotated[str, typer.Option("--model", "-m", help="see `genre list models`")] = "svm",
-    inputs: Annotated[Optional[str], typer.Option("--inputs", help="feature groups (default: all)")] = None,
-    kernels: Annotated[str, typer.Option("--kernels")] = "linear,poly2,rbf,hist",
+    inputs: Annotated[Optional[str], typer.Option("--inputs", help="feature groups (default: every one the model can take)")] = None,
+    kernels: Annotated[Optional[str], typer.Option("--kernels", help="kernel models: linear,poly2,rbf,hist (default: all four)")] = None,
     split: Annotated[str, typer.Option("--split")] = "standard",
     seeds: Annotated[int, typer.Option("--seeds", help="independent runs per fold")] = 3,
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="model option KEY=VALUE (repeatable)")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="model option KEY=VALUE (repeatable; unknown keys are refused)")] = None,
     landmarks: Annotated[Optional[str], typer.Option("--landmarks", help="DM2KMN: landmarks of the intermediate maps, all or N (memory linear in n for fixed N)")] = None,
     device: DeviceOpt = "cpu",
     force: ForceOpt = False,
 ) -> None:
-    """Train a model on every fold and seed; save models, config and test predictions under runs/."""
-    from genrecli.device import resolve_device
+    """Train a model on features for every fold and seed; save artifacts, config and test predictions under runs/."""
     from genrecli.pipeline.train import train
 
-    resolve_device(device)
+    _check_device(device)
+    _at_least(seeds, 1, "--seeds")
     options = _options(option)
     if landmarks is not None:
         if not model.startswith("dm2kmn"):
@@ -243,13 +380,55 @@ def _positive_int(text: str, flag: str) -> int:
 @command("evaluate")
 def evaluate_cmd(
     data: DataOpt,
-    run: Annotated[Optional[str], typer.Option("--run", help="one run id (default: all runs)")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", help="one run id or run directory (default: all runs of --data); a run of another dataset is applied to --data")] = None,
+    device: DeviceOpt = "cpu",
     force: ForceOpt = False,
 ) -> None:
-    """Accuracy, macro P/R/F1 and confusion matrices of the runs (mean ± std over folds and seeds)."""
+    """Metrics of the runs (mean ± std over folds and seeds), or of a run of another corpus applied to --data."""
+    from genrecli.layout import DatasetPaths
     from genrecli.pipeline.evaluate import evaluate
+    from genrecli.pipeline.predict import evaluate_on, find_run
 
-    _finish(evaluate(data, run=run, data_home=_globals["data_home"], force=force))
+    _check_device(device)
+    home = _globals["data_home"]
+    own_runs = DatasetPaths.of(data, home).runs
+    if run is not None and not (own_runs / run).is_dir():
+        run_dir = find_run(run, data_home=home)
+        if run_dir.resolve().parent != own_runs.resolve():  # a run of another corpus, applied to --data
+            _finish(evaluate_on(run_dir, data, device=device, data_home=home, force=force))
+            return
+        run = run_dir.name
+    _finish(evaluate(data, run=run, data_home=home, force=force))
+
+
+@command("predict")
+def predict_cmd(
+    files: Annotated[list[str], typer.Argument(help="audio (wav/flac/mp3/au), MIDI, kern/MusicXML/ABC scores, or lyrics .txt files")],
+    run: Annotated[str, typer.Option("--run", help="a run id (looked up under the data home) or a run directory")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="genres shown per file")] = 3,
+    fold: Annotated[Optional[int], typer.Option("--fold", help="use the model of this fold only (default: all, averaged)")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="use the model of this seed only (default: all, averaged)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Genres of new files: the run's exact features, its models, top-k genres with scores."""
+    from genrecli.pipeline.predict import predict
+
+    _check_device(device)
+    _at_least(top_k, 1, "--top-k")
+    _at_least(fold, 0, "--fold")
+    _at_least(seed, 0, "--seed")
+    results, failures = predict(run, files, top_k=top_k, fold=fold, seed=seed, device=device, data_home=_globals["data_home"])
+    if as_json:
+        print(json.dumps({"predictions": results, "failures": failures}, indent=2))
+    else:
+        for item in results:
+            top = ", ".join(f"{t['label']} {t['score']:.3f}" for t in item["top"])
+            print(f"{item['file']}\t{top}")
+    for path, message in failures.items():
+        ui.error(message if path in message else f"{path}: {message}")
+    if failures:
+        raise typer.Exit(2 if results else 1)
 
 
 @command("report")
@@ -278,7 +457,7 @@ def merge_cmd(data: DataOpt) -> None:
     ui.info(f"merged {', '.join(groups)}")
 
 
-@command("list")
+@command("list", uses_data_home=False)
 def list_cmd(what: Annotated[str, typer.Argument(help="datasets, features, encoders, models or kernels")]) -> None:
     """List the registered datasets, features, encoders, models or kernels."""
     from genrecli.catalog import catalog
@@ -301,7 +480,9 @@ def main() -> None:
         code = app(standalone_mode=False)
     except ClickUsageError as exc:
         message = exc.format_message().strip()
-        if not message:  # bare `genre`: help was printed, which is not an error
+        if type(exc).__name__ == "NoArgsIsHelpError" or not message:  # bare `genre`: the help, not an error
+            if message:
+                print(message)
             sys.exit(0)
         ui.error(message.splitlines()[0] + (f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""))
         sys.exit(1)

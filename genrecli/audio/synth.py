@@ -57,8 +57,16 @@ def _note_on(synth, msg):
         synth.noteoff(msg.channel, msg.note)
 
 
+def _tinysoundfont():
+    try:
+        import tinysoundfont
+    except ImportError:
+        raise UsageError("tinysoundfont is not installed: pip install --no-deps tinysoundfont==0.3.7 (see the Makefile)") from None
+    return tinysoundfont
+
+
 def _program_change(synth, msg):
-    import tinysoundfont
+    tinysoundfont = _tinysoundfont()
 
     try:
         synth.program_change(msg.channel, msg.program, msg.channel == _DRUM_CHANNEL)
@@ -176,8 +184,7 @@ def render_midi(
     InputError
         Unreadable MIDI, no notes, or no notes within the first ``max_seconds``.
     """
-    import tinysoundfont
-
+    tinysoundfont = _tinysoundfont()
     name = _midi_name(midi, name)
     times, messages, length = midi_events(midi, name=name)
     duration = length + RELEASE_SECONDS if max_seconds is None else min(max_seconds, length + RELEASE_SECONDS)

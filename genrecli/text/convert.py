@@ -17,6 +17,7 @@ import io
 import re
 import xml.etree.ElementTree as ET
 import zipfile
+import zlib
 from pathlib import Path
 
 from genrecli.errors import InputError, UsageError
@@ -158,8 +159,10 @@ def _mxl_root(data: bytes, path: Path) -> bytes:
             if root is None:
                 raise InputError(f"{path}: .mxl archive names no root score file")
             return zf.read(root)
-    except (zipfile.BadZipFile, ET.ParseError, KeyError) as exc:
-        raise InputError(f"{path}: broken .mxl archive ({exc})") from None
+    except (zipfile.BadZipFile, ET.ParseError, KeyError, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        # corrupt deflate streams (zlib.error, EOFError), unsupported compression (NotImplementedError) and
+        # encrypted members (RuntimeError) are properties of the file, not bugs
+        raise InputError(f"{path}: broken .mxl archive ({type(exc).__name__}: {exc})") from None
 
 
 def _decode(data: bytes, path: Path) -> str:
