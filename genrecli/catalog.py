@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
-import h5py
-
 from genrecli import store
 from genrecli.errors import UsageError
 from genrecli.layout import DatasetPaths
@@ -42,8 +38,7 @@ def catalog(what: str) -> list[str]:
     raise UsageError(f"genre list {what}: expected datasets, features, encoders, models or kernels")
 
 
-def _size(path: Path) -> str:
-    n = path.stat().st_size
+def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -62,19 +57,21 @@ def dataset_info(data: str, *, data_home=None) -> list[str]:
     kind = "multi-label" if manifest.multilabel else "labels"
     lines = [f"dataset {data}: {len(manifest)} tracks, {kind}: " + ", ".join(
         f"{n} ({c})" for n, c in zip(manifest.label_names, counts))]
-    lines.append(f"manifest {paths.manifest} ({_size(paths.manifest)}), params {json.dumps(manifest.attrs)}")
+    lines.append(f"manifest {paths.manifest} ({_size(paths.manifest.stat().st_size)}), params {json.dumps(manifest.attrs)}")
     for name, assign in manifest.splits.items():
         lines.append(f"  split {name} [{manifest.split_specs.get(name)}]: {assign.shape[0]} fold(s), "
                      f"train {int((assign[0] == 0).sum())}, test {int((assign[0] == 2).sum())} (fold 0)")
-    failures = []
-    for store_path in (paths.manifest, *sorted(paths.root.glob("features*.h5")), paths.kernels):
+    failures = [("manifest.h5", *row) for row in store.read_failures(paths.manifest)]
+    for store_path in (*sorted(paths.root.glob("features*.h5")), paths.kernels):
         if not store_path.exists():
             continue
-        with h5py.File(store_path, "r") as h5:
-            if store_path != paths.manifest:
-                lines.append(f"store {store_path} ({_size(store_path)})")
-                h5.visititems(lambda name, obj: _describe(lines, name, obj))
-            failures += [(store_path.name, *row) for row in store.read_failures(h5)]
+        files = store.store_files(store_path)
+        lines.append(f"store {store_path} ({_size(store.store_size(store_path))} in {len(files)} file(s))")
+        for group, shapes, attrs in store.describe(store_path):
+            if "params_hash" in attrs:
+                listed = ", ".join(f"{k} {v}" for k, v in shapes.items())
+                lines.append(f"  /{group}: {listed}; params {attrs['params_hash']} {attrs.get('params', '{}')}")
+        failures += [(store_path.name, *row) for row in store.read_failures(store_path)]
     if paths.runs.is_dir():
         for run in sorted(paths.runs.iterdir()):
             metrics = run / "metrics.json"
@@ -96,9 +93,3 @@ def dataset_info(data: str, *, data_home=None) -> list[str]:
     else:
         lines.append("failed items: none")
     return lines
-
-
-def _describe(lines: list[str], name: str, obj) -> None:
-    if isinstance(obj, h5py.Group) and "params_hash" in obj.attrs:
-        shapes = ", ".join(f"{k} {obj[k].shape}" for k in obj if isinstance(obj[k], h5py.Dataset))
-        lines.append(f"  /{name}: {shapes}; params {obj.attrs['params_hash']} {obj.attrs['params']}")

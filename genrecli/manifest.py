@@ -8,6 +8,10 @@ Stored as ``<data-home>/<NAME>/manifest.h5``::
     /tracks/groups/<key>            (str per track: composer, work, artist, ...)
     /labels                         (str, the label names)
     /splits/<name>                  (int8, n_folds x n: 0 train, 1 valid, 2 test, -1 unused); attrs spec, seed
+    /failed/track_id, stage, message  (items skipped at ingest, files that failed `genre validate`)
+
+It is small and rewritten as a whole (:func:`genrecli.store.write_file_store`); splits are added only by
+``genre ingest --split`` and ``genre split``.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class Manifest:
     label_names: list[str]
     splits: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     split_specs: dict[str, str] = dataclasses.field(default_factory=dict)
+    split_seeds: dict[str, int] = dataclasses.field(default_factory=dict)  # the seed each split was made with
     attrs: dict = dataclasses.field(default_factory=dict)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # items the loader left out, and why
 
@@ -137,39 +142,41 @@ class Manifest:
 
 
 def write_manifest(path: Path, manifest: Manifest, params: dict) -> None:
-    """Write a whole manifest atomically (replacing any previous one)."""
-    with store.write_transaction(path) as h5:
-        for key in list(h5.keys()):
-            del h5[key]
-        store.set_group_params(h5, params)
-        h5.attrs["dataset"] = manifest.dataset
-        tracks = h5.create_group("tracks")
-        store.write_strings(tracks, "id", manifest.ids)
-        if manifest.multilabel:
-            tracks.create_dataset("label", data=np.full(len(manifest), -1, dtype=np.int16))
-            tracks.create_dataset("multilabel", data=manifest.Y)
-        else:
-            tracks.create_dataset("label", data=manifest.y.astype(np.int16))
-        for field in (*PATH_FIELDS, "checksum"):
-            store.write_strings(tracks, field, [getattr(t, field) or "" for t in manifest.tracks])
-        groups = tracks.create_group("groups")
-        for key in sorted({k for t in manifest.tracks for k in t.groups}):
-            store.write_strings(groups, key, [t.groups.get(key, "") for t in manifest.tracks])
-        store.write_strings(h5, "labels", manifest.label_names)
-        splits = h5.create_group("splits")
-        for name, assign in manifest.splits.items():
-            ds = splits.create_dataset(name, data=assign.astype(np.int8))
-            ds.attrs["spec"] = manifest.split_specs.get(name, name)
+    """Write a whole manifest atomically (replacing any previous one), with its splits and skipped items."""
+    datasets: dict = {"tracks/id": manifest.ids, "labels": list(manifest.label_names)}
+    if manifest.multilabel:
+        datasets["tracks/label"] = np.full(len(manifest), -1, dtype=np.int16)
+        datasets["tracks/multilabel"] = manifest.Y
+    else:
+        datasets["tracks/label"] = manifest.y.astype(np.int16)
+    for field in (*PATH_FIELDS, "checksum"):
+        datasets[f"tracks/{field}"] = [getattr(t, field) or "" for t in manifest.tracks]
+    for key in sorted({k for t in manifest.tracks for k in t.groups}):
+        datasets[f"tracks/groups/{key}"] = [t.groups.get(key, "") for t in manifest.tracks]
+    dataset_attrs = {}
+    for name, assign in manifest.splits.items():
+        datasets[f"splits/{name}"] = assign.astype(np.int8)
+        dataset_attrs[f"splits/{name}"] = _split_attrs(manifest.split_specs.get(name, name), manifest.split_seeds.get(name))
+    store.write_file_store(
+        path, datasets, params=params, attrs={"dataset": manifest.dataset}, dataset_attrs=dataset_attrs,
+        groups=("tracks/groups", "splits"), failures={"ingest": manifest.skipped},
+    )
 
 
-def add_split(path: Path, name: str, spec: str, assignment: np.ndarray) -> None:
+def _split_attrs(spec: str, seed: int | None) -> dict:
+    return {"spec": spec} if seed is None else {"spec": spec, "seed": int(seed)}
+
+
+def add_split(path: Path, name: str, spec: str, assignment: np.ndarray, *, seed: int | None = None) -> None:
     """Add (or replace) one named split of an existing manifest."""
-    with store.write_transaction(path) as h5:
-        splits = h5.require_group("splits")
-        if name in splits:
-            del splits[name]
-        ds = splits.create_dataset(name, data=assignment.astype(np.int8))
-        ds.attrs["spec"] = spec
+    store.update_file_store(
+        path, {f"splits/{name}": assignment.astype(np.int8)}, dataset_attrs={f"splits/{name}": _split_attrs(spec, seed)}
+    )
+
+
+def record_manifest_failures(path: Path, stage: str, failures: dict[str, str]) -> None:
+    """Replace the manifest's ``/failed`` rows of one stage (``validate``)."""
+    store.update_file_store(path, failures={stage: failures})
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -189,11 +196,14 @@ def read_manifest(path: Path) -> Manifest:
             else:
                 kw["label"] = names[labels[i]]
             tracks.append(Track(id=tid, groups=groups, checksum=cols["checksum"][i], **kw))
-        splits = {k: v[()] for k, v in h5["splits"].items()}
-        specs = {k: str(v.attrs.get("spec", k)) for k, v in h5["splits"].items()}
+        split_group = h5["splits"] if "splits" in h5 else {}
+        splits = {k: v[()] for k, v in split_group.items()}
+        specs = {k: str(v.attrs.get("spec", k)) for k, v in split_group.items()}
+        seeds = {k: int(v.attrs["seed"]) for k, v in split_group.items() if "seed" in v.attrs}
         attrs = store.group_params(h5)
         skipped = {tid: msg for tid, stage, msg in store.read_failures(h5) if stage == "ingest"}
-        return Manifest(str(h5.attrs["dataset"]), tracks, names, splits, specs, attrs, skipped)
+        return Manifest(str(h5.attrs["dataset"]), tracks, names, splits=splits, split_specs=specs, split_seeds=seeds,
+                        attrs=attrs, skipped=skipped)
 
 
 def manifest_hash(path: Path) -> str:

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
+from corpus_fixtures import make_table
 from genrecli.errors import UsageError
+from genrecli.layout import DatasetPaths
 from genrecli.manifest import TEST, TRAIN, VALID, Manifest, Track
 from genrecli.splits import make_split, split_name, train_test_indices
 
@@ -91,3 +93,103 @@ def test_multilabel_manifest_strata_and_split():
     assert abs((m.Y[a[0] == TRAIN, 0]).sum() - 7) <= 1
     with pytest.raises(UsageError, match="multi-label"):
         m.y
+
+
+# ------------------------------------------------------------- who writes splits: ingest and `genre split` only
+def _ingest_table(tmp_path, splits=("random:0.7",)):
+    from genrecli.pipeline.ingest import ingest
+
+    ingest("table", root=make_table(tmp_path / "t", "csv"), name="tab", splits=splits)
+    return DatasetPaths.of("tab")
+
+
+def test_resolve_split_is_read_only_and_says_how_to_add_one(tmp_path, data_home):
+    from conftest import one_line
+    from genrecli.pipeline.ingest import resolve_split
+
+    paths = _ingest_table(tmp_path)
+    assert resolve_split(paths, "random:0.7") == "random-0.7" == resolve_split(paths, "random-0.7")
+    assert resolve_split(paths, "standard") == "random-0.7"  # the table loader's standard split
+    before = paths.manifest.stat().st_mtime_ns
+    with pytest.raises(UsageError) as exc:
+        resolve_split(paths, "group:artist:0.7")
+    one_line(exc, "split 'group:artist:0.7' is not in the manifest of 'tab' (have: random-0.7)",
+             "add it with `genre split --data tab group:artist:0.7`")
+    assert paths.manifest.stat().st_mtime_ns == before
+
+
+def test_kernels_stage_does_not_write_the_manifest(tmp_path, data_home):
+    from genrecli.pipeline.kernels import compute_kernels
+
+    paths = _ingest_table(tmp_path)
+    before = paths.manifest.read_bytes()
+    with pytest.raises(UsageError, match="genre split --data tab kfold:3"):
+        compute_kernels("tab", inputs=("audio/table",), kernels=("linear",), split="kfold:3")
+    assert paths.manifest.read_bytes() == before
+
+
+def test_split_adds_is_idempotent_and_replaces_only_with_force(tmp_path, data_home):
+    from genrecli.manifest import read_manifest
+    from genrecli.pipeline.ingest import split
+
+    paths = _ingest_table(tmp_path)
+    assert split("tab", "group:artist:0.7", seed=1).written == ["group-artist-0.7"]
+    m = read_manifest(paths.manifest)
+    assert m.split_specs["group-artist-0.7"] == "group:artist:0.7" and m.split_seeds["group-artist-0.7"] == 1
+    assert "random-0.7" in m.splits  # the other splits are kept
+    assert split("tab", "group:artist:0.7", seed=1).up_to_date == ["group-artist-0.7"]
+    different = next(s for s in range(2, 20) if not np.array_equal(
+        make_split("group:artist:0.7", m, seed=s), m.splits["group-artist-0.7"]))
+    with pytest.raises(UsageError, match=r"already in the manifest of 'tab' with other parts \(seed 1\); add --force"):
+        split("tab", "group:artist:0.7", seed=different)
+    assert split("tab", "group:artist:0.7", seed=different, force=True).written == ["group-artist-0.7"]
+    assert read_manifest(paths.manifest).split_seeds["group-artist-0.7"] == different
+
+
+def test_split_refuses_an_empty_test_part(tmp_path, data_home):
+    from conftest import one_line
+    from genrecli.pipeline.ingest import split
+
+    paths = _ingest_table(tmp_path)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train.txt").write_text("item000\nitem001\n")
+    (lists / "test.txt").write_text("\n")
+    before = paths.manifest.read_bytes()
+    with pytest.raises(UsageError) as exc:
+        split("tab", f"file:{lists}")
+    one_line(exc, f"split 'file:{lists}': the test part is empty (2 training and 0 test tracks of 24)")
+    assert paths.manifest.read_bytes() == before
+
+
+def test_ingest_adds_splits_to_an_up_to_date_manifest_and_keeps_added_ones(tmp_path, data_home):
+    from genrecli.manifest import read_manifest
+    from genrecli.pipeline.ingest import ingest, split
+
+    root = make_table(tmp_path / "t", "csv")
+    assert ingest("table", root=root, name="tab", splits=("random:0.7",)).written == ["manifest"]
+    split("tab", "kfold:3")
+    result = ingest("table", root=root, name="tab", splits=("random:0.7", "group:artist:0.7"))
+    assert result.written == ["split group-artist-0.7"]
+    assert set(read_manifest(DatasetPaths.of("tab").manifest).splits) == {"random-0.7", "kfold-3", "group-artist-0.7"}
+    assert ingest("table", root=root, name="tab", splits=("random:0.7",)).up_to_date == ["manifest"]
+    ingest("table", root=root, name="tab", splits=("random:0.7",), force=True)  # rewritten: same tracks, splits kept
+    assert set(read_manifest(DatasetPaths.of("tab").manifest).splits) == {"random-0.7", "kfold-3", "group-artist-0.7"}
+
+
+def test_genre_split_command(tmp_path, data_home):
+    import os
+    import subprocess
+    import sys
+
+    _ingest_table(tmp_path)
+    env = {**os.environ, "GENRE_DATA_HOME": str(data_home), "PYTHONWARNINGS": "ignore"}
+
+    def genre(*args):
+        return subprocess.run([sys.executable, "-m", "genrecli", *args], capture_output=True, text=True, env=env, timeout=300)
+
+    ok = genre("split", "--data", "tab", "group:artist:0.7", "--seed", "2")
+    assert ok.returncode == 0 and "added split group-artist-0.7" in ok.stderr, ok.stderr
+    bad = genre("kernels", "--data", "tab", "--split", "kfold:4")
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert bad.returncode == 1 and len(lines) == 1 and "genre split --data tab kfold:4" in lines[0], bad.stderr

@@ -1,4 +1,8 @@
-"""Store layer: parameter hashes, freshness, atomic transactions, the writer lock, failures, checkpoints."""
+"""Store layer: parameter hashes, freshness, atomic transactions, the writer lock, failures, checkpoints.
+
+The properties of the indexed layout (bytes written, crashes, relocation, concurrent writers) are in
+test_store_layer.py.
+"""
 
 import multiprocessing as mp
 import time
@@ -32,14 +36,37 @@ def test_group_status_fresh_stale_missing(tmp_path):
 def test_failed_transaction_leaves_store_untouched(tmp_path):
     path = tmp_path / "s.h5"
     with store.write_transaction(path) as h5:
-        h5["a"] = np.arange(3)
+        h5.create_group("a")["x"] = np.arange(3)
     with pytest.raises(RuntimeError):
         with store.write_transaction(path) as h5:
-            h5["b"] = np.arange(4)
+            h5.create_group("b")["x"] = np.arange(4)
+            del h5["a"]
             raise RuntimeError("killed mid-write")
     with h5py.File(path) as h5:
-        assert list(h5) == ["a"]
+        assert list(h5) == ["a"] and h5["a/x"][()].tolist() == [0, 1, 2]
     assert not list(tmp_path.glob(".s.h5.tmp-*"))
+    assert [p.name.split(".")[0] for p in store.data_dir(path).rglob("*.h5")] == ["a"]  # b's file is gone
+
+
+def test_typed_feature_round_trip_and_failures(tmp_path):
+    path = tmp_path / "features.h5"
+    data = np.arange(12, dtype=np.float32).reshape(4, 3)
+    valid = np.array([True, True, False, True])
+    digest = store.write_feature(path, "audio/mfcc", data, valid, {"n": 3}, {"t2": "bad  file\n"})
+    store.write_texts(path, "text/source", ["a", "b", "", "d"], valid, {"k": 1}, {"t2": "no notes"})
+    back, v, params = store.read_feature(path, "audio/mfcc")
+    assert np.array_equal(back, data) and np.array_equal(v, valid) and params == {"n": 3}
+    assert store.group_status(path, "audio/mfcc", digest) == "fresh"
+    assert store.read_texts(path, "text/source")[0] == ["a", "b", "", "d"]
+    assert sorted(store.read_failures(path)) == [("t2", "audio/mfcc", "bad file"), ("t2", "text/source", "no notes")]
+    assert store.read_failures(path, "text/source") == [("t2", "text/source", "no notes")]
+    assert store.list_groups(path) == ["audio/mfcc", "text/source"]
+    with pytest.raises(UsageError, match=r"no feature 'audio/chroma' \(have: audio/mfcc\)"):
+        store.read_feature(path, "audio/chroma")
+    store.write_feature(path, "audio/mfcc", data[:, :2], valid, {"n": 2})  # replaced, its failure rows too
+    assert store.read_feature(path, "audio/mfcc")[0].shape == (4, 2)
+    assert store.read_failures(path) == [("t2", "text/source", "no notes")]
+    assert len(list(store.data_dir(path).rglob("*.h5"))) == 2  # the replaced group's file is deleted
 
 
 def _hold_lock(path, seconds, ready):
@@ -64,9 +91,10 @@ def test_second_writer_fails_with_clear_message(tmp_path, monkeypatch):
         pass
 
 
-def test_failures_are_replaced_per_stage(tmp_path):
+@pytest.mark.parametrize("transaction", [store.write_transaction, store.file_transaction])
+def test_failures_are_replaced_per_stage(tmp_path, transaction):
     path = tmp_path / "s.h5"
-    with store.write_transaction(path) as h5:
+    with transaction(path) as h5:
         store.record_failures(h5, "audio/mfcc", {"t1": "corrupt", "t2": "empty"})
         store.record_failures(h5, "text/source", {"t3": "no notes"})
         store.record_failures(h5, "audio/mfcc", {"t2": "empty"})

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from genrecli import store, ui
-from genrecli.errors import GenreError, UsageError
+from genrecli.errors import GenreError, InputError, UsageError
 from genrecli.layout import DatasetPaths
 
 CHECKPOINT_EVERY = 32  # tracks per checkpoint chunk: a kill loses at most this much work
@@ -39,6 +39,28 @@ def shard_rows(n: int, shard: tuple[int, int] | None) -> np.ndarray:
     return rows if shard is None else rows[shard[0] - 1 :: shard[1]]
 
 
+class TrackInternalError(RuntimeError):
+    """A bug (not a bad input) met on one track of a per-track stage; the original is ``__cause__``.
+
+    The stage stops (finished tracks stay in the checkpoint, so a rerun resumes); the CLI prints
+    ``internal error in <stage> on <track id>: <Type>: <message>`` and, with --verbose, the traceback.
+    """
+
+    def __init__(self, stage: str, track_id: str, exc: BaseException):
+        self.stage, self.track_id = stage, track_id
+        super().__init__(f"internal error in {stage} on {track_id}: {type(exc).__name__}: {' '.join(str(exc).split())}")
+
+
+def is_track_failure(exc: BaseException) -> bool:
+    """True for an error that makes one track unusable (the stage records it and goes on).
+
+    That is a :class:`GenreError` other than :class:`UsageError` (an :class:`InputError`: the extractors
+    wrap the decode/parse errors of third-party readers into it). A UsageError (bad SoundFont, missing
+    weights) concerns every track and stops the stage; any other exception is a bug and stops it too.
+    """
+    return isinstance(exc, GenreError) and not isinstance(exc, UsageError)
+
+
 def run_per_track(
     func: Callable,
     items: Mapping[int, object],
@@ -50,10 +72,14 @@ def run_per_track(
 ) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, str]]:
     """Apply ``func(item) -> {name: array}`` to every row, resuming from and saving to ``checkpoint``.
 
-    A :class:`GenreError` from one track is recorded as that track's failure (one line) and the loop goes
-    on; any other exception is unexpected and is also recorded, with its type, so one bad file never
-    stops the stage.
+    An :class:`InputError` (see :func:`is_track_failure`) from one track is recorded as that track's failure
+    (one line) and the loop goes on. A :class:`UsageError` is re-raised, and any other exception is re-raised
+    as :class:`TrackInternalError` naming the stage (``description``) and the track: a bug in our code must
+    not turn into N "failed tracks". Either way the tracks finished so far are saved to the checkpoint
+    first (also on Ctrl-C), so a rerun resumes; with ``jobs > 1`` the tracks not yet started are cancelled.
     """
+    if jobs < 1:
+        raise UsageError(f"--jobs must be >= 1 (got {jobs})")
     done, failed = checkpoint.load()
     todo = [r for r in items if r not in done and r not in failed]
     if done or failed:
@@ -63,12 +89,15 @@ def run_per_track(
 
     def finish(row: int, outcome) -> None:
         if isinstance(outcome, BaseException):
-            msg = str(outcome) if isinstance(outcome, GenreError) else f"{type(outcome).__name__}: {outcome}"
-            msg = " ".join(msg.split())
+            if isinstance(outcome, UsageError):
+                raise outcome
+            if not is_track_failure(outcome):
+                raise TrackInternalError(description, ids[row], outcome) from outcome
+            msg = " ".join(str(outcome).split())
             pending_failed[row] = failed[row] = msg
             ui.warn(f"{ids[row]}: {msg}")
         elif bad := [k for k, v in outcome.items() if not np.all(np.isfinite(v))]:
-            finish(row, GenreError(f"feature {', '.join(bad)} has NaN/inf values"))
+            finish(row, InputError(f"feature {', '.join(bad)} has NaN/inf values"))
             return
         else:
             pending_values[row] = done[row] = outcome
@@ -77,26 +106,50 @@ def run_per_track(
             pending_values.clear()
             pending_failed.clear()
 
-    with ui.progress(len(todo), description) as advance:
-        if jobs <= 1 or len(todo) <= 1:
-            for row in todo:
-                try:
-                    outcome = func(items[row])
-                except Exception as exc:  # noqa: BLE001 - isolate each track
-                    outcome = exc
-                finish(row, outcome)
-                advance(1)
-        else:
-            threads = max(1, (os.cpu_count() or 1) // jobs)  # N workers x all-core BLAS would oversubscribe
-            with cf.ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads,)) as pool:
-                futures = {pool.submit(func, items[row]): row for row in todo}
-                for fut in cf.as_completed(futures):
-                    row = futures[fut]
-                    exc = fut.exception()
-                    finish(row, exc if exc is not None else fut.result())
+    try:
+        with ui.progress(len(todo), description) as advance:
+            if jobs <= 1 or len(todo) <= 1:
+                for row in todo:
+                    try:
+                        outcome = func(items[row])
+                    except Exception as exc:  # noqa: BLE001 - sorted out by finish(): track failure or bug
+                        outcome = exc
+                    finish(row, outcome)
                     advance(1)
-    checkpoint.save(pending_values, pending_failed)
+            else:
+                _run_pool(func, items, todo, jobs, finish, advance)
+    finally:  # a bug, a usage error or Ctrl-C keeps every finished track
+        checkpoint.save(pending_values, pending_failed)
     return done, failed
+
+
+def _run_pool(func: Callable, items: Mapping[int, object], todo: list[int], jobs: int, finish: Callable, advance: Callable) -> None:
+    """``finish(row, outcome)`` for each row computed by ``jobs`` worker processes; the first error finish()
+    raises cancels the rows not yet started, the running ones are still recorded, then it is re-raised."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)  # N workers x all-core BLAS would oversubscribe
+    stop: BaseException | None = None
+    with cf.ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(func, items[row]): row for row in todo}
+        try:
+            for fut in cf.as_completed(futures):
+                if fut.cancelled():
+                    continue
+                row = futures[fut]
+                exc = fut.exception()
+                try:
+                    finish(row, exc if exc is not None else fut.result())
+                except Exception as err:  # noqa: BLE001 - keep the first, record what is already running
+                    if stop is None:
+                        stop = err
+                        for other in futures:
+                            other.cancel()
+                advance(1)
+        except BaseException:  # Ctrl-C: do not wait for the whole queue on the way out
+            for other in futures:
+                other.cancel()
+            raise
+    if stop is not None:
+        raise stop
 
 
 def _limit_threads(n: int) -> None:
@@ -118,33 +171,103 @@ def assemble(n: int, rows_done: Mapping[int, Mapping[str, np.ndarray]], name: st
 
 
 def write_feature_group(
-    h5: h5py.File, group_path: str, data: np.ndarray, valid: np.ndarray, params: dict, failures: Mapping[str, str]
+    h5, group_path: str, data: np.ndarray, valid: np.ndarray, params: dict, failures: Mapping[str, str]
 ) -> None:
-    grp = store.replace_group(h5, group_path)
-    grp.create_dataset("data", data=data, chunks=True if data.ndim > 1 and data.shape[0] > 0 else None, compression="gzip", compression_opts=1)
-    grp.create_dataset("valid", data=valid)
-    store.set_group_params(grp, params)
-    store.record_failures(h5, group_path, failures)
+    """Inside an open ``store.write_transaction``: replace one feature group and its failure rows.
+
+    Prefer :func:`genrecli.store.write_feature` (one group, one commit) or ``store.write_groups`` with
+    ``store.feature_data`` (several groups, one commit).
+    """
+    store.write_feature_into(h5, group_path, data, valid, params, failures)
 
 
 def read_feature(paths: DatasetPaths, group_path: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """(data, valid, params) of one feature group; a clear error when it was never extracted."""
-    with store.open_read(paths.features(), what="features", hint="run `genre extract-audio` / `genre extract-text` first") as h5:
-        if group_path not in h5 or "data" not in h5[group_path]:
-            have = [g for g in feature_groups(h5)]
-            raise UsageError(
-                f"{paths.features()}: no feature '{group_path}' (have: {', '.join(have) or 'none'})"
-            )
-        grp = h5[group_path]
-        return grp["data"][()], grp["valid"][()], store.group_params(grp)
+    return store.read_feature(paths.features(), group_path, what="features", hint=EXTRACT_HINT)
+
+
+EXTRACT_HINT = "run `genre extract-audio` / `genre extract-text` first"
+
+
+class FeatureView:
+    """Rows of one feature group of a store, read lazily: what models get for patch inputs.
+
+    ``view[i]`` (an int, slice, or array of row positions into ``rows``) reads only those rows; ``len``,
+    ``shape`` and ``np.asarray(view)`` behave like the (len(rows), *shape) array. The file is opened on first
+    use in each process (so a view survives ``fork`` into data-loader workers) and read-only.
+
+    Parameters
+    ----------
+    path : path of the HDF5 store
+    group : feature group, e.g. ``audio/mel``
+    rows : np.ndarray of int, the manifest rows this view exposes, in order
+    """
+
+    def __init__(self, path: str | os.PathLike, group: str, rows: np.ndarray):
+        self.path, self.group = Path(path), group
+        self.rows = np.asarray(rows, dtype=np.int64)
+        with h5py.File(self.path, "r") as h5:
+            self.row_shape = tuple(h5[group]["data"].shape[1:])
+        self._h5 = self._pid = self._data = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.row_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.row_shape)
+
+    dtype = np.dtype(np.float32)
+
+    def _dataset(self) -> h5py.Dataset:
+        # opened once per process (resolving the index's external link costs ~0.5 ms a call)
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+            self._data = self._h5[self.group]["data"]
+        return self._data
+
+    def subset(self, positions) -> "FeatureView":
+        """A view of some of this view's rows (positions into it), without reading them."""
+        out = object.__new__(FeatureView)
+        out.path, out.group, out.row_shape = self.path, self.group, self.row_shape
+        out.rows = self.rows[np.asarray(positions, dtype=np.int64)]
+        out._h5 = out._pid = out._data = None
+        return out
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return np.asarray(self._dataset()[int(self.rows[index])], dtype=np.float32)
+        rows = self.rows[index]
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        unique, inverse = np.unique(sorted_rows, return_inverse=True)
+        block = self._dataset()[unique] if len(unique) else np.empty((0, *self.row_shape), np.float32)
+        out = np.empty((len(rows), *self.row_shape), dtype=np.float32)
+        out[order] = block[inverse]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[np.arange(len(self.rows))]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getstate__(self):
+        return {"path": self.path, "group": self.group, "rows": self.rows, "row_shape": self.row_shape}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _h5=None, _pid=None, _data=None)
 
 
 def feature_groups(h5: h5py.File) -> list[str]:
-    out = []
-    for modality in ("audio", "text"):
-        if modality in h5:
-            out += [f"{modality}/{k}" for k, v in h5[modality].items() if isinstance(v, h5py.Group) and "data" in v]
-    return out
+    """The feature groups (``audio/<name>``, ``text/<name>`` holding ``data``) of an open store, sorted."""
+    return [
+        g for g in store.list_groups(h5)
+        if g.count("/") == 1 and g.split("/")[0] in ("audio", "text") and f"{g}/data" in h5
+    ]
 
 
 def default_jobs() -> int:
@@ -180,9 +303,11 @@ def merge_shards(paths: DatasetPaths) -> list[str]:
                 m_data[valid] = data[valid]
                 m_valid |= valid
                 m_fails.update(fails)
-    with store.write_transaction(paths.features()) as h5:
-        for group, (data, valid, params, fails) in merged.items():
-            write_feature_group(h5, group, data, valid, params, fails)
+    store.write_groups(
+        paths.features(),
+        {group: store.feature_data(data, valid, params) for group, (data, valid, params, _) in merged.items()},
+        failures={group: fails for group, (_, _, _, fails) in merged.items()},
+    )
     for shard in shards:
-        Path(shard).unlink()
+        store.remove_store(shard)
     return sorted(merged)

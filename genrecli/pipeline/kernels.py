@@ -1,6 +1,7 @@
 """``genre kernels``: elementary Gram matrices and explicit maps, fitted on the training part only.
 
-``kernels.h5:/<split>/fold<k>/<input>/<kernel>/`` holds, over all tracks in manifest order (NaN rows and
+``kernels.h5:/<split>/fold<k>/<input>/<kernel>/`` (one file per group under ``kernels.d/``, linked from the
+small index ``kernels.h5``: see :mod:`genrecli.store`) holds, over all tracks in manifest order (NaN rows and
 columns for tracks whose feature failed):
 
 * ``gram``      (n, n) the exact elementary kernel, preprocessing and scale fitted on the fold's training rows;
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from genrecli import store, ui
@@ -22,13 +22,13 @@ from genrecli.errors import UsageError
 from genrecli.layout import DatasetPaths
 from genrecli.manifest import read_manifest
 from genrecli.pipeline import StageResult
-from genrecli.pipeline.features import feature_groups, read_feature
-from genrecli.pipeline.ingest import ensure_split
+from genrecli.pipeline.features import EXTRACT_HINT, feature_groups, read_feature
+from genrecli.pipeline.ingest import resolve_split
 from genrecli.splits import train_test_indices
 
 
 def available_inputs(paths: DatasetPaths) -> list[str]:
-    with store.open_read(paths.features(), what="features", hint="run `genre extract-audio` / `genre extract-text` first") as h5:
+    with store.open_read(paths.features(), what="features", hint=EXTRACT_HINT) as h5:
         return feature_groups(h5)
 
 
@@ -59,7 +59,7 @@ def compute_kernels(
     if unknown:
         raise UsageError(f"unknown kernel(s) {', '.join(unknown)} (known: {', '.join(KERNEL_NAMES)})")
     paths = DatasetPaths.of(data, data_home)
-    split_id = ensure_split(paths, split, seed=seed)
+    split_id = resolve_split(paths, split)  # read-only: splits are written by `genre ingest` / `genre split`
     manifest = read_manifest(paths.manifest)
     assignment = manifest.split(split_id)
     inputs = tuple(inputs) if inputs else tuple(available_inputs(paths))
@@ -67,7 +67,7 @@ def compute_kernels(
         raise UsageError(f"{paths.features()}: no features to build kernels from")
     result = StageResult()
     for input_name in inputs:
-        pending = []  # one atomic store write per input
+        pending: dict[str, store.GroupData] = {}  # one atomic store write per input
         X, valid, feat_params = read_feature(paths, input_name)
         X = X.reshape(len(X), -1)
         feat_digest = store.params_hash(feat_params)
@@ -105,36 +105,19 @@ def compute_kernels(
                 if emap.dim_ <= max_map_dim:
                     phi = np.full((n, emap.dim_), np.nan, dtype=np.float32)
                     phi[rows] = emap.transform(X[rows])
-                pending.append((group, params, emap, gram, map_gram, phi, len(train)))
+                pending[group] = store.kernel_data(
+                    gram, params, map_gram=map_gram, phi=phi, state=emap.get_state(),
+                    attrs={"map_dim": int(emap.dim_), "map_exact": bool(emap.exact_), "n_train": len(train)},
+                )
                 result.written.append(group)
                 ui.info(f"{group}: gram {len(rows)}x{len(rows)}, map dim {emap.dim_}{'' if emap.exact_ else ' (approximate)'}")
         if pending:
-            _write_kernel_groups(paths.kernels, pending)
+            store.write_kernel_groups(paths.kernels, pending)
     if result.up_to_date and not result.written:
         ui.info(f"kernels for {', '.join(inputs)} on {split_id}: up to date; nothing to do")
     elif result.up_to_date:
         ui.info(f"{len(result.up_to_date)} kernel groups were up to date")
     return result
-
-
-def _write_kernel_groups(path: Path, pending: list) -> None:
-    with store.write_transaction(path) as h5:
-        for group, params, emap, gram, map_gram, phi, n_train in pending:
-            grp = store.replace_group(h5, group)
-            grp.create_dataset("gram", data=gram)
-            if map_gram is None:
-                grp["map_gram"] = grp["gram"]  # exact map: its inner products are the Gram itself
-            else:
-                grp.create_dataset("map_gram", data=map_gram)
-            if phi is not None:
-                grp.create_dataset("map", data=phi, compression="gzip", compression_opts=1)
-            state = grp.create_group("state")
-            for key, value in emap.get_state().items():
-                state.create_dataset(key, data=np.asarray(value))
-            grp.attrs["map_dim"] = int(emap.dim_)
-            grp.attrs["map_exact"] = bool(emap.exact_)
-            grp.attrs["n_train"] = int(n_train)
-            store.set_group_params(grp, params)
 
 
 def load_grams(
@@ -156,7 +139,7 @@ def load_grams(
 
 def kernel_digest(paths: DatasetPaths, split: str, fold: int, pairs: list[tuple[str, str]]) -> str:
     """Combined params hash of the kernel groups a model reads (a run recomputes when it changes)."""
-    with h5py.File(paths.kernels, "r") as h5:
+    with store.open_read(paths.kernels, what="kernel store", hint="run `genre kernels` first") as h5:
         return store.params_hash(
             {f"{i}|{k}": str(h5[kernel_group(split, fold, i, k)].attrs["params_hash"]) for i, k in pairs}
         )

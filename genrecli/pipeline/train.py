@@ -153,10 +153,8 @@ def train(
 
 def _split_name(paths: DatasetPaths, manifest, split: str) -> str:
     """The stored split for a name or spec; splits are written by ingest / `genre split`, never here."""
-    try:
-        from genrecli.pipeline.ingest import resolve_split
-    except ImportError:  # pragma: no cover - older ingest module
-        from genrecli.pipeline.ingest import ensure_split as resolve_split
+    from genrecli.pipeline.ingest import resolve_split
+
     return resolve_split(paths, split)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from genrecli import store, ui
 from genrecli.layout import DatasetPaths
-from genrecli.manifest import Track, read_manifest
+from genrecli.manifest import Track, read_manifest, record_manifest_failures
 from genrecli.pipeline import StageResult
 
 ROOT_ITEM = "(root)"
@@ -96,8 +96,7 @@ def validate(data: str, *, data_home: str | Path | None = None) -> StageResult:
             if problems:
                 failures[track.id] = "; ".join(problems)
             advance(1)
-    with store.write_transaction(paths.manifest) as h5:
-        store.record_failures(h5, "validate", failures)
+    record_manifest_failures(paths.manifest, "validate", failures)
     kinds = {k: sum(msg.count(f"{k}:") for msg in failures.values()) for k in ("missing", "changed", "unreadable")}
     ui.info(
         f"validate {data}: {len(manifest)} tracks, {n_files} files and {len(cache)} shared source files checked; "
