@@ -108,11 +108,22 @@ class ModelSpec:
         module, _, cls = self.factory.partition(":")
         return getattr(importlib.import_module(module), cls)
 
-    def build(self, *, seed: int = 0, device: str = "cpu", **options) -> "GenreModel":
-        """The unfitted model with ``options`` (checked by :meth:`check_options`) plus seed and device."""
+    def build(self, *, seed: int = 0, device: str = "cpu", kernels: tuple[str, ...] | None = None, **options) -> "GenreModel":
+        """The unfitted model with ``options`` (checked by :meth:`check_options`) plus seed, device and kernels.
+
+        ``kernels`` (``--kernels``) sets a kernel model's ``kernels`` (or, for a one-kernel model, ``kernel``).
+        """
         self.check_options(options)
         cls = self.model_class()
         params = {**options, **self.fixed}
+        if kernels is not None:
+            accepted = set(cls._param_names())
+            if "kernels" in accepted:
+                params["kernels"] = tuple(kernels)
+            elif "kernel" in accepted and len(kernels) == 1:
+                params["kernel"] = kernels[0]
+            else:
+                raise UsageError(f"model '{self.name}' takes no kernels (given: {', '.join(kernels)})")
         accepted = set(cls._param_names())
         if "random_state" in accepted:
             params["random_state"] = seed
@@ -124,13 +135,22 @@ class ModelSpec:
             model.set_options(nested)
         return model
 
+    def default_kernels(self) -> tuple[str, ...]:
+        """The kernels a kernel model uses when ``--kernels`` is not given (one run per kernel when per_pair)."""
+        from genrecli.kernels.elementary import KERNEL_NAMES
+
+        if self.per_pair:
+            return tuple(KERNEL_NAMES)
+        default = inspect.signature(self.model_class()).parameters.get("kernels")
+        return tuple(default.default) if default is not None and default.default is not inspect.Parameter.empty else tuple(KERNEL_NAMES)
+
     def option_names(self) -> list[str]:
         """Every option ``-o KEY=VALUE`` accepts: the model's parameters and those of its parts."""
         cls = self.model_class()
         names = set(cls._param_names()) | set(cls.nested_option_names())
         hidden = set(self.fixed) | set(cls.part_names()) | {"random_state", "device"}
         if self.uses_kernels:
-            hidden.add("kernels")  # given by --kernels
+            hidden |= {"kernels", "kernel"}  # given by --kernels
         return sorted(names - hidden)
 
     def check_options(self, options: Mapping[str, object]) -> None:

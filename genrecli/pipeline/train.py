@@ -98,7 +98,7 @@ def train(
         raise UsageError(f"--seeds {seeds}: need at least one seed")
     if kernels and not spec.uses_kernels:
         raise UsageError(f"--kernels applies to kernel models (svm, dkn, dm2kmn, ...), not to '{model}'")
-    kernels = tuple(kernels) if kernels else (KERNEL_NAMES if spec.uses_kernels else ())
+    kernels = tuple(kernels) if kernels else (spec.default_kernels() if spec.uses_kernels else ())
     unknown = [k for k in kernels if k not in KERNEL_NAMES]
     if unknown:
         raise UsageError(f"unknown kernel(s) {', '.join(unknown)} (known: {', '.join(KERNEL_NAMES)})")
@@ -111,8 +111,9 @@ def train(
     info = feature_info(paths, inputs)
     spec.capabilities.check(model, multilabel=manifest.multilabel, inputs={n: i["shape"] for n, i in info.items()})
     # The model's full parameters (defaults included), so a changed default retrains too.
-    model_params = _jsonable(spec.build(seed=0, device=device, **options).get_params(deep=True))
-    for key in [k for k in model_params if k.endswith("random_state") or k.endswith("device")]:
+    probe = kernels[:1] if spec.per_pair else (kernels or None)
+    model_params = _jsonable(spec.build(seed=0, device=device, kernels=probe, **options).get_params(deep=True))
+    for key in [k for k in model_params if k.endswith(("random_state", "device")) or k in ("kernel", "kernels")]:
         model_params.pop(key)
     if spec.per_pair:
         runs = [([i], [k]) for i in inputs for k in (kernels or [None])]
@@ -199,7 +200,7 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
                 ui.info(f"{run_dir.name} fold {fold} seed {seed}: already trained; kept")
                 continue
             label = f"{run_dir.name} fold {fold} seed {seed}"
-            est = spec.build(seed=seed, device=device, **options)
+            est = spec.build(seed=seed, device=device, kernels=tuple(config["kernels"]) or None, **options)
             if hasattr(est, "set_checkpoint_dir"):
                 est.set_checkpoint_dir(run_dir / ".checkpoints" / out_dir.name)
             validation = None if val_rows is None else (_rows(arrays, paths, names, val_rows), y_all[val_rows])
