@@ -247,6 +247,48 @@ def test_accuracy_above_chance_and_scores_consistent(trained, dances):
     assert extra["forward_time_dkn_s"] > 0 and extra["n_test"] == 30 and extra["ri_dkn"] == ri
 
 
+def test_C_selection_unchanged_and_matches_a_reference_loop(trained, dances):
+    """C by CV (genrecli.models.selection): the former folds, balanced accuracy, ties -> the smallest C."""
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold
+
+    from genrecli.models.dkn import cv_select_C, heads_to_scores, ovr_targets, solve_svms, svm_scores
+
+    assert (trained.C_train_, trained.C_) == (1.0, 0.1)  # the choices made before the refactor
+    Kout = trained.output_gram(dances["Gtr"]).astype(np.float64)
+    y = dances["ytr"]
+    omega = trained.class_weight_
+    grid = (10.0, 0.1, 1.0, 100.0)  # any order: ties still go to the smallest C
+    C, scores = cv_select_C(Kout, y, 3, omega, grid, 5, 0)
+    reference = {}
+    for c in sorted(grid):
+        fold = []
+        for tr, va in StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y):
+            beta, b = solve_svms(Kout[:, tr][:, :, tr], ovr_targets(y, 3)[:, tr], omega[y][tr], c)
+            pred = heads_to_scores(svm_scores(Kout[:, va][:, :, tr], beta, b), 3).argmax(1)
+            fold.append(balanced_accuracy_score(y[va], pred))
+        reference[c] = np.mean(fold)
+    best = max(reference.values())
+    assert C == min(c for c, v in reference.items() if v >= best - 1e-12)
+    assert list(scores) == list(grid) and all(np.isclose(scores[c], reference[c], rtol=1e-12) for c in grid)
+    few = np.array([0, 1, 2, 0])  # a class with a single row: no stratified folds
+    assert cv_select_C(Kout[:, :4][:, :, :4], few, 3, omega, grid, 5, 0) == (10.0, {})
+
+
+def test_class_weights_are_sklearn_balanced():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from genrecli.models.dkn import class_weights
+
+    y = np.array([0, 0, 0, 1, 2, 2])
+    np.testing.assert_array_equal(class_weights(y, 3, "balanced"),
+                                  compute_class_weight("balanced", classes=np.arange(3), y=y))
+    assert np.allclose(class_weights(y, 3, "balanced"), [6 / 9, 2.0, 1.0])
+    assert np.array_equal(class_weights(y, 3, None), np.ones(3))
+    assert np.array_equal(class_weights(y, 3, {"b": 2.5}, classes=np.array(["a", "b", "c"])), [1.0, 2.5, 1.0])
+    assert np.allclose(class_weights(np.array([0, 0, 2]), 3, "balanced"), [0.5, 1.0, 1.0])  # class 1 absent
+
+
 def test_deterministic_given_random_state(trained, dances):
     again = DKNClassifier(hidden=16, max_iter=80, svm_every=10, random_state=0)
     again.fit_gram(dances["Gtr"], dances["ytr"])
@@ -275,6 +317,25 @@ def test_feature_level_fit_matches_gram_level(dances):
     assert set(feat.relative_importance()["per_modality"]) == {"melody", "rhythm"}
     with pytest.raises(ValueError):
         DKNClassifier(input_dims=(10, 10)).fit(X[:60], y[:60])
+
+
+def test_state_dict_round_trip_feature_level(dances, tmp_path):
+    """After fit(X, y) the state (elementary kernels included) alone scores new feature rows identically."""
+    from safetensors.numpy import load_file, save_file
+
+    X, y, dims = dances["X"], dances["y"], dances["dims"]
+    params = dict(input_dims=dims, modality_names=("melody", "rhythm"), hidden=8, max_iter=20, C=1.0, random_state=0)
+    model = DKNClassifier(**params).fit(X[:60], y[:60])
+    state = model.state_dict()
+    assert all(isinstance(v, np.ndarray) and v.dtype.kind in "iufb" for v in state.values())
+    save_file(state, tmp_path / "dkn.safetensors")
+    loaded = DKNClassifier(**params).load_state_dict(load_file(tmp_path / "dkn.safetensors"))
+    assert np.array_equal(loaded.decision_function(X[60:]), model.decision_function(X[60:]))
+    assert np.array_equal(loaded.predict(X[60:]), model.predict(X[60:]))
+    assert loaded.input_names_ == model.input_names_ and loaded.relative_importance() == model.relative_importance()
+    m = loaded.extra_metrics_features(X[60:], repeats=1)
+    assert m["forward_time_dkn_s"] > 0 and m["network_time_dkn_s"] > 0 and m["n_test"] == 30
+    assert m["ri_dkn"] == model.relative_importance()
 
 
 def test_output_per_class_and_softplus_variant(dances):

@@ -16,7 +16,7 @@ from test_dkn import elementary_grams, oneill_dances
 from genrecli.models.dkn import Activation, DKNClassifier, combine
 from genrecli.models.dm2kmn import (
     DM2KMNClassifier,
-    kpca_projection_torch,
+    build_projections,
     relative_error,
 )
 
@@ -49,7 +49,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def initial(data):
-    return DM2KMNClassifier(hidden=16, dkn=data["dkn"], finetune=False, random_state=0).fit_gram(
+    return DM2KMNClassifier(dkn=data["dkn"], finetune=False, random_state=0).fit_gram(
         data["G"][:, :60], data["y"][:60], map_grams=data["M"][:, :60], modalities=MODS)
 
 
@@ -66,6 +66,7 @@ def test_initial_dm2kmn_approximates_its_dkn(initial, data):
     acc_map = np.mean(initial.predict_gram(data["G"][:, 60:], map_grams_test=data["M"][:, 60:]) == data["y"][60:])
     acc_dkn = np.mean(data["dkn"].predict_gram(data["G"][:, 60:]) == data["y"][60:])
     assert acc_map > 0.6 and acc_map >= acc_dkn - 0.15
+    assert initial.C_ == 0.1  # the C chosen before selection moved to genrecli.models.selection
 
 
 def test_maps_are_exact_for_linear_and_poly2_inputs(data):
@@ -73,7 +74,7 @@ def test_maps_are_exact_for_linear_and_poly2_inputs(data):
     G = np.ascontiguousarray(data["G"][[0, 1, 4, 5], :60])  # linear, poly2 of both modalities
     dkn = DKNClassifier(("linear", "poly2"), hidden=6, max_iter=20, C=1.0, random_state=0)
     dkn.fit_gram(G, data["y"][:60])
-    net = DM2KMNClassifier(("linear", "poly2"), hidden=6, dkn=dkn, energy=1.0, finetune=False, C=1.0)
+    net = DM2KMNClassifier(dkn, energy=1.0, finetune=False)
     net.fit_gram(G, data["y"][:60])
     g = Activation("exp")
     K2 = combine(torch.as_tensor(dkn.weights_[0]), torch.from_numpy(G), g).numpy()  # exact hidden kernels
@@ -84,24 +85,35 @@ def test_maps_are_exact_for_linear_and_poly2_inputs(data):
     assert net.re_train_["re_abs"] < 1e-2
 
 
-def test_kpca_projection_matches_the_kernels_module(data):
+def test_unit_maps_use_the_kernels_module_kpca(data):
+    """build_projections takes each unit's projection from genrecli.kernels.maps.kpca_projection (one KPCA)."""
     from genrecli.kernels.maps import kpca_projection
 
-    K = combine(torch.as_tensor(data["dkn"].weights_[0]), torch.from_numpy(data["G"][:, :60]),
-                Activation("exp"))[3].double()
-    ours = kpca_projection_torch(K, 0.99, rel_eps=1e-10).double()
-    theirs = torch.as_tensor(np.asarray(kpca_projection(K, energy=0.99)), dtype=torch.float64)
-    assert ours.shape == theirs.shape
-    Q, R = ours @ ours.T, theirs @ theirs.T
-    assert float((Q - R).abs().max()) <= 1e-4 * float(R.abs().max())
-    # both reproduce the landmark Gram to the energy kept
-    assert float(torch.linalg.norm(K @ R @ K - K) / torch.linalg.norm(K)) < 0.05
+    W = torch.as_tensor(data["dkn"].weights_[0])
+    G = torch.from_numpy(data["G"][:, :60])
+    G = 0.5 * (G + G.transpose(1, 2))
+    P, ranks, Kz = build_projections(W, G, Activation("exp"), 0.99, 1e-10)
+    assert P.shape[:2] == (16, 60) and len(ranks) == 16
+    for p in (0, 3, 15):
+        theirs = kpca_projection(Kz[p], energy=0.99, rel_eps=1e-10)  # a tensor in, a tensor out
+        assert isinstance(theirs, torch.Tensor) and theirs.dtype == Kz.dtype and theirs.shape[1] == ranks[p]
+        assert torch.equal(P[p, :, : ranks[p]], theirs)
+        assert not P[p, :, ranks[p]:].any()  # padding
+        K = Kz[p].double()
+        R = theirs.double() @ theirs.double().T
+        # it reproduces the landmark Gram to the energy kept
+        assert float(torch.linalg.norm(K @ R @ K - K) / torch.linalg.norm(K)) < 0.05
+    # numpy in, numpy out: the same projection
+    P3 = kpca_projection(Kz[3].numpy(), energy=0.99, rel_eps=1e-10)
+    np.testing.assert_array_equal(P3, P[3, :, : ranks[3]].numpy())
+    # a unit whose kernel is 0 gets a zero map instead of an error
+    assert not kpca_projection(torch.zeros(5, 5), allow_empty=True).any()
 
 
 @pytest.mark.parametrize("constraint, gain", [("simplex", 0.99), ("nonneg", 0.95)])
 def test_finetuning_lowers_training_loss_and_moves_away_from_the_dkn(initial, data, constraint, gain):
     # Under the simplex the kernel scale is fixed, so the loss falls more slowly than with w >= 0 alone.
-    net = DM2KMNClassifier(hidden=16, dkn=data["dkn"], ft_lr=1e-2, ft_epochs=15, ft_constraint=constraint, random_state=0)
+    net = DM2KMNClassifier(data["dkn"], ft_lr=1e-2, ft_epochs=15, ft_constraint=constraint, random_state=0)
     net.fit_gram(data["G"][:, :60], data["y"][:60], map_grams=data["M"][:, :60], modalities=MODS)
     losses = [h["loss"] for h in net.ft_history_]
     assert len(losses) == 15
@@ -117,17 +129,54 @@ def test_finetuning_lowers_training_loss_and_moves_away_from_the_dkn(initial, da
 
 
 def test_cv_model_selection_records_choices(data):
-    net = DM2KMNClassifier(hidden=4, dkn=DKNClassifier(hidden=4, max_iter=10, C=1.0), ft_lr_grid=(1e-3, 1e-2),
-                           ft_max_epochs=4, ft_eval_every=2, C=1.0, random_state=0)
+    net = DM2KMNClassifier(dkn=DKNClassifier(hidden=4, max_iter=10, C=1.0), ft_lr_grid=(1e-3, 1e-2),
+                           ft_max_epochs=4, ft_eval_every=2, random_state=0)
     net.fit_gram(data["G"][:, :60], data["y"][:60], map_grams=data["M"][:, :60])
-    assert net.ft_lr_ in (1e-3, 1e-2) and net.ft_epochs_ in (0, 2, 4)
+    assert net.C_ == 1.0  # the DKN's C
+    assert (net.ft_lr_, net.ft_epochs_) == (1e-2, 2)  # the choice made before selection moved to selection.py
     assert set(net.ft_cv_) == {"0.001", "0.01"} and all(len(v) == 3 for v in net.ft_cv_.values())
+
+
+def test_finetune_selection_matches_a_reference_loop(data):
+    """The (lr, epochs) choice equals a hand-written loop over the same folds, runs and scorer."""
+    from genrecli.models.dm2kmn import _linear_svm_heads
+    from genrecli.models.selection import cv_folds, label_score
+
+    net = DM2KMNClassifier(dkn=DKNClassifier(hidden=4, max_iter=10, C=1.0), ft_lr_grid=(1e-3, 1e-2),
+                           ft_max_epochs=4, ft_eval_every=2, random_state=0)
+    calls = []
+    original = net._finetune
+
+    def spy(ctx, Ws, Ps, Wc, bc, rows, y_idx, n_classes, omega, C, K_dkn, lr, epochs, val, seed):
+        out = original(ctx, Ws, Ps, Wc, bc, rows, y_idx, n_classes, omega, C, K_dkn, lr, epochs, val, seed)
+        if val is not None:
+            calls.append((rows, val[0], lr, [h["val_score"] for h in out[4] if "val_score" in h]))
+            # the recorded score is the balanced accuracy of the validation predictions
+            assert all(0.0 <= v <= 1.0 for v in calls[-1][3])
+        return out
+
+    net._finetune = spy
+    y = data["y"][:60]
+    net.fit_gram(data["G"][:, :60], y, map_grams=data["M"][:, :60])
+    folds = cv_folds(y, 5, seed=0)
+    assert len(calls) == 2 * len(folds)
+    for (tr, va), (rows_a, va_a, _, _) in zip(folds, calls[::2]):
+        assert np.array_equal(tr, rows_a) and np.array_equal(va, va_a)  # the former StratifiedKFold folds
+    table = {lr: np.zeros(3) for lr in (1e-3, 1e-2)}
+    for _, _, lr, scores in calls:
+        table[lr] += np.asarray(scores) / len(folds)
+    best = max(t.max() for t in table.values())
+    expected = next((lr, ep) for j, ep in enumerate((0, 2, 4)) for lr in (1e-3, 1e-2) if table[lr][j] >= best - 1e-12)
+    assert (net.ft_lr_, net.ft_epochs_) == expected
+    for lr in (1e-3, 1e-2):
+        np.testing.assert_allclose(net.ft_cv_[f"{lr:g}"], table[lr], rtol=1e-12)
+    assert label_score([0, 0, 1, 2], [0, 1, 1, 2]) == pytest.approx((0.5 + 1 + 1) / 3)
 
 
 def test_landmarks_keep_memory_linear_in_n(data):
     X, y, dims = data["X"], data["y"], data["dims"]
-    net = DM2KMNClassifier(input_dims=dims, hidden=8, landmarks=25, finetune=True, ft_lr=1e-3, ft_epochs=2,
-                           max_iter=20, C=1.0, random_state=0).fit(X[:60], y[:60])
+    net = DM2KMNClassifier(DKNClassifier(input_dims=dims, hidden=8, max_iter=20, C=1.0), landmarks=25, finetune=True,
+                           ft_lr=1e-3, ft_epochs=2, random_state=0).fit(X[:60], y[:60])
     assert len(net.landmarks_) == 25 and net.dkn_.n_train_ == 25  # the DKN is trained on the landmarks
     G = net._map_grams(X[:60])
     assert G.shape == (8, 60, 25)  # n x N, never n x n
@@ -136,25 +185,77 @@ def test_landmarks_keep_memory_linear_in_n(data):
     assert net.extra_metrics()["landmarks"] == 25
 
 
-def test_state_dict_round_trip_feature_level(data, tmp_path):
+def _feature_net(dims, **kw):
+    dkn = DKNClassifier(input_dims=dims, modality_names=("melody", "rhythm"), hidden=8, max_iter=20, C=1.0)
+    return DM2KMNClassifier(dkn, ft_lr=1e-3, ft_epochs=3, random_state=0, **kw)
+
+
+@pytest.mark.parametrize("landmarks", ["all", 40])
+def test_state_dict_round_trip_feature_level(data, tmp_path, landmarks):
+    """After fit(X, y) the state alone (input maps, landmarks, DKN) scores new feature rows identically."""
     from safetensors.numpy import load_file, save_file
 
     X, y, dims = data["X"], data["y"], data["dims"]
-    params = dict(input_dims=dims, modality_names=("melody", "rhythm"), hidden=8, max_iter=20, C=1.0,
-                  ft_lr=1e-3, ft_epochs=3, random_state=0)
-    net = DM2KMNClassifier(**params).fit(X[:60], y[:60])
-    save_file(net.state_dict(), tmp_path / "m.safetensors")
-    loaded = DM2KMNClassifier(**params).load_state_dict(load_file(tmp_path / "m.safetensors"))
-    assert np.array_equal(loaded.decision_function(X[60:]), net.decision_function(X[60:]))
-    assert np.array_equal(loaded.predict(X[60:]), net.predict(X[60:]))
+    net = _feature_net(dims, landmarks=landmarks).fit(X[:60], y[:60])
+    state = net.state_dict()
+    assert all(isinstance(v, np.ndarray) and v.dtype.kind in "iufb" for v in state.values())
+    assert any(k.startswith("inmap.") for k in state) and any(k.startswith("dkn_model.kernel.") for k in state)
+    save_file(state, tmp_path / "m.safetensors")
+    loaded = _feature_net(dims, landmarks=landmarks).load_state_dict(load_file(tmp_path / "m.safetensors"))
+    X_new = X[60:]
+    assert np.array_equal(loaded.decision_function(X_new), net.decision_function(X_new))
+    assert np.array_equal(loaded.predict(X_new), net.predict(X_new))
+    assert np.array_equal(loaded.dkn_.decision_function(X_new), net.dkn_.decision_function(X_new))
+    assert np.array_equal(loaded.landmarks_, net.landmarks_) and loaded.input_names_ == net.input_names_
     assert loaded.relative_importance() == net.relative_importance()
+    a, b = net.extra_metrics_features(X_new, repeats=1), loaded.extra_metrics_features(X_new, repeats=1)
+    assert a["re_test"] == b["re_test"] and a["ri_dkn"] == b["ri_dkn"]
+
+
+def test_extra_metrics_from_feature_rows(data):
+    """RE / RI / forward times of the DM2KMN and its DKN from test feature rows, in one call."""
+    X, y, dims = data["X"], data["y"], data["dims"]
+    net = DM2KMNClassifier(DKNClassifier(input_dims=dims, hidden=8, max_iter=20, C=1.0), finetune=False,
+                           random_state=0).fit(X[:60], y[:60])
+    m = net.extra_metrics_features(X[60:], repeats=1)
+    for key in ("forward_time_dkn_s", "forward_time_dm2kmn_s", "network_time_dkn_s", "network_time_dm2kmn_s"):
+        assert m[key] > 0, key
+    assert m["n_test"] == 30 and m["landmarks"] == 60
+    assert 0 < m["re_test"]["re_abs"] < 5.0  # initial DM2KMN: close to its DKN
+    assert np.isclose(sum(m["ri_dm2kmn"]["per_kernel"]), 100.0) and np.isclose(sum(m["ri_dkn"]["per_kernel"]), 100.0)
+    # the same RE as the Gram-level path on the same rows
+    G = net.dkn_._grams(X[60:])
+    M = net._map_grams(X[60:])
+    assert m["re_test"] == relative_error(net.map_inner(M), net.dkn_.output_gram(G))
+    d = net.dkn_.extra_metrics_features(X[60:], repeats=1)
+    assert d["forward_time_dkn_s"] > 0 and d["network_time_dkn_s"] > 0 and d["n_test"] == 30
+
+
+def test_dkn_parameter_cloned_or_used_as_is(data):
+    X, y, dims = data["X"], data["y"], data["dims"]
+    template = DKNClassifier(input_dims=dims, hidden=4, max_iter=5, C=1.0, random_state=7)
+    net = DM2KMNClassifier(template, finetune=False, random_state=3).fit(X[:60], y[:60])
+    assert net.dkn_ is not template and not hasattr(template, "weights_")  # cloned, the parameter untouched
+    assert net.dkn_.random_state == 3 and net.dkn_.device == "cpu"  # the DM2KMN's seed and device passed on
+    assert template.random_state == 7
+    # a fitted DKN is used as is
+    again = DM2KMNClassifier(net.dkn_, finetune=False, random_state=3).fit(X[:60], y[:60])
+    assert again.dkn_ is net.dkn_
+    assert np.array_equal(again.decision_function(X[60:]), net.decision_function(X[60:]))
+    with pytest.raises(ValueError, match="landmarks"):  # its training rows must be the landmarks
+        DM2KMNClassifier(net.dkn_, landmarks=30, finetune=False).fit(X[:60], y[:60])
+    # nested parameters, scikit-learn style
+    params = DM2KMNClassifier(template).get_params()
+    assert params["dkn__hidden"] == 4 and params["dkn__input_dims"] == dims
+    assert DM2KMNClassifier(DKNClassifier()).set_params(dkn__hidden=6).dkn.hidden == 6
 
 
 def test_gram_and_feature_paths_agree(data):
     X, y, dims = data["X"], data["y"], data["dims"]
-    common = dict(hidden=8, max_iter=20, C=1.0, finetune=False, random_state=0)
-    feat = DM2KMNClassifier(input_dims=dims, **common).fit(X[:60], y[:60])
-    gram = DM2KMNClassifier(**common).fit_gram(data["G"][:, :60], y[:60], map_grams=data["M"][:, :60])
+    dkn = dict(hidden=8, max_iter=20, C=1.0)
+    feat = DM2KMNClassifier(DKNClassifier(input_dims=dims, **dkn), finetune=False, random_state=0).fit(X[:60], y[:60])
+    gram = DM2KMNClassifier(DKNClassifier(**dkn), finetune=False, random_state=0).fit_gram(
+        data["G"][:, :60], y[:60], map_grams=data["M"][:, :60])
     a = feat.decision_function(X[60:])
     b = gram.decision_gram(data["G"][:, 60:], map_grams_test=data["M"][:, 60:])
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * np.abs(b).max())
@@ -162,9 +263,10 @@ def test_gram_and_feature_paths_agree(data):
 
 def test_predict_proba_only_with_cross_entropy(data):
     X, y, dims = data["X"], data["y"], data["dims"]
-    hinge = DM2KMNClassifier(input_dims=dims, hidden=4, max_iter=5, C=1.0, finetune=False)
+    dkn = DKNClassifier(input_dims=dims, hidden=4, max_iter=5, C=1.0)
+    hinge = DM2KMNClassifier(dkn, finetune=False)
     assert not hasattr(hinge, "predict_proba")
-    xent = DM2KMNClassifier(input_dims=dims, hidden=4, max_iter=5, C=1.0, loss="xent", ft_lr=1e-3, ft_epochs=2)
+    xent = DM2KMNClassifier(dkn, loss="xent", ft_lr=1e-3, ft_epochs=2)
     P = xent.fit(X[:60], y[:60]).predict_proba(X[60:])
     assert P.shape == (30, 3) and np.allclose(P.sum(1), 1.0)
 
@@ -186,7 +288,7 @@ def test_check_estimator():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         results = check_estimator(
-            DM2KMNClassifier(hidden=4, max_iter=5, svm_every=5, C=1.0, ft_lr=1e-3, ft_epochs=2),
+            DM2KMNClassifier(DKNClassifier(hidden=4, max_iter=5, svm_every=5, C=1.0), ft_lr=1e-3, ft_epochs=2),
             expected_failed_checks=DM2KMN_EXPECTED_FAILED, on_fail=None)
     failed = [r["check_name"] for r in results if r["status"] == "failed"]
     assert not failed, failed
@@ -194,10 +296,12 @@ def test_check_estimator():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 def test_cuda_matches_cpu(data):
-    kw = dict(hidden=8, max_iter=20, C=1.0, ft_lr=1e-3, ft_epochs=3, random_state=0)
-    cpu = DM2KMNClassifier(**kw).fit_gram(data["G"][:, :60], data["y"][:60], map_grams=data["M"][:, :60])
-    gpu = DM2KMNClassifier(device="cuda", **kw).fit_gram(data["G"][:, :60], data["y"][:60],
-                                                         map_grams=data["M"][:, :60])
+    kw = dict(ft_lr=1e-3, ft_epochs=3, random_state=0)
+    dkn = DKNClassifier(hidden=8, max_iter=20, C=1.0)
+    cpu = DM2KMNClassifier(dkn, **kw).fit_gram(data["G"][:, :60], data["y"][:60], map_grams=data["M"][:, :60])
+    gpu = DM2KMNClassifier(dkn, device="cuda", **kw).fit_gram(data["G"][:, :60], data["y"][:60],
+                                                              map_grams=data["M"][:, :60])
+    assert gpu.dkn_.device == "cuda"
     a = cpu.decision_gram(data["G"][:, 60:], map_grams_test=data["M"][:, 60:])
     b = gpu.decision_gram(data["G"][:, 60:], map_grams_test=data["M"][:, 60:])
     np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-2 * np.abs(a).max())

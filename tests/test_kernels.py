@@ -345,7 +345,12 @@ def test_kpca_projection_rank_and_reconstruction():
     # Full energy still drops the eigenvalues below rel_eps * lambda_1, which would explode when inverted.
     assert kpca_projection(K, energy=1.0).shape == (12, 6)
     assert kpca_projection(K, energy=1.0, rel_eps=0.2).shape == (12, 3)
-    assert kpca_projection(torch.from_numpy(K), energy=0.9).shape == (12, 4)
+    # torch in, torch out: same device, the input's dtype, the same projection
+    T = kpca_projection(torch.from_numpy(K), energy=0.9)
+    assert isinstance(T, torch.Tensor) and T.dtype == torch.float64 and T.shape == (12, 4) and T.is_contiguous()
+    np.testing.assert_allclose(T.numpy(), P, rtol=1e-5, atol=1e-6)
+    T32 = kpca_projection(torch.from_numpy(K).float(), energy=0.9)
+    assert T32.dtype == torch.float32 and np.array_equal(T32.numpy(), kpca_projection(K.astype(np.float32), energy=0.9))
 
 
 def test_kpca_projection_rejects_bad_input():
@@ -355,6 +360,43 @@ def test_kpca_projection_rejects_bad_input():
         kpca_projection(np.ones((3, 4)))
     with pytest.raises(InputError):
         kpca_projection(-np.eye(3))
+    # a kernel with no positive eigenvalue: a zero map when asked for
+    assert np.array_equal(kpca_projection(np.zeros((3, 3)), allow_empty=True), np.zeros((3, 1), dtype=np.float32))
+
+
+def test_kernel_registry():
+    import inspect
+
+    from genrecli.kernels import (
+        KERNELS,
+        check_kernel_names,
+        describe_kernels,
+        get_kernel,
+        kernel_order,
+    )
+
+    assert KERNEL_NAMES == tuple(KERNELS) == ("linear", "poly2", "rbf", "hist")
+    X = features(30, 5, 0)
+    defaults = {**inspect.signature(ElementaryKernel).parameters, **inspect.signature(ExplicitMap).parameters}
+    for name, spec in KERNELS.items():
+        assert spec.name == name
+        assert ExplicitMap(name, random_state=0).fit(X).exact_ is spec.exact_map
+        for option, value in spec.defaults.items():  # the estimators' defaults are the registry's
+            assert defaults[option].default == value, (name, option)
+        options = {"sigma": 1.3} if name == "rbf" else {}
+        assert np.array_equal(spec.function(X, **options), pairwise_kernel(X, kernel=name, **options))
+    lines = describe_kernels()
+    assert [line.split()[0] for line in lines] == list(KERNEL_NAMES) and all("\n" not in line for line in lines)
+    assert get_kernel("poly2").exact_map and not get_kernel("hist").exact_map
+    with pytest.raises(UsageError, match="unknown kernel 'cosine'"):
+        get_kernel("cosine")
+    assert check_kernel_names("rbf, linear,rbf") == ("rbf", "linear")
+    assert check_kernel_names(["hist"]) == ("hist",)
+    with pytest.raises(UsageError, match="cosine, dot"):
+        check_kernel_names("linear,cosine,dot")
+    with pytest.raises(UsageError):
+        check_kernel_names("")
+    assert kernel_order(["hist", "linear", "rbf"]) == ("linear", "rbf", "hist")
 
 
 # ------------------------------------------------------------------------------------ state and sklearn

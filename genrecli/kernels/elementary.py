@@ -22,9 +22,14 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from genrecli.device import resolve_device
 from genrecli.errors import InputError, UsageError
-
-KERNEL_NAMES = ("linear", "poly2", "rbf", "hist")
-SIGMA_RULES = ("total-variance", "median", "mean")
+from genrecli.kernels import (  # the registry lives in the package (importable without torch)
+    DEFAULT_OFFSET,
+    DEFAULT_SIGMA,
+    KERNEL_NAMES,  # noqa: F401  (re-exported: genrecli.kernels.elementary.KERNEL_NAMES)
+    KERNELS,  # noqa: F401
+    SIGMA_RULES,
+    get_kernel,
+)
 
 # Working elements per block (64 MiB of float32): bounds temporaries on the CPU and on a GPU alike.
 _BLOCK_ELEMENTS = 1 << 24
@@ -227,7 +232,7 @@ def linear_kernel(X, Y=None, *, device="cpu") -> np.ndarray:
     return _pairwise("linear", A, B, same=same)
 
 
-def poly2_kernel(X, Y=None, *, offset=1.0, device="cpu") -> np.ndarray:
+def poly2_kernel(X, Y=None, *, offset=DEFAULT_OFFSET, device="cpu") -> np.ndarray:
     """Polynomial kernel of degree 2, ``(<x, y> + offset)^2`` (spec 4.2).
 
     Parameters
@@ -305,10 +310,7 @@ def pairwise_kernel(X, Y=None, *, kernel, device="cpu", **params) -> np.ndarray:
     -------
     K : np.ndarray, shape (n, m), float32
     """
-    functions = {"linear": linear_kernel, "poly2": poly2_kernel, "rbf": rbf_kernel, "hist": hist_kernel}
-    if kernel not in functions:
-        raise UsageError(f"unknown kernel {kernel!r}: choose one of {', '.join(KERNEL_NAMES)}")
-    return functions[kernel](X, Y, device=device, **params)
+    return get_kernel(kernel).function(X, Y, device=device, **params)
 
 
 # -------------------------------------------------------------------------------------------- estimator
@@ -391,7 +393,7 @@ class ElementaryKernel(TransformerMixin, BaseEstimator):
     on the training rows become 0); linear, poly2 and rbf l2-normalise each row (zero rows stay zero).
     """
 
-    def __init__(self, kernel="rbf", *, offset=1.0, sigma="total-variance", unit_diagonal=True, device="cpu"):
+    def __init__(self, kernel="rbf", *, offset=DEFAULT_OFFSET, sigma=DEFAULT_SIGMA, unit_diagonal=True, device="cpu"):
         self.kernel = kernel
         self.offset = offset
         self.sigma = sigma
@@ -404,8 +406,7 @@ class ElementaryKernel(TransformerMixin, BaseEstimator):
         return tags
 
     def _check_params(self) -> None:
-        if self.kernel not in KERNEL_NAMES:
-            raise UsageError(f"unknown kernel {self.kernel!r}: choose one of {', '.join(KERNEL_NAMES)}")
+        get_kernel(self.kernel)
         if self.kernel == "poly2":
             _check_offset(self.offset)
         if self.kernel == "rbf":

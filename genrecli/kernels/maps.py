@@ -19,6 +19,15 @@ from sklearn.utils.validation import check_is_fitted
 
 from genrecli.device import resolve_device
 from genrecli.errors import InputError, UsageError
+from genrecli.kernels import (
+    DEFAULT_ENERGY,
+    DEFAULT_LEVELS,
+    DEFAULT_OFFSET,
+    DEFAULT_QUANTIZATION,
+    DEFAULT_SIGMA,
+    QUANTIZATIONS,
+    get_kernel,
+)
 from genrecli.kernels.elementary import (
     ElementaryKernel,
     _as_array,
@@ -29,10 +38,7 @@ from genrecli.kernels.elementary import (
     _tensor,
 )
 
-QUANTIZATIONS = ("round", "floor")
-
-
-def kpca_projection(K_landmarks, *, energy=0.99, rel_eps=1e-10) -> np.ndarray:
+def kpca_projection(K_landmarks, *, energy=DEFAULT_ENERGY, rel_eps=1e-10, allow_empty=False):
     """Projection of the uncentred kernel PCA (Nystrom) map on N landmarks (spec 4.3 and 6.3).
 
     With ``K_Z = U Lambda U^T`` (eigenvalues in decreasing order), keeps the smallest rank r whose eigenvalues
@@ -41,33 +47,47 @@ def kpca_projection(K_landmarks, *, energy=0.99, rel_eps=1e-10) -> np.ndarray:
     ``Phi_Z Phi_Z^T = U_r Lambda_r U_r^T``, the best rank-r approximation of K_Z. K_Z is not centred: the map
     must approximate the kernel itself.
 
+    The one kernel-PCA of the toolkit: the rbf input map (:class:`ExplicitMap`) and every unit of the DM2KMN
+    (:func:`genrecli.models.dm2kmn.build_projections`) use it. The decomposition is float64 (``rel_eps`` of
+    1e-10 is far below float32 resolution) on the input's device, of ``(K + K^T) / 2``.
+
     Parameters
     ----------
     K_landmarks : array-like or torch.Tensor, shape (N, N)
         Symmetric PSD kernel matrix of the landmarks. A torch tensor is decomposed on its own device.
     energy : float in (0, 1], keyword-only
     rel_eps : float >= 0, keyword-only
+    allow_empty : bool, keyword-only
+        When K_Z has no positive eigenvalue: return an (N, 1) zero projection (a map that is identically 0)
+        instead of raising :class:`InputError`.
 
     Returns
     -------
-    P : np.ndarray, shape (N, r), float32
+    P : np.ndarray (N, r) float32 for array-like input; torch.Tensor (N, r) on the input's device, in its
+        floating dtype (float32 for integer tensors), for tensor input. C-ordered.
     """
     if not 0 < energy <= 1:
         raise UsageError(f"kernel PCA energy must be in (0, 1], got {energy!r}")
     if not rel_eps >= 0:
         raise UsageError(f"kernel PCA rel_eps must be >= 0, got {rel_eps!r}")
-    if not isinstance(K_landmarks, torch.Tensor):
-        K_landmarks = torch.from_numpy(np.asarray(K_landmarks, dtype=np.float64))
+    as_tensor = isinstance(K_landmarks, torch.Tensor)
+    if as_tensor:
+        out_dtype = K_landmarks.dtype if K_landmarks.is_floating_point() else torch.float32
+    else:
+        K_landmarks, out_dtype = torch.from_numpy(np.asarray(K_landmarks, dtype=np.float64)), torch.float32
     K = K_landmarks.detach().to(torch.float64)
     if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
         raise InputError(f"kernel PCA needs a non-empty square kernel matrix, got shape {tuple(K.shape)}")
     if not bool(torch.isfinite(K).all()):
         raise InputError("kernel PCA: the kernel matrix contains NaN/inf")
-    # float64, because rel_eps (1e-10) is far below float32 resolution; symmetrising removes float32 round-off.
+    # Symmetrising removes float32 round-off (eigh reads one triangle only).
     eigenvalues, U = torch.linalg.eigh(0.5 * (K + K.T))
     eigenvalues, U = eigenvalues.flip(0), U.flip(1)
     top = float(eigenvalues[0])
     if not top > 0:
+        if allow_empty:
+            P = torch.zeros(K.shape[0], 1, dtype=out_dtype, device=K.device)
+            return P if as_tensor else P.cpu().numpy()
         raise InputError("kernel PCA: the kernel matrix has no positive eigenvalue, so there is no map to build")
     # Negative eigenvalues of a PSD matrix are round-off: they hold no energy.
     eigenvalues = eigenvalues.clamp(min=0.0)
@@ -76,7 +96,8 @@ def kpca_projection(K_landmarks, *, energy=0.99, rel_eps=1e-10) -> np.ndarray:
     usable = int(((eigenvalues > 0) & (eigenvalues >= rel_eps * top)).sum())
     rank = min(rank, usable)
     # eigh returns column-major vectors; the projection is handed out C-ordered, as safetensors expects.
-    return (U[:, :rank] / eigenvalues[:rank].sqrt()).to(torch.float32).contiguous().cpu().numpy()
+    P = (U[:, :rank] / eigenvalues[:rank].sqrt()).to(out_dtype).contiguous()
+    return P if as_tensor else P.cpu().numpy()
 
 
 class ExplicitMap(TransformerMixin, BaseEstimator):
@@ -129,13 +150,13 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         self,
         kernel="rbf",
         *,
-        offset=1.0,
-        sigma="total-variance",
+        offset=DEFAULT_OFFSET,
+        sigma=DEFAULT_SIGMA,
         unit_diagonal=True,
-        energy=0.99,
+        energy=DEFAULT_ENERGY,
         landmarks="all",
-        levels=10,
-        quantization="round",
+        levels=DEFAULT_LEVELS,
+        quantization=DEFAULT_QUANTIZATION,
         max_dim=200_000,
         random_state=None,
         device="cpu",
@@ -200,13 +221,13 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
             self.landmarks_ = self.kernel_.X_fit_[indices]
             Z = _tensor(self.landmarks_, device)
             K_Z = self.kernel_._scaled(Z, Z, same=True)
-            self.projection_ = kpca_projection(torch.from_numpy(K_Z).to(device), energy=self.energy)
+            self.projection_ = kpca_projection(torch.from_numpy(K_Z).to(device), energy=self.energy).cpu().numpy()
         self._set_dims()
         return self
 
     def _set_dims(self) -> None:
         d = self.kernel_.n_features_in_
-        self.exact_ = self.kernel in ("linear", "poly2")
+        self.exact_ = get_kernel(self.kernel).exact_map
         if self.kernel == "linear":
             self.dim_ = d
         elif self.kernel == "poly2":

@@ -24,8 +24,9 @@ All heavy math is torch float32 on ``device``; estimators take and return numpy 
   init |N(1/m, 0.1/m)| projected; SVM re-solve every T=10 steps; constant learning rate, by default set once
   as lr_scale / max|grad| at the first step (scale-free); stop when the best J has not improved by a relative
   ``tol`` over ``patience`` re-solves, or after ``max_iter`` steps; the weights with the lowest J are kept.
-  SVM C by 5-fold stratified CV (accuracy) of the SVMs on the output kernel, once with the initial weights (for
-  training) and again on the trained kernel (for the final SVMs); class weights w_c = n / (C n_c).
+  SVM C by 5-fold stratified CV (balanced accuracy; genrecli.models.selection) of the SVMs on the output
+  kernel, once with the initial weights (for training) and again on the trained kernel (for the final SVMs);
+  class weights w_c = n / (C n_c).
 """
 
 from __future__ import annotations
@@ -38,19 +39,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from genrecli.device import resolve_device
 from genrecli.errors import UsageError
-from genrecli.models.svm import fit_one_vs_rest
+from genrecli.kernels import DEFAULT_OFFSET, DEFAULT_SIGMA, KERNEL_NAMES
+from genrecli.models.selection import cv_folds, select_by_cv, task_score
+from genrecli.models.svm import class_weight_vector, fit_one_vs_rest
 
 ACTIVATIONS = ("exp", "expm1", "cosh", "poly")
 WEIGHT_PARAMS = ("simplex", "softplus")
 OUTPUT_MODES = ("single", "per-class")
-DEFAULT_KERNELS = ("linear", "poly2", "rbf", "hist")
+DEFAULT_KERNELS = KERNEL_NAMES  # every elementary kernel of the registry, in its order
 
 # Largest number of float32 elements one chunk of a layer may hold (128 MiB).
 _CHUNK_ELEMS = 1 << 25
@@ -163,16 +165,19 @@ def combine(W: torch.Tensor, A: torch.Tensor, g: Activation) -> torch.Tensor:
 
 
 def class_weights(y_idx: np.ndarray, n_classes: int, mode, classes=None) -> np.ndarray:
-    """Per-class weights: 'balanced' -> n / (C n_c) (spec 5.3), None -> ones, dict {label: weight}."""
-    if mode is None:
-        return np.ones(n_classes)
+    """Per-class weights (n_classes,): 'balanced' -> n / (C n_c) (spec 5.3), None -> ones, dict {label: weight}.
+
+    ``y_idx`` holds class indices 0..n_classes-1; a dict is keyed by the labels ``classes`` (default: the
+    indices). 'balanced' is scikit-learn's (:func:`genrecli.models.svm.class_weight_vector`).
+    """
     if isinstance(mode, dict):
-        labels = list(classes) if classes is not None else list(range(n_classes))
-        return np.array([float(mode.get(c, 1.0)) for c in labels])
-    if mode != "balanced":
-        raise UsageError(f"class_weight {mode!r}: expected 'balanced' or None")
-    counts = np.bincount(y_idx, minlength=n_classes).astype(float)
-    return len(y_idx) / (n_classes * np.maximum(counts, 1.0))
+        labels = np.asarray(classes) if classes is not None else np.arange(n_classes)
+        return class_weight_vector(None, labels, mode)
+    y_idx = np.asarray(y_idx)
+    counts = np.bincount(y_idx, minlength=n_classes)
+    if mode == "balanced" and not np.all(counts > 0):  # a class absent from y_idx: weighted as if it had 1 row
+        return len(y_idx) / (n_classes * np.maximum(counts, 1.0))
+    return class_weight_vector(y_idx, np.arange(n_classes), mode)
 
 
 def ovr_targets(y_idx: np.ndarray, n_classes: int) -> np.ndarray:
@@ -211,26 +216,27 @@ def dual_objective(Kout: torch.Tensor, beta: np.ndarray) -> float:
 
 def cv_select_C(Kout: np.ndarray, y_idx: np.ndarray, n_classes: int, omega: np.ndarray, grid, folds: int,
                 seed: int):
-    """5-fold stratified CV (accuracy) of the one-vs-rest SVMs on a fixed output kernel; returns (C, scores)."""
-    counts = np.bincount(y_idx, minlength=n_classes)
-    k = int(min(folds, counts[counts > 0].min()))
-    if k < 2:
-        return float(grid[0]), {}
-    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    """C of ``grid`` by ``folds``-fold stratified CV of the one-vs-rest SVMs on a fixed output kernel.
+
+    Folds and scorer (balanced accuracy) of :mod:`genrecli.models.selection`; ties go to the smallest C.
+    Returns (C, {C: mean validation score}); (grid[0], {}) when there are too few rows per class to fold.
+    """
     Yb = ovr_targets(y_idx, n_classes)
     sw = omega[y_idx]
-    scores = {float(C): 0.0 for C in grid}
-    for tr, va in skf.split(np.zeros(len(y_idx)), y_idx):
+    candidates = sorted(float(C) for C in grid)
+
+    def fold_scores(tr, va):
         Ktr = Kout[:, tr][:, :, tr]
         Kva = Kout[:, va][:, :, tr]
-        for C in grid:
+        out = []
+        for C in candidates:
             beta, b = solve_svms(Ktr, Yb[:, tr], sw[tr], C)
-            S = svm_scores(Kva, beta, b)
-            pred = heads_to_scores(S, n_classes).argmax(1)
-            scores[float(C)] += float(np.mean(pred == y_idx[va])) / k
-    best = max(scores.values())
-    C_best = min(C for C, s in scores.items() if s >= best - 1e-12)  # ties -> the smallest C
-    return C_best, scores
+            out.append(task_score(y_idx[va], heads_to_scores(svm_scores(Kva, beta, b), n_classes)))
+        return out
+
+    result = select_by_cv(candidates, fold_scores, cv_folds(y_idx, folds, seed=seed), default=float(grid[0]))
+    scores = result.as_dict()
+    return float(result.best), {float(C): scores[float(C)] for C in grid if float(C) in scores}
 
 
 def svm_scores(Kout_test: np.ndarray, beta: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -427,6 +433,19 @@ def unpack_json(arr):
     return json.loads(np.asarray(arr, dtype=np.uint8).tobytes().decode("utf-8"))
 
 
+def _best_time(fn, repeats) -> float:
+    """Seconds of the fastest of ``repeats`` calls of ``fn`` after one warm-up call."""
+    import time
+
+    fn()  # warm-up
+    best = math.inf
+    for _ in range(max(1, int(repeats))):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def seed_of(random_state) -> int:
     if random_state is None:
         return 0
@@ -436,7 +455,7 @@ def seed_of(random_state) -> int:
 
 
 class _KernelInputsMixin:
-    """Feature-level input: one ElementaryKernel per (modality, kernel name)."""
+    """Feature-level input of the DKN: one ElementaryKernel per (modality, kernel name)."""
 
     def _modality_names(self, n_mod):
         if self.modality_names is not None:
@@ -504,7 +523,8 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    kernels : elementary kernel names applied to every modality (linear, poly2, rbf, hist).
+    kernels : elementary kernel names applied to every modality (genrecli.kernels.KERNEL_NAMES: linear, poly2,
+        rbf, hist).
     input_dims : feature count of each modality in the columns of X (None: one modality).
     modality_names : a name per modality (for relative-importance totals); default m0, m1, ...
     hidden : hidden width (int, or a tuple with one width per hidden layer); None = 2 x number of inputs.
@@ -512,7 +532,7 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
     activation : 'exp' (default), 'expm1', 'cosh' or 'poly' (coefficients ``poly_coefs``, all >= 0).
     output : 'single' (one output kernel shared by the C SVMs) or 'per-class' (one output kernel per SVM).
     weights : 'simplex' (projected gradient, per-unit simplex) or 'softplus' (w = softplus(v), normalised).
-    C : SVM C, or 'cv' (5-fold CV over ``C_grid``).
+    C : SVM C, or 'cv' (``cv``-fold stratified CV over ``C_grid``, balanced accuracy, ties -> smallest C).
     class_weight : 'balanced' (w_c = n / (C n_c)), None, or a dict {class label: weight}.
     lr : constant learning rate of the weight steps, or 'auto' (= lr_scale / max|grad| at the first step).
     max_iter, svm_every, patience, tol : projected-gradient steps, SVM re-solve period T, plateau rule.
@@ -520,16 +540,10 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
     random_state : seed (weights initialisation, CV folds). device : 'cpu', 'cuda', 'auto'.
     """
 
-    _dkn_param_names = (
-        "kernels", "input_dims", "modality_names", "hidden", "depth", "activation", "poly_coefs", "output",
-        "weights", "C", "C_grid", "cv", "class_weight", "lr", "lr_scale", "max_iter", "svm_every", "patience",
-        "tol", "kernel_offset", "sigma", "random_state", "device",
-    )
-
     def __init__(self, kernels=DEFAULT_KERNELS, *, input_dims=None, modality_names=None, hidden=None, depth=3,
                  activation="exp", poly_coefs=(1.0, 1.0, 0.5), output="single", weights="simplex", C="cv",
                  C_grid=(0.1, 1.0, 10.0, 100.0), cv=5, class_weight="balanced", lr="auto", lr_scale=0.05,
-                 max_iter=300, svm_every=10, patience=5, tol=1e-4, kernel_offset=1.0, sigma="total-variance",
+                 max_iter=300, svm_every=10, patience=5, tol=1e-4, kernel_offset=DEFAULT_OFFSET, sigma=DEFAULT_SIGMA,
                  random_state=None, device="cpu"):
         self.kernels = kernels
         self.input_dims = input_dims
@@ -619,20 +633,42 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         return relative_importance(self.weights_, self.modalities_)
 
     def extra_metrics(self, grams_test=None, *, map_grams_test=None, repeats=3) -> dict:
-        """RI of the input kernels and, with grams_test, the forward time of the test set (best of repeats)."""
-        import time
+        """RI of the input kernels and, with grams_test, the forward time of the test set (best of repeats).
 
+        grams_test: exact elementary Grams test x train (m, n_test, n_train). See :meth:`extra_metrics_features`
+        for test feature rows.
+        """
         check_is_fitted(self, "weights_")
         out = {"ri_dkn": self.relative_importance(), "support_vectors": int(len(self.support_))}
         if grams_test is not None:
             G = _check_grams(grams_test, "grams_test", self.n_train_, len(self.weights_[0]))
-            self._scores(G)  # warm-up
-            best = math.inf
-            for _ in range(max(1, int(repeats))):
-                t0 = time.perf_counter()
-                self._scores(G)
-                best = min(best, time.perf_counter() - t0)
-            out.update({"forward_time_dkn_s": best, "n_test": int(G.shape[1])})
+            out.update({"forward_time_dkn_s": _best_time(lambda: self._scores(G), repeats), "n_test": int(G.shape[1])})
+        return out
+
+    def extra_metrics_features(self, X_test, *, repeats=3) -> dict:
+        """:meth:`extra_metrics` from test FEATURE rows, after a feature-level :meth:`fit` (or a load of its state).
+
+        Parameters
+        ----------
+        X_test : array-like, shape (n_test, n_features_in_)
+            Test rows, columns as in :meth:`fit` (modalities side by side, split by ``input_dims``).
+        repeats : int
+            Each time is the best of ``repeats`` runs after one warm-up.
+
+        Returns
+        -------
+        dict
+            ``ri_dkn``, ``support_vectors``, ``n_test``; ``forward_time_dkn_s``: seconds to score the test rows
+            from their features (:meth:`decision_function`: elementary Grams against the training rows, then
+            the network and the SVMs); ``network_time_dkn_s``: the network and SVMs alone on those Grams (what
+            the Gram-level :meth:`extra_metrics` calls ``forward_time_dkn_s``).
+        """
+        check_is_fitted(self, "kernels_")
+        X = validate_data(self, X_test, dtype=np.float64, reset=False)
+        G = self._grams(X)
+        out = self.extra_metrics(G, repeats=repeats)
+        out["network_time_dkn_s"] = out["forward_time_dkn_s"]
+        out["forward_time_dkn_s"] = _best_time(lambda: self.decision_function(X), repeats)
         return out
 
     # -- internals -------------------------------------------------------------------------------------------
@@ -777,3 +813,5 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
             ek.set_state({k[len(pre):]: v for k, v in d.items() if k.startswith(pre)})
             kernels.append(ek)
         self.kernels_ = kernels
+        names = self._modality_names(len(self.slices_))
+        self.input_names_ = [f"{mod}/{kname}" for mod in names for kname in self.kernels][: len(kernels)]

@@ -25,33 +25,34 @@ rel_eps * lambda_1 dropped (rel_eps = 1e-7: float32 maps cannot resolve smaller 
 assumes float64); classifier initialised from the initial SVM (option 'gaussian': N(0, 0.01^2)); L2 weight
 lambda = 1 / (C n) so that the hinge objective equals the SVM primal of the initial classifier; full-batch
 SGD; weights projected to w >= 0 after each step (option 'simplex'); projections frozen; beta = 0; lr grid
-(1e-4, 1e-3, 1e-2) and epochs in {0, 5, ..., ft_max_epochs} selected by 5-fold CV (accuracy; ties -> fewer
-epochs); CV folds keep all landmarks (unlabelled features only) and the C chosen on the full training set.
+(1e-4, 1e-3, 1e-2) and epochs in {0, 5, ..., ft_max_epochs} selected by 5-fold CV (balanced accuracy; ties ->
+fewer epochs); CV folds keep all landmarks (unlabelled features only) and the C chosen on the full training set.
+
+The model takes its DKN as a parameter (``DM2KMNClassifier(dkn=DKNClassifier(...))``) and reads every kernel,
+network and SVM setting from it. Folds and scorers are those of :mod:`genrecli.models.selection`; the kernel
+PCA is :func:`genrecli.kernels.maps.kpca_projection`.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import time
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 from sklearn.utils._available_if import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from genrecli.device import resolve_device
 from genrecli.errors import UsageError
+from genrecli.kernels import DEFAULT_ENERGY, DEFAULT_LEVELS, DEFAULT_QUANTIZATION
+from genrecli.kernels.maps import ExplicitMap, kpca_projection
 from genrecli.models.dkn import (
-    DEFAULT_KERNELS,
-    OUTPUT_MODES,
-    Activation,
     DKNClassifier,
+    _best_time,
     _check_grams,
-    _KernelInputsMixin,
     _to_labels,
     class_weights,
     combine,
@@ -64,6 +65,7 @@ from genrecli.models.dkn import (
     split_columns,
     unpack_json,
 )
+from genrecli.models.selection import cv_folds, label_score, select_by_cv, task_score
 
 LOSSES = ("hinge", "xent")
 OPTIMIZERS = ("sgd", "adam")
@@ -75,31 +77,14 @@ CONSTRAINTS = ("nonneg", "simplex")
 # ----------------------------------------------------------------------------------------------------------
 
 
-def kpca_projection_torch(K: torch.Tensor, energy: float = 0.99, rel_eps: float = 1e-7) -> torch.Tensor:
-    """Uncentred KPCA map on the landmarks: P = U_r Lambda_r^{-1/2} (N, r), Phi = K(x, Z) @ P.
-
-    r is the smallest rank holding ``energy`` of the (non-negative part of the) spectrum, counting only
-    eigenvalues above rel_eps * lambda_1. The eigendecomposition runs in float64 on K's device.
-    """
-    lam, U = torch.linalg.eigh(K.double())
-    lam, U = lam.flip(0), U.flip(1)
-    lam = torch.clamp(lam, min=0.0)
-    if float(lam[0]) <= 0:
-        return torch.zeros(K.shape[0], 1, dtype=K.dtype, device=K.device)
-    keep = int((lam > rel_eps * lam[0]).sum())
-    cum = torch.cumsum(lam, 0)
-    if energy >= 1.0:
-        r = keep
-    else:
-        r = int(torch.searchsorted(cum, torch.as_tensor(energy * float(cum[-1]), dtype=cum.dtype, device=cum.device)))
-        r = min(max(r + 1, 1), keep)
-    return (U[:, :r] / torch.sqrt(lam[:r])).to(K.dtype)
-
-
 def build_projections(W, Az, g, energy, rel_eps):
-    """KPCA projections of every unit of one layer: returns (P padded (m_out, N, r_max), ranks, Kz)."""
+    """KPCA projections of every unit of one layer: returns (P padded (m_out, N, r_max), ranks, Kz).
+
+    Each unit's projection is :func:`genrecli.kernels.maps.kpca_projection` of its landmark kernel (a unit
+    whose kernel is 0 gets a zero map).
+    """
     Kz = combine(W, Az, g)
-    Ps = [kpca_projection_torch(Kz[p], energy, rel_eps) for p in range(Kz.shape[0])]
+    Ps = [kpca_projection(Kz[p], energy=energy, rel_eps=rel_eps, allow_empty=True) for p in range(Kz.shape[0])]
     ranks = [P.shape[1] for P in Ps]
     r_max = max(ranks)
     Pp = torch.zeros(len(Ps), Kz.shape[1], r_max, dtype=Kz.dtype, device=Kz.device)
@@ -170,71 +155,49 @@ def _linear_svm_heads(F: np.ndarray, y_idx, n_classes, omega, C, seed):
     return Wc, bc
 
 
-def _cv_folds(y_idx, n_classes, folds, seed):
-    counts = np.bincount(y_idx, minlength=n_classes)
-    k = int(min(folds, counts[counts > 0].min()))
-    if k < 2:
-        return []
-    return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y_idx)), y_idx))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The estimator
 # ----------------------------------------------------------------------------------------------------------
 
 
-class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
+class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
     """Deep multi-modal kernel map network (spec section 6), built from a DKN and fine-tuned end to end.
 
-    DKN parameters (kernels ... device) are those of :class:`DKNClassifier`; ``dkn`` may instead give a
-    DKNClassifier (fitted on the same training data, or unfitted: it is then cloned and fitted).
+    Parameters
+    ----------
+    dkn : DKNClassifier or None
+        The DKN the map network is built from; None means ``DKNClassifier()`` with its defaults. Unfitted, it is
+        cloned, given this model's ``random_state`` and ``device``, and fitted on the landmark rows (all
+        training rows with ``landmarks='all'``); fitted, it is used as is (its training rows must then be the
+        landmarks). Everything the maps take from the DKN is read from it, never duplicated here: ``kernels``,
+        ``input_dims``, ``modality_names``, ``kernel_offset``, ``sigma``, ``activation`` / ``poly_coefs``, and
+        for the linear SVM on the top maps ``C`` / ``C_grid`` / ``cv`` / ``class_weight``.
+    landmarks : 'all' or int N
+        Landmark rows Z (drawn with ``random_state`` when N < n).
+    energy, rel_eps : KPCA energy kept per unit (0.99) and the eigenvalue floor (rel_eps * lambda_1).
+    levels, quantization : the histogram input map. nystrom_energy : the RBF input map.
+    finetune : False = the initial DM2KMN.
+    loss : 'hinge' | 'xent'. beta : weight of the approximation term. train_projections : also learn P.
+    optimizer : 'sgd' | 'adam'. ft_lr : float | 'cv' (over ``ft_lr_grid``). ft_epochs : int | 'cv' (0, ft_eval_every,
+        ..., ft_max_epochs). batch_size : None = full batch.
+    ft_constraint : 'simplex' | 'nonneg' (with w >= 0 alone the hinge loss is lowered by inflating the kernel
+        scale, and RE grew to ~180 % on kern-eras MFCC, against the paper's 3 %; the per-unit simplex of the
+        DKN keeps the scale).
+    classifier_init : 'svm' | 'gaussian'.
+    random_state : seed of the landmarks, the CV folds, the linear SVMs and the fine-tuning; passed on to a
+        cloned ``dkn``.
+    device : 'cpu', 'cuda', 'auto'; passed on to a cloned ``dkn``.
 
-    Map parameters: landmarks ('all' or an int N), energy (KPCA energy kept, 0.99), rel_eps (eigenvalue floor),
-    levels / quantization (histogram input map), nystrom_energy (RBF input map).
-    Fine-tuning: finetune (False = initial DM2KMN), loss ('hinge' | 'xent'), beta (approximation term),
-    train_projections, optimizer ('sgd' | 'adam'), ft_lr (float | 'cv'), ft_lr_grid, ft_epochs (int | 'cv'),
-    ft_max_epochs, ft_eval_every, batch_size (None = full batch), ft_constraint ('simplex' | 'nonneg': with w >= 0
-    alone the hinge loss is lowered by inflating the kernel scale, and RE grew to ~180 % on kern-eras MFCC,
-    against the paper's 3 %; the per-unit simplex of the DKN keeps the scale),
-    classifier_init ('svm' | 'gaussian').
+    Model selection (C, and the fine-tuning rate and epochs) is :mod:`genrecli.models.selection`: the DKN's
+    ``cv`` stratified folds of the training rows, balanced accuracy.
     """
 
-    _map_param_names = (
-        "landmarks", "energy", "rel_eps", "levels", "quantization", "nystrom_energy", "finetune", "loss",
-        "beta", "train_projections", "optimizer", "ft_lr", "ft_lr_grid", "ft_epochs", "ft_max_epochs",
-        "ft_eval_every", "batch_size", "ft_constraint", "classifier_init", "dkn",
-    )
-
-    def __init__(self, kernels=DEFAULT_KERNELS, *, input_dims=None, modality_names=None, hidden=None, depth=3,
-                 activation="exp", poly_coefs=(1.0, 1.0, 0.5), output="single", weights="simplex", C="cv",
-                 C_grid=(0.1, 1.0, 10.0, 100.0), cv=5, class_weight="balanced", lr="auto", lr_scale=0.05,
-                 max_iter=300, svm_every=10, patience=5, tol=1e-4, kernel_offset=1.0, sigma="total-variance",
-                 landmarks="all", energy=0.99, rel_eps=1e-7, levels=10, quantization="round",
-                 nystrom_energy=0.99, finetune=True, loss="hinge", beta=0.0, train_projections=False,
-                 optimizer="sgd", ft_lr="cv", ft_lr_grid=(1e-4, 1e-3, 1e-2), ft_epochs="cv", ft_max_epochs=30,
-                 ft_eval_every=5, batch_size=None, ft_constraint="simplex", classifier_init="svm", dkn=None,
-                 random_state=None, device="cpu"):
-        self.kernels = kernels
-        self.input_dims = input_dims
-        self.modality_names = modality_names
-        self.hidden = hidden
-        self.depth = depth
-        self.activation = activation
-        self.poly_coefs = poly_coefs
-        self.output = output
-        self.weights = weights
-        self.C = C
-        self.C_grid = C_grid
-        self.cv = cv
-        self.class_weight = class_weight
-        self.lr = lr
-        self.lr_scale = lr_scale
-        self.max_iter = max_iter
-        self.svm_every = svm_every
-        self.patience = patience
-        self.tol = tol
-        self.kernel_offset = kernel_offset
-        self.sigma = sigma
+    def __init__(self, dkn=None, *, landmarks="all", energy=0.99, rel_eps=1e-7, levels=DEFAULT_LEVELS,
+                 quantization=DEFAULT_QUANTIZATION, nystrom_energy=DEFAULT_ENERGY, finetune=True, loss="hinge",
+                 beta=0.0, train_projections=False, optimizer="sgd", ft_lr="cv", ft_lr_grid=(1e-4, 1e-3, 1e-2),
+                 ft_epochs="cv", ft_max_epochs=30, ft_eval_every=5, batch_size=None, ft_constraint="simplex",
+                 classifier_init="svm", random_state=None, device="cpu"):
+        self.dkn = dkn
         self.landmarks = landmarks
         self.energy = energy
         self.rel_eps = rel_eps
@@ -254,7 +217,6 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.ft_constraint = ft_constraint
         self.classifier_init = classifier_init
-        self.dkn = dkn
         self.random_state = random_state
         self.device = device
 
@@ -268,15 +230,16 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         return resolve_device(self.device)
 
     def _activation(self):
-        return Activation(self.activation, self.poly_coefs)
+        return self.dkn_._activation()
 
-    def _make_dkn(self):
-        if self.dkn is not None:
-            if hasattr(self.dkn, "weights_"):
-                return self.dkn
-            return clone(self.dkn)
-        params = {k: getattr(self, k) for k in DKNClassifier._dkn_param_names}
-        return DKNClassifier(**params)
+    def _make_dkn(self) -> DKNClassifier:
+        """The fitted ``dkn`` as is, else an unfitted copy with this model's random_state and device."""
+        if self.dkn is not None and hasattr(self.dkn, "weights_"):
+            return self.dkn
+        if self.dkn is not None and not isinstance(self.dkn, DKNClassifier):
+            raise UsageError(f"dkn must be a DKNClassifier or None, got {type(self.dkn).__name__}")
+        base = DKNClassifier() if self.dkn is None else clone(self.dkn)
+        return base.set_params(random_state=self.random_state, device=self.device)
 
     def _validate_params(self):
         if self.loss not in LOSSES:
@@ -285,8 +248,6 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
             raise UsageError(f"optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
         if self.ft_constraint not in CONSTRAINTS:
             raise UsageError(f"ft_constraint {self.ft_constraint!r}: expected one of {', '.join(CONSTRAINTS)}")
-        if self.output not in OUTPUT_MODES:
-            raise UsageError(f"output {self.output!r}: expected one of {', '.join(OUTPUT_MODES)}")
         if self.classifier_init not in ("svm", "gaussian"):
             raise UsageError(f"classifier_init {self.classifier_init!r}: expected 'svm' or 'gaussian'")
         if not (0.0 < float(self.energy) <= 1.0):
@@ -318,36 +279,43 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         Xz = X[idx]
         dkn = self._make_dkn()
         if not hasattr(dkn, "weights_"):
-            dkn.set_params(input_dims=self.input_dims, modality_names=self.modality_names)
             dkn.fit(Xz, classes[y_idx[idx]])
-        self.slices_ = split_columns(X.shape[1], self.input_dims)
-        self._fit_maps(Xz)  # fitted on the landmark rows: map_gram(X) is then X against the landmarks
+        elif not hasattr(dkn, "kernels_"):
+            raise ValueError("dkn: fitted on Gram matrices (fit_gram), it cannot serve a feature-level fit; "
+                             "pass it unfitted or fitted with fit(X, y)")
+        elif dkn.n_train_ != len(idx):
+            raise ValueError(f"dkn: fitted on {dkn.n_train_} rows, but its training rows must be the {len(idx)} "
+                             "landmarks of this fit (pass it unfitted)")
+        self.dkn_ = dkn
+        self.slices_ = split_columns(X.shape[1], dkn.input_dims)
+        self._fit_maps(Xz, dkn)  # fitted on the landmark rows: map_gram(X) is then X against the landmarks
         self.landmarks_ = np.asarray(idx, dtype=np.int64)
         Gxz = self._map_grams(X)
         self._fit_core(Gxz, idx, y_idx, classes, dkn, dkn_grams_z=dkn._grams(X), modalities=dkn.modalities_)
         return self
 
-    def _fit_maps(self, Xz):
-        from genrecli.kernels.maps import ExplicitMap
+    def _input_map(self, kname: str, dkn: DKNClassifier) -> ExplicitMap:
+        """The unfitted explicit map of one elementary kernel, with the DKN's kernel settings."""
+        return ExplicitMap(kname, offset=dkn.kernel_offset, sigma=dkn.sigma, energy=self.nystrom_energy,
+                           landmarks="all", levels=self.levels, quantization=self.quantization,
+                           random_state=seed_of(self.random_state), device=self.device)
 
-        names = self._modality_names(len(self.slices_))
+    def _fit_maps(self, Xz, dkn):
+        names = dkn._modality_names(len(self.slices_))
         maps, labels = [], []
         for sl, mod in zip(self.slices_, names):
-            for kname in self.kernels:
-                em = ExplicitMap(kname, offset=self.kernel_offset, sigma=self.sigma, energy=self.nystrom_energy,
-                                 landmarks="all", levels=self.levels, quantization=self.quantization,
-                                 random_state=seed_of(self.random_state), device=self.device)
-                em.fit(Xz[:, sl])
-                maps.append(em)
+            for kname in dkn.kernels:
+                maps.append(self._input_map(kname, dkn).fit(Xz[:, sl]))
                 labels.append(f"{mod}/{kname}")
         self.maps_ = maps
         self.input_names_ = labels
 
     def _map_grams(self, X):
         """Inner products of the explicit input maps of X with those of the landmarks: (m, n_x, N)."""
+        per_modality = len(self.maps_) // len(self.slices_)
         out = np.empty((len(self.maps_), X.shape[0], len(self.landmarks_)), dtype=np.float32)
         for i, em in enumerate(self.maps_):
-            sl = self.slices_[i // len(self.kernels)]
+            sl = self.slices_[i // per_modality]
             out[i] = em.map_gram(X[:, sl])
         return out
 
@@ -391,6 +359,7 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         seed = seed_of(self.random_state)
         idx = self._landmark_index(G.shape[1], y_idx, seed)
         dkn = self._make_dkn()
+        self.dkn_ = dkn
         Gz = G if len(idx) == G.shape[1] else np.ascontiguousarray(G[:, idx][:, :, idx])
         if not hasattr(dkn, "weights_"):
             dkn.fit_gram(Gz, classes[y_idx[idx]], modalities=modalities)
@@ -450,15 +419,55 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
             out.update({"forward_time_dkn_s": t_dkn, "forward_time_dm2kmn_s": t_map, "n_test": int(G.shape[1])})
         return out
 
+    def extra_metrics_features(self, X_test, *, repeats=3) -> dict:
+        """:meth:`extra_metrics` from test FEATURE rows, after a feature-level :meth:`fit` (or a load of its state).
+
+        Parameters
+        ----------
+        X_test : array-like, shape (n_test, n_features_in_)
+            Test rows, columns as in :meth:`fit` (modalities side by side, split by the DKN's ``input_dims``).
+        repeats : int
+            Each time is the best of ``repeats`` runs after one warm-up.
+
+        Returns
+        -------
+        dict
+            Everything of :meth:`extra_metrics` without Grams (``re_train_initial``, ``re_train``, ``ri_dm2kmn``,
+            ``ri_dkn``, ``ranks``, ``landmarks``, ``finetune_lr``, ``finetune_epochs``), plus, measured in this
+            call on the same rows: ``n_test``; ``re_test``: RE of the top-map inner products against the DKN's
+            output kernel, test x landmark pairs (the landmarks are the DKN's training rows); the times, each
+            the best of ``repeats``: ``forward_time_dm2kmn_s`` / ``forward_time_dkn_s``, scoring the rows from
+            their features (:meth:`decision_function`: input maps against the N landmarks, then the map
+            network; and the DKN's ``decision_function``: elementary Grams against its training rows, then the
+            kernel network and SVMs), ``network_time_dm2kmn_s`` / ``network_time_dkn_s``, the networks alone on
+            those precomputed input Grams (the Gram-level :meth:`extra_metrics` times).
+        """
+        check_is_fitted(self, "maps_")
+        if not hasattr(self.dkn_, "kernels_"):
+            raise ValueError("extra_metrics_features needs a DKN with elementary kernels (a feature-level fit)")
+        X = validate_data(self, X_test, dtype=np.float64, reset=False)
+        out = self.extra_metrics(repeats=repeats)
+        M = self._map_grams(X)  # (m, n_test, N) input-map inner products against the landmarks
+        G = self.dkn_._grams(X)  # (m, n_test, N) exact elementary Grams against the DKN's training rows
+        out["re_test"] = relative_error(self.map_inner(M), self.dkn_.output_gram(G))
+        out.update({
+            "forward_time_dkn_s": _best_time(lambda: self.dkn_.decision_function(X), repeats),
+            "forward_time_dm2kmn_s": _best_time(lambda: self.decision_function(X), repeats),
+            "network_time_dkn_s": _best_time(lambda: self.dkn_.decision_gram(G), repeats),
+            "network_time_dm2kmn_s": _best_time(lambda: self._heads(M), repeats),
+            "n_test": int(X.shape[0]),
+        })
+        return out
+
     # -- core ------------------------------------------------------------------------------------------------
     def _fit_core(self, Gxz: np.ndarray, idx, y_idx, classes, dkn, *, dkn_grams_z, modalities):
         """Gxz: map inner products train x landmarks (m, n, N); dkn_grams_z: exact Grams train x landmarks."""
         dev = self._device()
-        g = self._activation()
+        g = dkn._activation()
         seed = seed_of(self.random_state)
         n_classes = len(classes)
         n, N = Gxz.shape[1], len(idx)
-        omega = class_weights(y_idx, n_classes, self.class_weight, classes)
+        omega = class_weights(y_idx, n_classes, dkn.class_weight, classes)
         all_lm = N == n and np.array_equal(idx, np.arange(n))
         Gxz_t = torch.from_numpy(np.ascontiguousarray(Gxz, dtype=np.float32)).to(dev)
         Gzz_t = Gxz_t[:, torch.as_tensor(idx, device=dev)] if not all_lm else Gxz_t
@@ -483,7 +492,7 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         K_dkn = torch.from_numpy(dkn.output_gram(dkn_grams_z)).to(dev)
 
         # 2) initial classifier: class-weighted OvR linear SVM, C by CV
-        C = self._select_C(F_top, y_idx, n_classes, omega, seed)
+        C = self._select_C(F_top, y_idx, n_classes, omega, seed, dkn)
         Wc, bc = _linear_svm_heads(F_top, y_idx, n_classes, omega, C, seed)
         with torch.no_grad():
             self.re_train_initial_ = relative_error(self._inner_train(ctx, Ws, Ps), K_dkn)
@@ -493,7 +502,7 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         self.ft_history_ = []
         if self.finetune:
             lr, epochs = self._select_finetune(ctx, Ws, Ps, Wc, bc, F_top, y_idx, n_classes, omega, C, K_dkn,
-                                               seed)
+                                               seed, int(dkn.cv))
             if epochs > 0:
                 Ws, Ps, Wc, bc, hist = self._finetune(ctx, Ws, Ps, Wc, bc, np.arange(n), y_idx, n_classes, omega,
                                                       C, K_dkn, lr, epochs, None, seed)
@@ -572,26 +581,28 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         Fz = [torch.as_tensor(f, device=dev) for f in self.landmark_maps_]
         return Ws, Ps, Fz
 
-    def _select_C(self, F_top, y_idx, n_classes, omega, seed):
-        if self.C != "cv":
-            return float(self.C)
-        grid = tuple(float(c) for c in self.C_grid)
-        folds = _cv_folds(y_idx, n_classes, int(self.cv), seed)
-        if not folds:
-            return grid[0]
-        scores = {}
-        for C in grid:
-            acc = 0.0
-            for tr, va in folds:
+    def _select_C(self, F_top, y_idx, n_classes, omega, seed, dkn):
+        """C of the linear SVMs on the top maps: the DKN's C, or by CV over its C_grid (ties -> smallest C)."""
+        if dkn.C != "cv":
+            return float(dkn.C)
+        grid = sorted(float(c) for c in dkn.C_grid)
+
+        def fold_scores(tr, va):
+            out = []
+            for C in grid:
                 Wc, bc = _linear_svm_heads(F_top[:, tr], y_idx[tr], n_classes, omega, C, seed)
                 S = np.stack([F_top[h if F_top.shape[0] > 1 else 0][va] @ Wc[h] + bc[h] for h in range(len(bc))], 1)
-                acc += float(np.mean(heads_to_scores(S, n_classes).argmax(1) == y_idx[va])) / len(folds)
-            scores[C] = acc
-        best = max(scores.values())
-        self.svm_cv_scores_ = scores
-        return min(C for C, s in scores.items() if s >= best - 1e-12)
+                out.append(task_score(y_idx[va], heads_to_scores(S, n_classes)))
+            return out
 
-    def _select_finetune(self, ctx, Ws, Ps, Wc, bc, F_top, y_idx, n_classes, omega, C, K_dkn, seed):
+        result = select_by_cv(grid, fold_scores, cv_folds(y_idx, int(dkn.cv), seed=seed),
+                              default=float(dkn.C_grid[0]))
+        if result.n_folds:
+            self.svm_cv_scores_ = result.as_dict()
+        return float(result.best)
+
+    def _select_finetune(self, ctx, Ws, Ps, Wc, bc, F_top, y_idx, n_classes, omega, C, K_dkn, seed, n_splits):
+        """(lr, epochs) of the fine-tuning by CV: fewest epochs first, then the first rate of ``ft_lr_grid``."""
         lr_grid = [float(self.ft_lr)] if self.ft_lr != "cv" else [float(v) for v in self.ft_lr_grid]
         if self.ft_epochs != "cv":
             if self.ft_lr == "cv" and len(lr_grid) > 1:
@@ -600,25 +611,24 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         max_ep = int(self.ft_max_epochs)
         every = max(1, int(self.ft_eval_every))
         checkpoints = list(range(0, max_ep + 1, every))
-        folds = _cv_folds(y_idx, n_classes, int(self.cv), seed)
-        if not folds:
-            return lr_grid[0], 0
-        table = {lr: np.zeros(len(checkpoints)) for lr in lr_grid}
-        for tr, va in folds:
+        candidates = [(lr, ep) for ep in checkpoints for lr in lr_grid]
+
+        def fold_scores(tr, va):
             Wc0, bc0 = _linear_svm_heads(F_top[:, tr], y_idx[tr], n_classes, omega, C, seed)
-            for lr in lr_grid:
+            table = np.zeros((len(lr_grid), len(checkpoints)))
+            for i, lr in enumerate(lr_grid):
                 _, _, _, _, hist = self._finetune(ctx, Ws, Ps, Wc0, bc0, tr, y_idx, n_classes, omega, C, K_dkn, lr,
                                                   max_ep, (va, every), seed)
-                accs = [h["val_acc"] for h in hist if "val_acc" in h]
-                accs = accs + [0.0] * (len(checkpoints) - len(accs))  # diverged runs score 0 afterwards
-                table[lr] += np.asarray(accs[: len(checkpoints)]) / len(folds)
-        self.ft_cv_ = {f"{lr:g}": t.tolist() for lr, t in table.items()}
-        best = max(float(t.max()) for t in table.values())
-        for j, ep in enumerate(checkpoints):  # fewest epochs first, then the smallest rate
-            for lr in lr_grid:
-                if table[lr][j] >= best - 1e-12:
-                    return lr, ep
-        return lr_grid[0], 0
+                scores = [h["val_score"] for h in hist if "val_score" in h]
+                scores = scores + [0.0] * (len(checkpoints) - len(scores))  # diverged runs score 0 afterwards
+                table[i] = scores[: len(checkpoints)]
+            return table.T.reshape(-1)  # candidate order: checkpoint-major
+
+        result = select_by_cv(candidates, fold_scores, cv_folds(y_idx, n_splits, seed=seed), default=(lr_grid[0], 0))
+        if result.n_folds:
+            means = result.scores.reshape(len(checkpoints), len(lr_grid))
+            self.ft_cv_ = {f"{lr:g}": means[:, i].tolist() for i, lr in enumerate(lr_grid)}
+        return result.best
 
     def _finetune(self, ctx, Ws, Ps, Wc, bc, rows, y_idx, n_classes, omega, C, K_dkn, lr, epochs, val, seed):
         """End-to-end fine-tuning on training rows ``rows``; returns new (Ws, Ps, Wc, bc, history).
@@ -655,6 +665,7 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
                     S = head_scores(self._maps_of(ctx, Wp, Pp, va), Wc_t, bc_t)
                     pred = _heads_argmax(S, n_classes)
                     rec["val_acc"] = float((pred == y_t[va]).float().mean())
+                    rec["val_score"] = label_score(y_idx[val[0]], pred.cpu().numpy())
             hist.append(rec)
 
         if val is not None:
@@ -742,6 +753,12 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
 
     # -- persistence -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Every learned array, self-contained: the map network (weights, projections, landmark maps, linear
+        classifier, landmark indices), its DKN's state (``dkn_model.*``) and, after a feature-level fit, the
+        input explicit maps (``inmap.<i>.*``, landmark rows included). Numeric numpy arrays (safetensors-ready;
+        labels and names as UTF-8 JSON bytes). A model with the same parameters restores it with
+        :meth:`load_state_dict` and scores new feature rows (or Grams) identically.
+        """
         check_is_fitted(self, "weights_")
         d = {f"map.w{i}": w for i, w in enumerate(self.weights_)}
         d.update({f"map.P{i}": p for i, p in enumerate(self.projections_)})
@@ -756,7 +773,8 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
             "meta.modalities_json": pack_json(self.modalities_),
             "meta.info_json": pack_json({"ranks": self.ranks_, "re_train": self.re_train_,
                                          "re_train_initial": self.re_train_initial_, "ft_lr": self.ft_lr_,
-                                         "ft_epochs": self.ft_epochs_}),
+                                         "ft_epochs": self.ft_epochs_,
+                                         "input_names": getattr(self, "input_names_", None)}),
         })
         for k, v in self.dkn_.state_dict().items():
             d[f"dkn_model.{k}"] = v
@@ -768,6 +786,7 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         return {k: np.ascontiguousarray(v) for k, v in d.items()}  # safetensors writes raw C-order buffers
 
     def load_state_dict(self, d: dict):
+        """Restore a model saved by :meth:`state_dict` (constructor parameters, ``dkn`` included, must match)."""
         count = lambda pre: len([k for k in d if k.startswith(pre) and k[len(pre):].isdigit()])  # noqa: E731
         self.weights_ = [np.asarray(d[f"map.w{i}"], dtype=np.float32) for i in range(count("map.w"))]
         self.projections_ = [np.asarray(d[f"map.P{i}"], dtype=np.float32) for i in range(count("map.P"))]
@@ -783,23 +802,22 @@ class DM2KMNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         self.ranks_, self.re_train_, self.re_train_initial_ = info["ranks"], info["re_train"], info["re_train_initial"]
         self.ft_lr_, self.ft_epochs_ = info["ft_lr"], info["ft_epochs"]
         dk = {k[len("dkn_model."):]: v for k, v in d.items() if k.startswith("dkn_model.")}
-        params = {k: getattr(self, k) for k in DKNClassifier._dkn_param_names}
-        self.dkn_ = DKNClassifier(**params).load_state_dict(dk)
+        template = clone(self.dkn) if self.dkn is not None else DKNClassifier()
+        if self.dkn is None or not hasattr(self.dkn, "weights_"):  # as _make_dkn: a DKN this model trains
+            template.set_params(random_state=self.random_state, device=self.device)
+        self.dkn_ = template.load_state_dict(dk)
         if "meta.n_features_in" in d:
-            from genrecli.kernels.maps import ExplicitMap
-
             self.n_features_in_ = int(d["meta.n_features_in"][0])
-            self.slices_ = split_columns(self.n_features_in_, self.input_dims)
+            self.slices_ = split_columns(self.n_features_in_, self.dkn_.input_dims)
+            kernels = self.dkn_.kernels
             maps = []
             for i in range(len(self.weights_[0])):
-                em = ExplicitMap(self.kernels[i % len(self.kernels)], offset=self.kernel_offset, sigma=self.sigma,
-                                 energy=self.nystrom_energy, landmarks="all", levels=self.levels,
-                                 quantization=self.quantization, random_state=seed_of(self.random_state),
-                                 device=self.device)
                 pre = f"inmap.{i}."
-                em.set_state({k[len(pre):]: v for k, v in d.items() if k.startswith(pre)})
-                maps.append(em)
+                em = self._input_map(kernels[i % len(kernels)], self.dkn_)
+                maps.append(em.set_state({k[len(pre):]: v for k, v in d.items() if k.startswith(pre)}))
             self.maps_ = maps
+            if info.get("input_names") is not None:
+                self.input_names_ = list(info["input_names"])
         return self
 
 
@@ -847,13 +865,3 @@ def _softmax(S):
     S = S - S.max(1, keepdims=True)
     e = np.exp(S)
     return e / e.sum(1, keepdims=True)
-
-
-def _best_time(fn, repeats):
-    fn()  # warm-up
-    best = math.inf
-    for _ in range(max(1, int(repeats))):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best

@@ -22,9 +22,10 @@ import numpy as np
 from sklearn.base import clone
 
 from genrecli.errors import UsageError
+from genrecli.kernels import DEFAULT_OFFSET, DEFAULT_SIGMA, KERNEL_NAMES
 from genrecli.models.base import GenreModel
 
-DEFAULT_KERNELS = ("linear", "poly2", "rbf", "hist")
+DEFAULT_KERNELS = KERNEL_NAMES
 
 
 class GramCache:
@@ -34,7 +35,7 @@ class GramCache:
     split at hand; ``offset`` and ``sigma`` are the kernel settings the cache was computed with.
     """
 
-    def __init__(self, entries: Mapping[tuple[str, str], tuple[np.ndarray, dict]], *, offset=1.0, sigma="total-variance"):
+    def __init__(self, entries: Mapping[tuple[str, str], tuple[np.ndarray, dict]], *, offset=DEFAULT_OFFSET, sigma=DEFAULT_SIGMA):
         self.entries = dict(entries)
         self.offset = offset
         self.sigma = sigma
@@ -83,7 +84,7 @@ class SVMModel(GenreModel):
     svm_ : KernelSVM, its dual coefficients over those rows.
     """
 
-    def __init__(self, kernel="rbf", *, offset=1.0, sigma="total-variance", svm=None, random_state=None):
+    def __init__(self, kernel="rbf", *, offset=DEFAULT_OFFSET, sigma=DEFAULT_SIGMA, svm=None, random_state=None):
         self.kernel = kernel
         self.offset = offset
         self.sigma = sigma
@@ -262,7 +263,7 @@ class DKNModel(_MultiKernelModel):
 
     def extra_metrics(self, inputs) -> dict:
         _, X, _ = self._blocks(inputs, fitting=False)
-        return self.dkn_.extra_metrics(self.dkn_._grams(X))
+        return self.dkn_.extra_metrics_features(X)
 
     def get_state(self):
         return dict(self.dkn_.state_dict())

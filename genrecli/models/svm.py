@@ -4,27 +4,48 @@
 (n, n) training Gram and ``predict(K_test)`` with the (n_test, n_train) Gram against the training rows,
 so ``Pipeline([("k", ElementaryKernel("rbf")), ("svm", KernelSVM())])`` works. The learned model is a
 dense dual matrix ``alpha_`` (C x n_train) and ``intercept_`` (C,): scores are ``K_test @ alpha_.T + b``.
+
+Class weights are scikit-learn's ('balanced' = n / (C n_c)); C is selected by
+:mod:`genrecli.models.selection` (the folds and scorer every model uses).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import balanced_accuracy_score
-from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.svm import SVC
+from sklearn.utils.class_weight import compute_class_weight, compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
 
 from genrecli.errors import UsageError
-from genrecli.metrics import macro_auc
+from genrecli.models.selection import cv_folds, select_by_cv, task_score
 
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
 def balanced_sample_weights(y: np.ndarray) -> np.ndarray:
-    """Per-sample weights n / (C n_c): inversely proportional to the class counts."""
-    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
-    return (len(y) / (len(classes) * counts))[inverse].astype(np.float64)
+    """Per-sample weights n / (C n_c), inversely proportional to the class counts (scikit-learn's 'balanced')."""
+    return compute_sample_weight("balanced", np.asarray(y)).astype(np.float64)
+
+
+def class_weight_vector(y, classes, class_weight) -> np.ndarray:
+    """(len(classes),) weight of every class: 'balanced' n / (C n_c), None ones, or a dict {label: weight}.
+
+    'balanced' is scikit-learn's :func:`~sklearn.utils.class_weight.compute_class_weight` (every class of
+    ``classes`` must occur in ``y``); a dict gives 1.0 to the classes it does not name and ignores labels that
+    are not classes.
+    """
+    classes = np.asarray(classes)
+    if class_weight is None:
+        return np.ones(len(classes))
+    if isinstance(class_weight, Mapping):
+        # Not compute_class_weight: it casts labels to int (1.5 -> 1) and rejects dicts naming other labels.
+        return np.array([float(class_weight.get(c.item() if hasattr(c, "item") else c, 1.0)) for c in classes])
+    if class_weight != "balanced":
+        raise UsageError(f"class_weight={class_weight!r}: expected 'balanced', None or a dict {{label: weight}}")
+    return compute_class_weight("balanced", classes=classes, y=np.asarray(y)).astype(np.float64)
 
 
 def binary_targets(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -37,18 +58,20 @@ def binary_targets(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
 def target_weights(targets: np.ndarray, y: np.ndarray, class_weight) -> np.ndarray | None:
     """(C, n) sample weights of every binary problem.
 
-    Single-label: the paper's class weights n/(C n_c) of each sample's class, shared by all problems.
-    Multi-label: each label's positives and negatives balanced, n/(2 n_pos) and n/(2 n_neg).
+    Single-label: the class weight (:func:`class_weight_vector`: the paper's n / (C n_c) for 'balanced') of
+    each sample's class, shared by all problems. Multi-label ('balanced' only): each label's positives and
+    negatives balanced, n / (2 n_pos) and n / (2 n_neg) (scikit-learn's 'balanced' sample weights of that
+    label's binary problem).
     """
     if class_weight is None:
         return None
-    if class_weight != "balanced":
-        raise UsageError(f"class_weight={class_weight!r}: expected 'balanced' or None")
     if y.ndim == 1:
-        return np.broadcast_to(balanced_sample_weights(y), targets.shape)
-    pos = (targets > 0).sum(1, keepdims=True)
-    n = targets.shape[1]
-    return np.where(targets > 0, n / (2.0 * np.maximum(pos, 1)), n / (2.0 * np.maximum(n - pos, 1)))
+        classes, inverse = np.unique(y, return_inverse=True)
+        return np.broadcast_to(class_weight_vector(y, classes, class_weight)[inverse], targets.shape)
+    if class_weight != "balanced":
+        raise UsageError(f"class_weight={class_weight!r}: multi-label SVMs take 'balanced' or None")
+    # A label constant on these rows gets weights 1: its problem is not solved (fit_one_vs_rest skips it).
+    return np.stack([compute_sample_weight("balanced", target) for target in targets]).astype(np.float64)
 
 
 def fit_one_vs_rest(K: np.ndarray, targets: np.ndarray, C: float, weights: np.ndarray | None, *, tol: float = 1e-4):
@@ -84,7 +107,9 @@ class KernelSVM(ClassifierMixin, BaseEstimator):
         Soft-margin penalty; "cv" picks it from ``C_grid`` by ``cv``-fold cross-validation on the training
         Gram (balanced accuracy; macro AUC-ROC for multi-label), as the paper selects models on training
         data only.
-    class_weight : "balanced" or None
+    class_weight : "balanced", None or a dict {label: weight} (single-label)
+    random_state : int, RandomState or None
+        Seed of the CV folds.
     """
 
     def __init__(self, C="cv", *, class_weight="balanced", C_grid=C_GRID, cv=5, random_state=None):
@@ -123,29 +148,23 @@ class KernelSVM(ClassifierMixin, BaseEstimator):
         return self
 
     def _select_C(self, K, y) -> float:
-        if self.multilabel_:
-            n_splits = int(min(self.cv, len(y)))
-            folds = list(KFold(n_splits=n_splits, shuffle=True, random_state=self.random_state).split(K))
-        else:
-            n_splits = int(min(self.cv, np.bincount(np.unique(y, return_inverse=True)[1]).min()))
-            if n_splits < 2:
-                return 1.0
-            folds = list(StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state).split(K, y))
-        scores = []
-        for C in self.C_grid:
-            fold_scores = []
-            for tr, va in folds:
-                classes = self.classes_ if self.multilabel_ else np.unique(y[tr])
-                targets = binary_targets(y[tr], classes)
-                alpha, bias = fit_one_vs_rest(K[np.ix_(tr, tr)], targets, C, target_weights(targets, y[tr], self.class_weight))
-                scores_va = K[np.ix_(va, tr)] @ alpha.T + bias
-                if self.multilabel_:
-                    fold_scores.append(macro_auc(y[va], scores_va))
-                else:
-                    fold_scores.append(balanced_accuracy_score(y[va], classes[np.argmax(scores_va, axis=1)]))
-            scores.append(np.nanmean(fold_scores))
-        self.cv_scores_ = np.array(scores)
-        return float(self.C_grid[int(np.nanargmax(scores))])
+        """C of ``C_grid`` with the best mean CV score (:mod:`genrecli.models.selection`); 1.0 without folds."""
+
+        def fold_scores(tr, va):
+            classes = self.classes_ if self.multilabel_ else np.unique(y[tr])
+            targets = binary_targets(y[tr], classes)
+            weights = target_weights(targets, y[tr], self.class_weight)
+            out = []
+            for C in self.C_grid:
+                alpha, bias = fit_one_vs_rest(K[np.ix_(tr, tr)], targets, C, weights)
+                scores = K[np.ix_(va, tr)] @ alpha.T + bias
+                out.append(task_score(y[va], scores, classes=None if self.multilabel_ else classes))
+            return out
+
+        result = select_by_cv(self.C_grid, fold_scores, cv_folds(y, self.cv, seed=self.random_state), default=1.0)
+        if result.n_folds:
+            self.cv_scores_ = result.scores
+        return float(result.best)
 
     def decision_function(self, X):
         K = np.asarray(X, dtype=np.float32)

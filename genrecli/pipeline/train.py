@@ -89,7 +89,7 @@ def train(
 
     ``inputs`` default to every feature group the model can take; ``kernels`` (kernel models only) to all four.
     """
-    from genrecli.kernels.elementary import KERNEL_NAMES
+    from genrecli.kernels import check_kernel_names
 
     spec = get_model(model)
     options = dict(options or {})
@@ -99,9 +99,8 @@ def train(
     if kernels and not spec.uses_kernels:
         raise UsageError(f"--kernels applies to kernel models (svm, dkn, dm2kmn, ...), not to '{model}'")
     kernels = tuple(kernels) if kernels else (spec.default_kernels() if spec.uses_kernels else ())
-    unknown = [k for k in kernels if k not in KERNEL_NAMES]
-    if unknown:
-        raise UsageError(f"unknown kernel(s) {', '.join(unknown)} (known: {', '.join(KERNEL_NAMES)})")
+    if spec.uses_kernels:
+        kernels = check_kernel_names(kernels)
     paths = DatasetPaths.of(data, data_home)
     manifest = read_manifest(paths.manifest)
     split_id = _split_name(paths, manifest, split)
