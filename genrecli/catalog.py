@@ -29,12 +29,9 @@ def catalog(what: str) -> list[str]:
 
         return [f"{m.name:14s} {m.description}" for m in MODELS.values()]
     if what == "kernels":
-        return [
-            "linear   <x, y> on l2-normalised features; exact map: identity",
-            "poly2    (<x, y> + 1)^2 on l2-normalised features; exact degree-2 map",
-            "rbf      exp(-|x-y|^2 / 2 sigma^2), sigma^2 = training total variance; map: Nystrom/kernel PCA, 99% energy",
-            "hist     histogram intersection on [0,1]-scaled features; map: Q=10 unary quantization",
-        ]
+        from genrecli.kernels import describe_kernels
+
+        return describe_kernels()
     raise UsageError(f"genre list {what}: expected datasets, features, encoders, models or kernels")
 
 

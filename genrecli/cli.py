@@ -275,7 +275,7 @@ def extract_text_cmd(
 def kernels_cmd(
     data: DataOpt,
     inputs: Annotated[Optional[str], typer.Option("--inputs", help="feature groups, e.g. audio/mfcc,text/minilm (default: all)")] = None,
-    kernels: Annotated[str, typer.Option("--kernels", help="linear,poly2,rbf,hist")] = "linear,poly2,rbf,hist",
+    kernels: Annotated[str, typer.Option("--kernels", help="comma-separated elementary kernels (`genre list kernels`)")] = "linear,poly2,rbf,hist",
     split: Annotated[str, typer.Option("--split", help="split name or spec (default: the dataset's standard split)")] = "standard",
     landmarks: Annotated[str, typer.Option("--landmarks", help="Nystrom landmarks of the RBF map: all or N")] = "all",
     energy: Annotated[float, typer.Option("--energy", help="eigen-energy kept by kernel PCA maps")] = 0.99,

@@ -19,6 +19,7 @@ import numpy as np
 
 from genrecli import store, ui
 from genrecli.errors import UsageError
+from genrecli.kernels import DEFAULT_ENERGY, DEFAULT_LEVELS, DEFAULT_OFFSET, KERNEL_NAMES, check_kernel_names
 from genrecli.layout import DatasetPaths
 from genrecli.manifest import read_manifest
 from genrecli.pipeline import StageResult
@@ -40,24 +41,21 @@ def compute_kernels(
     data: str,
     *,
     inputs: tuple[str, ...] | None = None,
-    kernels: tuple[str, ...] = ("linear", "poly2", "rbf", "hist"),
+    kernels: tuple[str, ...] = KERNEL_NAMES,
     split: str = "standard",
     landmarks: str | int = "all",
-    energy: float = 0.99,
-    levels: int = 10,
-    offset: float = 1.0,
+    energy: float = DEFAULT_ENERGY,
+    levels: int = DEFAULT_LEVELS,
+    offset: float = DEFAULT_OFFSET,
     max_map_dim: int = 20_000,
     seed: int = 0,
     device: str = "cpu",
     data_home: str | Path | None = None,
     force: bool = False,
 ) -> StageResult:
-    from genrecli.kernels.elementary import KERNEL_NAMES
     from genrecli.kernels.maps import ExplicitMap
 
-    unknown = [k for k in kernels if k not in KERNEL_NAMES]
-    if unknown:
-        raise UsageError(f"unknown kernel(s) {', '.join(unknown)} (known: {', '.join(KERNEL_NAMES)})")
+    kernels = check_kernel_names(kernels)
     paths = DatasetPaths.of(data, data_home)
     split_id = resolve_split(paths, split)  # read-only: splits are written by `genre ingest` / `genre split`
     manifest = read_manifest(paths.manifest)

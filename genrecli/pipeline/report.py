@@ -13,11 +13,12 @@ import numpy as np
 
 from genrecli import store, ui
 from genrecli.errors import UsageError
+from genrecli.kernels import KERNEL_NAMES
 from genrecli.layout import DatasetPaths
 from genrecli.pipeline import StageResult
 from genrecli.pipeline.evaluate import list_runs
 
-KERNEL_ORDER = ["linear", "poly2", "rbf", "hist"]
+KERNEL_ORDER = list(KERNEL_NAMES)
 
 
 def _inputs(config: dict) -> list[str]:
