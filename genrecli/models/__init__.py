@@ -49,6 +49,54 @@ register(ModelSpec("cnn", "mel-spectrogram CNN (the DM2KMN paper's audio baselin
                    "genrecli.models.neural.cnn:CNNModel",
                    Capabilities(tasks=("single", "multi"), modalities=("audio",), input_kinds=("patch",), max_inputs=1)))
 
+# The DM2KMN paper's neural fusion baselines (genrecli/models/neural/fusion.py, cnn_bow.py).
+_FUSION = Capabilities(tasks=("single", "multi"), modalities=("audio", "text", "image"), input_kinds=("vector", "patch"),
+                       min_inputs=2)
+_PAIR = Capabilities(tasks=("single", "multi"), modalities=("audio", "text", "image"), input_kinds=("vector", "patch"),
+                     min_inputs=2, max_inputs=2)
+register(ModelSpec("cnn-bow", "early fusion: audio CNN embedding (MLP on an audio vector) + the text BOW/TF-IDF vector, then an MLP",
+                   "genrecli.models.neural.cnn_bow:CNNBoWModel", _PAIR))
+register(ModelSpec("dcn", "fully symmetric two-branch network: identical branches, fused by [a+t, a*t], then a classifier",
+                   "genrecli.models.neural.fusion:DCNModel", _PAIR))
+register(ModelSpec("fusion-concat", "one network per input; a joint classifier on the concatenated embeddings (Li et al.)",
+                   "genrecli.models.neural.fusion:FusionModel", _FUSION, fixed={"fusion": "concat"}))
+register(ModelSpec("fusion-decision", "one network per input; class probabilities averaged with weights chosen on validation (Li et al.)",
+                   "genrecli.models.neural.fusion:FusionModel", _FUSION, fixed={"fusion": "decision"}))
+register(ModelSpec("fusion-hybrid", "concatenation head and weighted per-input probabilities, mixed by a validation-chosen weight (Li et al.)",
+                   "genrecli.models.neural.fusion:FusionModel", _FUSION, fixed={"fusion": "hybrid"}))
+register(ModelSpec("ru", "Ru et al. 2023: mel CNN + frozen-transformer lyrics tokens, symmetric cross-modal attention, "
+                   "audio-lyrics contrastive loss, genre-correlation GCN", "genrecli.models.neural.ru:RuModel",
+                   Capabilities(tasks=("single", "multi"), modalities=("audio", "text"),
+                                input_kinds=("vector", "patch", "sequence"), min_inputs=2, max_inputs=2)))
+
+register(ModelSpec("fusionnet-feature", "Ng et al. 2020: one feature coding network (VGG + NetVLAD per block + self-attention; "
+                   "vectors: the FC layers), softmax + center loss", "genrecli.models.neural.fusionnet:FeatureCodingModel",
+                   Capabilities(tasks=("single",), modalities=("audio", "text", "image"), input_kinds=("vector", "patch"),
+                                max_inputs=1)))
+register(ModelSpec("fusionnet", "Ng et al. 2020 FusionNet: a coding network per input, sum rule and out-of-fold meta-classifier, "
+                   "feature subset and fusion chosen on validation", "genrecli.models.neural.fusionnet:FusionNetModel",
+                   Capabilities(tasks=("single",), modalities=("audio", "text", "image"), input_kinds=("vector", "patch"))))
+
+register(ModelSpec("oramas-audio", "Oramas et al. 2018: log-CQT CNN (MSD-I time-only net; MuMu LOW/HIGH x 3x3/4x96/4x70), "
+                   "then the l2-normalised fusion layer; targets softmax / logistic / cosine (PPMI-SVD label factors)",
+                   "genrecli.models.neural.oramas:OramasAudio",
+                   Capabilities(tasks=("single", "multi"), modalities=("audio",), input_kinds=("patch", "vector"), max_inputs=1)))
+register(ModelSpec("oramas-text", "Oramas et al. 2018: TF-IDF VSM network (2 x 2048 ReLU, dropout 0.5; no entity linking)",
+                   "genrecli.models.neural.oramas:OramasText",
+                   Capabilities(tasks=("single", "multi"), modalities=("text",), input_kinds=("vector",), max_inputs=1)))
+register(ModelSpec("oramas-image", "Oramas et al. 2018: a trained head on a frozen cover-art embedding (image/<backbone>)",
+                   "genrecli.models.neural.oramas:OramasImage",
+                   Capabilities(tasks=("single", "multi"), modalities=("image",), input_kinds=("vector",), max_inputs=1)))
+register(ModelSpec("oramas-mm-audio", "Oramas et al. 2018: audio CNN + joint audio-visual space (tanh, 200-d, cosine loss with "
+                   "negatives) trained on audio + image; predicts from audio alone (MM_AUDIO)",
+                   "genrecli.models.neural.oramas:OramasMMAudio",
+                   Capabilities(tasks=("single", "multi"), modalities=("audio", "image"), input_kinds=("patch", "vector"),
+                                min_inputs=2, max_inputs=2)))
+register(ModelSpec("oramas-fusion", "Oramas et al. 2018: one network per audio / text / image input, then the fusion layer on "
+                   "their l2-normalised representations (optionally + the joint audio-visual space)",
+                   "genrecli.models.neural.oramas:OramasFusion",
+                   Capabilities(tasks=("single", "multi"), modalities=("audio", "text", "image"), input_kinds=("patch", "vector"))))
+
 
 def get_model(name: str) -> ModelSpec:
     if name not in MODELS:

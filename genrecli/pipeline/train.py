@@ -55,8 +55,11 @@ def artifact_dir(run_dir: Path, fold: int, seed: int) -> Path:
     return run_dir / f"fold{fold}-seed{seed}"
 
 
-def feature_info(paths: DatasetPaths, names: list[str]) -> dict[str, dict]:
-    """Per input: its stored parameters, their hash, the per-track shape and the valid-row mask."""
+def feature_info(paths: DatasetPaths, names: list[str], manifest=None) -> dict[str, dict]:
+    """Per input: its stored parameters, their hash, the per-track shape and the valid-row mask.
+
+    With ``manifest``, a feature computed for another manifest (a re-ingest since) is refused.
+    """
     out = {}
     with store.open_read(paths.features(), what="features", hint="run `genre extract-audio` / `genre extract-text` first") as h5:
         from genrecli.pipeline.features import feature_groups
@@ -67,6 +70,14 @@ def feature_info(paths: DatasetPaths, names: list[str]) -> dict[str, dict]:
                 raise UsageError(f"{paths.features()}: no feature '{name}' (have: {', '.join(have) or 'none'})")
             grp = h5[name]
             params = store.group_params(grp)
+            if manifest is not None:
+                stale = grp["data"].shape[0] != len(manifest) or params.get("manifest", manifest.content_hash()) != manifest.content_hash()
+                if stale:
+                    stage = "extract-text" if name.startswith("text/") else "extract-audio"
+                    raise UsageError(
+                        f"{paths.features()}: '{name}' was computed for another manifest of '{paths.name}' "
+                        f"({grp['data'].shape[0]} rows, the manifest has {len(manifest)} tracks): rerun `genre {stage}`"
+                    )
             out[name] = {"params": params, "params_hash": str(grp.attrs.get("params_hash", store.params_hash(params))),
                          "shape": tuple(grp["data"].shape[1:]), "valid": grp["valid"][()]}
     return out
@@ -107,7 +118,7 @@ def train(
     assignment = manifest.split(split_id)
     y_all = manifest.targets()
     inputs = list(inputs) if inputs else _default_inputs(paths, spec)
-    info = feature_info(paths, inputs)
+    info = feature_info(paths, inputs, manifest)
     spec.capabilities.check(model, multilabel=manifest.multilabel, inputs={n: i["shape"] for n, i in info.items()})
     # The model's full parameters (defaults included), so a changed default retrains too.
     probe = kernels[:1] if spec.per_pair else (kernels or None)

@@ -37,8 +37,9 @@ class _CNNBoWNet(nn.Module):
 class CNNBoWModel(MixedScaling, NeuralModel):
     """Early fusion of an audio CNN embedding and a text bag-of-words vector, classified by an MLP.
 
-    Two inputs: one audio *patch* (a mel spectrogram such as ``audio/mel`` (128, 431), or an MFCC image as a
-    patch) and one text *vector* (the bag-of-words / TF-IDF vector ``text/tfidf``, or any text embedding).
+    Two inputs: one audio *patch* (a mel spectrogram such as ``audio/mel`` (128, 431), or an MFCC matrix stored
+    as a patch; note that this toolkit's ``audio/mfcc-image`` is a vector of ImageNet-CNN outputs, not a patch)
+    and one text *vector* (the bag-of-words / TF-IDF vector ``text/tfidf``, or any text embedding).
     Which is which is decided by the per-track shape: the 2-D (or 3-D) input is the audio patch, the 1-D
     input the text vector. The patch goes through the conv trunk of the ``cnn`` model
     (:class:`~genrecli.models.neural.cnn._MelCNN`: 3x3 conv + batch norm + ReLU + 2x2 max-pool blocks,

@@ -194,16 +194,19 @@ class _HeadSum(nn.Module):
 class _FusionNet(nn.Module):
     """One branch per input; a classifier per branch (decision, hybrid) and/or a joint classifier on the
     concatenated embeddings (concat, hybrid). ``forward`` returns the logits of every head (batch, K, C):
-    the branch heads in input order, then the joint head. ``mix`` (a buffer, saved with the weights) holds
-    the convex weight of every head in the fused probability."""
+    the branch heads in input order, then the joint head. The buffers ``weights`` (one per branch head) and
+    ``joint`` (the joint head's share) hold the fusion weights, saved with the network."""
 
-    def __init__(self, branches: list[nn.Module], branch_heads: list[nn.Module], joint_head: nn.Module | None,
-                 n_heads: int):
+    def __init__(self, branches: list[nn.Module], branch_heads: list[nn.Module], joint_head: nn.Module | None):
         super().__init__()
         self.branches = nn.ModuleList(branches)
         self.branch_heads = nn.ModuleList(branch_heads)
         self.joint_head = joint_head
-        self.register_buffer("mix", torch.full((n_heads,), 1.0 / n_heads, dtype=torch.float64))
+        self.n_heads = len(branch_heads) + (joint_head is not None)
+        m = max(len(branch_heads), 1)
+        self.register_buffer("weights", torch.full((m,), 1.0 / m, dtype=torch.float64))
+        beta = 1.0 if not branch_heads else (0.5 if joint_head is not None else 0.0)
+        self.register_buffer("joint", torch.tensor(beta, dtype=torch.float64))
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         z = [branch(x) for branch, x in zip(self.branches, xs)]
@@ -251,7 +254,8 @@ class FusionModel(MixedScaling, NeuralModel):
           patience 20): not stated; chosen to match this toolkit's ``mlp``/``cnn`` baselines.
         * The weight grid (step 0.1), the criterion (balanced accuracy, the harness's validation score) and
           its tie-break (log-loss, then grid order), and the sequential search of the hybrid weight.
-        * Fewer than one validation row: the search is skipped with a warning (uniform weights, beta 1/2).
+        * No validation row (``val_fraction=0`` and no validation part): the search is skipped with a
+          warning (uniform weights, beta 1/2).
 
     Parameters
     ----------
@@ -267,7 +271,7 @@ class FusionModel(MixedScaling, NeuralModel):
     joint_weight : None (search) or a fixed beta in [0, 1]; hybrid only.
     weight_step : float dividing 1, the grid step of the weight search.
     weight_criterion : 'score' (balanced accuracy / macro AUC, then log-loss) or 'loss' (log-loss).
-    hybrid_search : 'sequential' (w, then beta) or 'joint' (w and beta together).
+    hybrid_search : 'sequential' (w, then beta) or 'joint' (w and beta together; when neither is fixed).
     The other parameters are the harness's (:class:`~genrecli.models.neural.harness.NeuralModel`):
     max_epochs=200, batch_size=64, optimizer='adam', lr=1e-3, momentum=0.9, weight_decay=0.0,
     lr_schedule='constant', lr_step_size=30, lr_gamma=0.1, class_weight=None, val_fraction=0.1,
@@ -337,7 +341,7 @@ class FusionModel(MixedScaling, NeuralModel):
         self._fixed_weights(m)  # a bad `weights` option fails before training
         branch_heads = [_MLP(embed, head_hidden, dropout, n_outputs) for _ in range(m)] if self._has_branch_heads() else []
         joint = _MLP(embed * m, head_hidden, dropout, n_outputs) if self._has_joint_head() else None
-        return _FusionNet(branches, branch_heads, joint, len(branch_heads) + (joint is not None))
+        return _FusionNet(branches, branch_heads, joint)
 
     def _architecture(self) -> dict:
         shapes = self._network_shapes()
@@ -405,22 +409,26 @@ class FusionModel(MixedScaling, NeuralModel):
                 self.weight_table_ += [{"stage": "decision-vs-joint", **r} for r in table]
             else:
                 beta = 0.5
-        mix = np.append((1.0 - beta) * w, beta) if hybrid else w
-        self.network_.mix.copy_(torch.from_numpy(mix))
+        self.network_.weights.copy_(torch.from_numpy(np.asarray(w, dtype=np.float64)))
+        if hybrid:
+            self.network_.joint.fill_(float(beta))
         self._set_weight_attributes()
         ui.info(f"fusion-{self.fusion}: weights " + ", ".join(f"{n} {v:.2f}" for n, v in self.weights_.items())
                 + (f"; joint head {self.joint_weight_:.2f}" if hybrid else ""))
 
     def _set_weight_attributes(self) -> None:
-        mix = self.network_.mix.detach().cpu().numpy().astype(np.float64)
-        m = len(self.input_names_)
+        net = self.network_
+        self.joint_weight_ = float(net.joint)
+        self.weights_ = {} if self.fusion == "concat" else dict(zip(self.input_names_, map(float, net.weights.cpu())))
+
+    def fusion_mix(self) -> np.ndarray:
+        """The weight of every head in the fused probability (branch heads in input order, then the joint)."""
+        net = self.network_
+        beta = float(net.joint)
+        w = net.weights.detach().cpu().numpy().astype(np.float64)
         if self.fusion == "concat":
-            self.weights_, self.joint_weight_ = {}, 1.0
-            return
-        beta = float(mix[m]) if self.fusion == "hybrid" else 0.0
-        w = mix[:m] / (1.0 - beta) if beta < 1.0 else np.full(m, 1.0 / m)
-        self.weights_ = {n: float(v) for n, v in zip(self.input_names_, w)}
-        self.joint_weight_ = beta
+            return np.ones(1)
+        return np.append((1.0 - beta) * w, beta) if self.fusion == "hybrid" else w
 
     # -- prediction -------------------------------------------------------------------------------------------
     def _head_logits(self, inputs, rows: np.ndarray, device: torch.device | None = None) -> np.ndarray:
@@ -434,7 +442,7 @@ class FusionModel(MixedScaling, NeuralModel):
         net.eval()
         autocast, _ = self._amp(device)
         shapes = self._network_shapes()
-        out = np.empty((len(rows), len(net.mix), len(self.classes_)), dtype=np.float32)
+        out = np.empty((len(rows), net.n_heads, len(self.classes_)), dtype=np.float32)
         with torch.no_grad():
             for start in range(0, len(rows), int(self.batch_size)):
                 views = self._batch_tensors(inputs, rows[start:start + int(self.batch_size)], train=False, rng=None)
@@ -451,8 +459,7 @@ class FusionModel(MixedScaling, NeuralModel):
         heads = self._head_logits(inputs, rows, device)
         if self.fusion == "concat":
             return heads[:, -1]
-        mix = self.network_.mix.detach().cpu().numpy()
-        p = mix_probabilities(head_probabilities(heads, self.multilabel_), mix)
+        p = mix_probabilities(head_probabilities(heads, self.multilabel_), self.fusion_mix())
         return probabilities_to_scores(p, self.multilabel_).astype(np.float32)
 
     def probabilities_per_head(self, inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
