@@ -57,6 +57,8 @@ bench: install
 all: piano piano-features folk
 
 PIANO_SPLITS := group:composer:0.7 group:work:0.7
+# The comparison systems and first baselines of the DM2KMN paper (MFCC + MiniLM inputs).
+BASELINES := svm-concat svm-late mkl-average easymkl cnn-bow dcn fusion-concat fusion-decision fusion-hybrid
 PIANO_INPUTS := audio/mfcc,text/minilm
 piano: install
 	$(GENRE) ingest piano --root $(KERN_ERAS) $(foreach s,$(PIANO_SPLITS),--split $(s))
@@ -69,6 +71,7 @@ piano: install
 	$(foreach s,$(PIANO_SPLITS),$(foreach m,dkn dm2kmn-init dm2kmn,$(GENRE) train --data piano --model $(m) --inputs $(PIANO_INPUTS) --split $(s) --seeds 3 -o hidden=16 &&)) true
 	$(foreach s,$(PIANO_SPLITS),$(GENRE) train --data piano --model mlp --inputs $(PIANO_INPUTS) --split $(s) --seeds 3 &&) true
 	$(foreach s,$(PIANO_SPLITS),$(GENRE) train --data piano --model cnn --inputs audio/mel --split $(s) --seeds 3 &&) true
+	$(foreach s,$(PIANO_SPLITS),$(foreach m,$(BASELINES),$(GENRE) train --data piano --model $(m) --inputs $(PIANO_INPUTS) --split $(s) --seeds 3 &&)) true
 	$(GENRE) evaluate --data piano
 	$(GENRE) report --data piano
 
@@ -86,7 +89,10 @@ folk: install
 	$(GENRE) extract-audio --data folk-dances --features mfcc --jobs $(JOBS) $(PARTIAL_OK)
 	$(GENRE) extract-text --data folk-dances --encoder minilm $(PARTIAL_OK)
 	$(GENRE) kernels --data folk-dances --inputs audio/mfcc,text/minilm
+	$(GENRE) train --data folk-dances --model majority --inputs audio/mfcc,text/minilm --seeds 1
 	$(GENRE) train --data folk-dances --model svm --inputs audio/mfcc,text/minilm --seeds 3
+	$(foreach m,dkn dm2kmn-init dm2kmn,$(GENRE) train --data folk-dances --model $(m) --inputs audio/mfcc,text/minilm --seeds 3 -o hidden=16 &&) true
+	$(foreach m,mlp $(BASELINES),$(GENRE) train --data folk-dances --model $(m) --inputs audio/mfcc,text/minilm --seeds 3 &&) true
 	$(GENRE) evaluate --data folk-dances
 	$(GENRE) report --data folk-dances
 
