@@ -256,6 +256,8 @@ def extract_text_cmd(
     clip_tokens: Annotated[int, typer.Option("--clip-tokens", help="tokens per clip, special tokens included")] = 512,
     pooling: Annotated[str, typer.Option("--pooling", help="cls or mean, per clip; clips are max-pooled")] = "cls",
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    sequence: Annotated[bool, typer.Option("--sequence", help="store the token outputs (T x d) in text/<encoder>-seq instead of pooled vectors")] = False,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="tokens per text with --sequence (default: --clip-tokens)")] = None,
     device: DeviceOpt = "cpu",
     force: ForceOpt = False,
 ) -> None:
@@ -265,10 +267,12 @@ def extract_text_cmd(
     _at_least(max_clips, 1, "--max-clips")
     _at_least(clip_tokens, 3, "--clip-tokens")
     _at_least(batch_size, 1, "--batch-size")
+    _at_least(max_tokens, 1, "--max-tokens")
     _one_of(pooling, ("cls", "mean"), "--pooling")
     _check_device(device)
     _finish(extract_text(data, encoder=encoder, keep_metadata=keep_metadata, device=device, clip_tokens=clip_tokens, pooling=pooling,
-                         max_clips=max_clips, batch_size=batch_size, data_home=_globals["data_home"], force=force))
+                         max_clips=max_clips, batch_size=batch_size, sequence=sequence, max_tokens=max_tokens,
+                         data_home=_globals["data_home"], force=force))
 
 
 @command("kernels")

