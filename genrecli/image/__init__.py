@@ -1,0 +1,1 @@
+"""Cover-art (image) features: frozen ImageNet backbones as per-track embeddings (:mod:`.embed`)."""
