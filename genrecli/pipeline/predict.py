@@ -99,6 +99,10 @@ class RunEnsemble:
         return out
 
     def predict(self, scores: np.ndarray) -> np.ndarray:
+        """Decisions on mean scores: the model's own rule (a tuned threshold, cosine targets) when it has one."""
+        model = self.models[0]
+        if self.multilabel and hasattr(model, "predict_from_scores"):
+            return np.asarray(model.predict_from_scores(scores))
         return scores > 0 if self.multilabel else np.argmax(scores, axis=1)
 
 
@@ -126,11 +130,12 @@ def predict(
     out = []
     if feats.ok:
         scores = ensemble.scores(feats.inputs)
+        decisions = ensemble.predict(scores)
         for row, index in enumerate(feats.ok):
             order = np.argsort(-scores[row])[:top_k]
             out.append({"file": str(paths[index]),
                         "top": [{"label": ensemble.labels[j], "score": float(scores[row, j])} for j in order if np.isfinite(scores[row, j])],
-                        **({"labels": [ensemble.labels[j] for j in np.flatnonzero(scores[row] > 0)]} if ensemble.multilabel else {})})
+                        **({"labels": [ensemble.labels[j] for j in np.flatnonzero(decisions[row])]} if ensemble.multilabel else {})})
     return out, dict(feats.failures)
 
 
@@ -230,7 +235,10 @@ def evaluate_on(run: str | Path, data: str, *, device: str = "cpu", data_home: s
         if "device" in model.get_params(deep=False):
             model.set_params(device=device)
         scores = _full_scores(np.asarray(model.decision_function(inputs), dtype=np.float32), model.classes_, len(run_labels))
-        y_pred = scores > 0 if multilabel else np.argmax(scores, axis=1)
+        if multilabel and hasattr(model, "predict_from_scores"):
+            y_pred = np.asarray(model.predict_from_scores(scores))
+        else:
+            y_pred = scores > 0 if multilabel else np.argmax(scores, axis=1)
         if multilabel:
             m = multi_label_metrics(y_true[keep], y_pred[keep], scores[keep])
         else:
