@@ -47,7 +47,7 @@ def test_combine_grams_is_the_hand_computed_weighted_sum():
 
 def test_average_weights_are_1_over_m_and_the_gram_is_the_mean():
     tr, y, te, _ = three_class(n_train=30, n_test=7)
-    model = fast(AverageMKLModel, kernels=("linear", "rbf")).fit(tr, y)
+    model = fast(AverageMKLModel, kernels=("linear", "rbf"), scale="none").fit(tr, y)  # unscaled kernels, by hand
     assert model.pairs_ == [("audio/a", "linear"), ("audio/a", "rbf"), ("text/b", "linear"), ("text/b", "rbf")]
     assert np.all(model.weights_ == np.float32(0.25))
     # By hand: each kernel fitted on the training rows of its input, the four test Grams averaged.
@@ -144,8 +144,9 @@ def test_cached_grams_give_the_same_model():
         for k in ("linear", "rbf"):
             kernel = ElementaryKernel(k)
             entries[(name, k)] = (kernel.fit_transform(tr[name]), kernel.get_state())
-    plain = fast(EasyMKLModel, kernels=("linear", "rbf")).fit(tr, y)
-    cached = fast(EasyMKLModel, kernels=("linear", "rbf")).fit(tr, y, cache=GramCache(entries))
+    # The cache holds unscaled kernels (as `genre kernels` writes them): it serves models with scale='none'.
+    plain = fast(EasyMKLModel, kernels=("linear", "rbf"), scale="none").fit(tr, y)
+    cached = fast(EasyMKLModel, kernels=("linear", "rbf"), scale="none").fit(tr, y, cache=GramCache(entries))
     np.testing.assert_array_equal(cached.weights_, plain.weights_)
     np.testing.assert_array_equal(cached.decision_function(te), plain.decision_function(te))
 
@@ -187,7 +188,7 @@ def test_concat_standardisation_is_fitted_on_training_rows_only():
     tr = {**tr, "text/b": np.concatenate([tr["text/b"], np.full((30, 1), 7.0, np.float32)], axis=1)}  # constant col
     te = {k: v + 1e4 for k, v in te.items()}
     te["text/b"] = np.concatenate([te["text/b"] - 1e4, np.full((10, 1), 1e6, np.float32)], axis=1)
-    model = fast(ConcatSVMModel).fit(tr, y)
+    model = fast(ConcatSVMModel, scale="none").fit(tr, y)  # the concatenation's own z-score alone
     X = np.concatenate([tr["audio/a"], tr["text/b"]], axis=1).astype(np.float64)
     np.testing.assert_allclose(model.mean_, X.mean(0), rtol=1e-6, atol=1e-5)
     std = X.std(0)

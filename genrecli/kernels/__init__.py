@@ -6,6 +6,10 @@ its explicit map is exact, and a one-line description (``genre list kernels``). 
 torch): the estimators and Gram functions (:class:`ElementaryKernel`, :class:`ExplicitMap`,
 :func:`kpca_projection`, ...) are imported from :mod:`genrecli.kernels.elementary` and
 :mod:`genrecli.kernels.maps` on first use.
+
+Every kernel's own preprocessing (``KernelSpec.preprocessing``) follows the per-input feature scaling of
+:mod:`genrecli.kernels.scaling` (:class:`InputScaler`; ``ElementaryKernel(scale=...)``, default 'none'), which
+the kernel models set per input name (``scale='auto'``: :func:`default_scaling`).
 """
 
 from __future__ import annotations
@@ -136,6 +140,9 @@ _LAZY = {
     "rbf_kernel": "elementary",
     "ExplicitMap": "maps",
     "kpca_projection": "maps",
+    "InputScaler": "scaling",
+    "SCALINGS": "scaling",
+    "default_scaling": "scaling",
 }
 
 
@@ -160,11 +167,14 @@ __all__ = [
     "KERNELS",
     "KERNEL_NAMES",
     "QUANTIZATIONS",
+    "SCALINGS",
     "SIGMA_RULES",
     "ElementaryKernel",
     "ExplicitMap",
+    "InputScaler",
     "KernelSpec",
     "check_kernel_names",
+    "default_scaling",
     "describe_kernels",
     "get_kernel",
     "hist_kernel",

@@ -30,6 +30,7 @@ from genrecli.kernels import (  # the registry lives in the package (importable 
     SIGMA_RULES,
     get_kernel,
 )
+from genrecli.kernels.scaling import InputScaler, check_method
 
 # Working elements per block (64 MiB of float32): bounds temporaries on the CPU and on a GPU alike.
 _BLOCK_ELEMENTS = 1 << 24
@@ -60,12 +61,17 @@ def _features(X) -> np.ndarray:
     return X
 
 
-def _estimator_features(estimator, X, *, reset: bool) -> np.ndarray:
-    """Like :func:`_features`, also recording or checking ``n_features_in_`` as scikit-learn does."""
+def _estimator_features(estimator, X, *, reset: bool, finite: bool = True) -> np.ndarray:
+    """Like :func:`_features`, also recording or checking ``n_features_in_`` as scikit-learn does.
+
+    ``finite=False`` leaves NaN/inf in place (an :class:`~genrecli.kernels.scaling.InputScaler` drops all-NaN
+    columns first; what is left is checked after it).
+    """
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
     X = validate_data(estimator, X, dtype=np.float32, order="C", ensure_all_finite=False, reset=reset)
-    _check_finite(X)
+    if finite:
+        _check_finite(X)
     return X
 
 
@@ -373,12 +379,20 @@ class ElementaryKernel(TransformerMixin, BaseEstimator):
         given value; always measured on the preprocessed training rows.
     unit_diagonal : bool, keyword-only
         Divide the kernel by the mean of its training diagonal, so that it has unit mean diagonal.
+    scale : {'none', 'standard', 'robust', 'minmax', 'l2'}, keyword-only
+        Per-input feature scaling (:class:`~genrecli.kernels.scaling.InputScaler`), fitted on the training
+        rows and applied to every row before the kernel's own preprocessing; every method but 'none' drops
+        the columns constant or all-NaN on the training rows (with a warning). 'none' (default): no scaler.
+    input_name : str or None, keyword-only
+        The input's name, for that warning.
     device : str or torch.device, keyword-only
 
     Attributes
     ----------
-    X_fit_ : np.ndarray, shape (n_train, d), float32
-        Preprocessed training rows.
+    scaler_ : InputScaler or None
+        The fitted scaling (None for ``scale='none'``).
+    X_fit_ : np.ndarray, shape (n_train, d'), float32
+        Preprocessed training rows (d' kept columns: d without scaling).
     scale_ : float
         Mean training diagonal (1.0 when ``unit_diagonal`` is False).
     sigma_ : float
@@ -389,15 +403,20 @@ class ElementaryKernel(TransformerMixin, BaseEstimator):
 
     Notes
     -----
-    Preprocessing: hist scales each dimension to [0, 1] with the training min/max and clips (dimensions constant
-    on the training rows become 0); linear, poly2 and rbf l2-normalise each row (zero rows stay zero).
+    Preprocessing, after ``scale``: hist scales each dimension to [0, 1] with the training min/max and clips
+    (dimensions constant on the training rows become 0; a standard, robust or minmax ``scale`` before it, an
+    increasing affine map per column, leaves that result unchanged), linear, poly2 and rbf l2-normalise each
+    row (zero rows stay zero). ``min_``, ``max_``, ``sigma_`` and ``X_fit_`` are of the scaled rows.
     """
 
-    def __init__(self, kernel="rbf", *, offset=DEFAULT_OFFSET, sigma=DEFAULT_SIGMA, unit_diagonal=True, device="cpu"):
+    def __init__(self, kernel="rbf", *, offset=DEFAULT_OFFSET, sigma=DEFAULT_SIGMA, unit_diagonal=True, scale="none",
+                 input_name=None, device="cpu"):
         self.kernel = kernel
         self.offset = offset
         self.sigma = sigma
         self.unit_diagonal = unit_diagonal
+        self.scale = scale
+        self.input_name = input_name
         self.device = device
 
     def __sklearn_tags__(self):
@@ -407,6 +426,7 @@ class ElementaryKernel(TransformerMixin, BaseEstimator):
 
     def _check_params(self) -> None:
         get_kernel(self.kernel)
+        check_method(self.scale, what="scale", allow_auto=False)
         if self.kernel == "poly2":
             _check_offset(self.offset)
         if self.kernel == "rbf":
@@ -449,7 +469,13 @@ class ElementaryKernel(TransformerMixin, BaseEstimator):
     def _fit(self, X) -> torch.Tensor:
         """Fit and return the preprocessed training rows as a tensor on the device."""
         self._check_params()
-        X = _estimator_features(self, X, reset=True)
+        X = _estimator_features(self, X, reset=True, finite=self.scale == "none")
+        if self.scale == "none":
+            self.scaler_ = None
+        else:
+            self.scaler_ = InputScaler(self.scale, name=self.input_name).fit(X)
+            X = self.scaler_.transform(X)
+            _check_finite(X)
         device = resolve_device(self.device)
         if self.kernel == "hist":
             self.min_ = X.min(axis=0)
@@ -461,8 +487,21 @@ class ElementaryKernel(TransformerMixin, BaseEstimator):
         self.X_fit_ = Xp.cpu().numpy()
         return Xp
 
+    def _input(self, X) -> np.ndarray:
+        """Validated rows (checked against ``n_features_in_``) after the fitted scaling, float32 and finite."""
+        if self.scaler_ is None:
+            return _estimator_features(self, X, reset=False)
+        X = self.scaler_.transform(_estimator_features(self, X, reset=False, finite=False))
+        _check_finite(X)
+        return X
+
+    @property
+    def n_kernel_features_(self) -> int:
+        """The number of columns the kernel itself sees: ``n_features_in_`` less the columns the scaling dropped."""
+        return int(self.X_fit_.shape[1])
+
     def _prep(self, X: np.ndarray, device: torch.device) -> torch.Tensor:
-        """The fitted preprocessing of validated rows, as a float32 tensor on ``device``."""
+        """The fitted preprocessing (the kernel's own) of validated, scaled rows, as a float32 tensor on ``device``."""
         X = _tensor(X, device)
         if self.kernel == "hist":
             low = torch.from_numpy(self.min_).to(device)
@@ -507,8 +546,7 @@ class ElementaryKernel(TransformerMixin, BaseEstimator):
         Xp : np.ndarray, shape (n, d), float32
         """
         check_is_fitted(self)
-        X = _estimator_features(self, X, reset=False)
-        return self._prep(X, resolve_device(self.device)).cpu().numpy()
+        return self._prep(self._input(X), resolve_device(self.device)).cpu().numpy()
 
     def transform(self, X) -> np.ndarray:
         """Scaled kernel against the training rows, ``K(X, X_train) / scale_``.
@@ -522,9 +560,8 @@ class ElementaryKernel(TransformerMixin, BaseEstimator):
         K : np.ndarray, shape (n, n_train), float32
         """
         check_is_fitted(self)
-        X = _estimator_features(self, X, reset=False)
         device = resolve_device(self.device)
-        return self._scaled(self._prep(X, device), _tensor(self.X_fit_, device), same=False)
+        return self._scaled(self._prep(self._input(X), device), _tensor(self.X_fit_, device), same=False)
 
     def gram(self, X, Y=None) -> np.ndarray:
         """Scaled kernel between any two sets of rows, with the fitted preprocessing.
@@ -541,10 +578,10 @@ class ElementaryKernel(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         device = resolve_device(self.device)
-        A = self._prep(_estimator_features(self, X, reset=False), device)
+        A = self._prep(self._input(X), device)
         if Y is None:
             return self._scaled(A, A, same=True)
-        B = self._prep(_estimator_features(self, Y, reset=False), device)
+        B = self._prep(self._input(Y), device)
         return self._scaled(A, B, same=False)
 
     def _state_keys(self) -> tuple[str, ...]:
@@ -554,13 +591,19 @@ class ElementaryKernel(TransformerMixin, BaseEstimator):
     def get_state(self) -> dict[str, np.ndarray]:
         """Fitted attributes as plain arrays (scalars as 0-d arrays), e.g. for safetensors.
 
+        With a ``scale`` other than 'none', the scaler's arrays follow under ``scaler.`` (``scaler.columns``,
+        ``scaler.center``, ``scaler.scale``, ``scaler.n_features_in``).
+
         Returns
         -------
         state : dict of str to np.ndarray
         """
         check_is_fitted(self)
         # C order: safetensors writes the raw buffer.
-        return {key: np.asarray(getattr(self, key), order="C") for key in self._state_keys()}
+        state = {key: np.asarray(getattr(self, key), order="C") for key in self._state_keys()}
+        if self.scaler_ is not None:
+            state.update({f"scaler.{key}": np.ascontiguousarray(v) for key, v in self.scaler_.get_state().items()})
+        return state
 
     def set_state(self, state) -> ElementaryKernel:
         """Restore the fitted attributes written by :meth:`get_state` (NumPy arrays or torch tensors).
@@ -579,8 +622,22 @@ class ElementaryKernel(TransformerMixin, BaseEstimator):
             raise InputError(f"state of a {self.kernel} ElementaryKernel lacks {', '.join(missing)}")
         X_fit = np.ascontiguousarray(_as_array(state["X_fit_"]), dtype=np.float32)
         n_features = int(_as_array(state["n_features_in_"]).item())
-        if X_fit.ndim != 2 or X_fit.shape[1] != n_features:
-            raise InputError(f"{self.kernel} kernel state: X_fit_ has shape {X_fit.shape}, expected (n, {n_features})")
+        if self.scale == "none":
+            self.scaler_ = None
+            width = n_features
+        else:
+            prefix = "scaler."
+            scaler_state = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+            if not scaler_state:
+                raise InputError(f"state of a {self.kernel} ElementaryKernel with scale={self.scale!r} has no scaler "
+                                 "(scaler.*): it was fitted with another scale")
+            self.scaler_ = InputScaler(self.scale, name=self.input_name).set_state(scaler_state)
+            if self.scaler_.n_features_in_ != n_features:
+                raise InputError(f"{self.kernel} kernel state: the scaler takes {self.scaler_.n_features_in_} "
+                                 f"features, the kernel {n_features}")
+            width = len(self.scaler_.columns_)
+        if X_fit.ndim != 2 or X_fit.shape[1] != width:
+            raise InputError(f"{self.kernel} kernel state: X_fit_ has shape {X_fit.shape}, expected (n, {width})")
         self.X_fit_ = X_fit
         self.n_features_in_ = n_features
         self.scale_ = float(_as_array(state["scale_"]).item())

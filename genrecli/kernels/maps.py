@@ -114,8 +114,10 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    kernel, offset, sigma, unit_diagonal, device
-        As in :class:`~genrecli.kernels.elementary.ElementaryKernel`.
+    kernel, offset, sigma, unit_diagonal, scale, input_name, device
+        As in :class:`~genrecli.kernels.elementary.ElementaryKernel`: ``scale`` is the per-input feature
+        scaling fitted on the training rows (default 'none'), applied before the kernel's preprocessing; the
+        map is of the scaled rows (its dimension counts the kept columns).
     energy : float in (0, 1], keyword-only
         rbf: eigenvalue energy kept by the kernel PCA.
     landmarks : 'all' or int, keyword-only
@@ -153,6 +155,8 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         offset=DEFAULT_OFFSET,
         sigma=DEFAULT_SIGMA,
         unit_diagonal=True,
+        scale="none",
+        input_name=None,
         energy=DEFAULT_ENERGY,
         landmarks="all",
         levels=DEFAULT_LEVELS,
@@ -165,6 +169,8 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         self.offset = offset
         self.sigma = sigma
         self.unit_diagonal = unit_diagonal
+        self.scale = scale
+        self.input_name = input_name
         self.energy = energy
         self.landmarks = landmarks
         self.levels = levels
@@ -192,7 +198,8 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
 
     def _make_kernel(self) -> ElementaryKernel:
         return ElementaryKernel(
-            self.kernel, offset=self.offset, sigma=self.sigma, unit_diagonal=self.unit_diagonal, device=self.device
+            self.kernel, offset=self.offset, sigma=self.sigma, unit_diagonal=self.unit_diagonal, scale=self.scale,
+            input_name=self.input_name, device=self.device,
         )
 
     def fit(self, X, y=None):
@@ -208,7 +215,7 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         self
         """
         self._check_params()
-        X = _estimator_features(self, X, reset=True)
+        X = _estimator_features(self, X, reset=True, finite=False)  # the kernel checks them, after its scaling
         self.kernel_ = self._make_kernel().fit(X)
         if self.kernel == "rbf":
             n = X.shape[0]
@@ -226,7 +233,7 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         return self
 
     def _set_dims(self) -> None:
-        d = self.kernel_.n_features_in_
+        d = self.kernel_.n_kernel_features_
         self.exact_ = get_kernel(self.kernel).exact_map
         if self.kernel == "linear":
             self.dim_ = d
@@ -242,7 +249,12 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         """Preprocessed rows of X, or the training rows when X is None."""
         if X is None:
             return _tensor(self.kernel_.X_fit_, device)
-        return self.kernel_._prep(_estimator_features(self, X, reset=False), device)
+        return self._prepared(X, device)
+
+    def _prepared(self, X, device: torch.device) -> torch.Tensor:
+        """Rows of X after the kernel's scaling and preprocessing."""
+        X = _estimator_features(self, X, reset=False, finite=False)
+        return self.kernel_._prep(self.kernel_._input(X), device)
 
     def _levels(self, A: torch.Tensor) -> torch.Tensor:
         # float64: Q * v is then exact for float32 v, so a value on a level boundary is never pushed across it.
@@ -311,10 +323,10 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         device = resolve_device(self.device)
         if self.kernel == "poly2" and self.dim_ > self.max_dim:
             raise UsageError(
-                f"the poly2 map of {self.kernel_.n_features_in_} features has {self.dim_} dimensions, over "
+                f"the poly2 map of {self.kernel_.n_kernel_features_} features has {self.dim_} dimensions, over "
                 f"max_dim={self.max_dim}: use map_gram for its inner products, or raise max_dim"
             )
-        A = self.kernel_._prep(_estimator_features(self, X, reset=False), device)
+        A = self._prepared(X, device)
         if self.kernel == "linear":
             return (A / math.sqrt(self.kernel_.scale_)).cpu().numpy()
         if self.kernel == "poly2":

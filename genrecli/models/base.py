@@ -145,19 +145,36 @@ class ModelSpec:
         return tuple(default.default) if default is not None and default.default is not inspect.Parameter.empty else tuple(KERNEL_NAMES)
 
     def option_names(self) -> list[str]:
-        """Every option ``-o KEY=VALUE`` accepts: the model's parameters and those of its parts."""
+        """Every option ``-o KEY=VALUE`` accepts: the model's parameters and those of its parts.
+
+        A model with a ``scale`` parameter (feature scaling, :mod:`genrecli.kernels.scaling`) also takes
+        ``INPUT.scale`` (e.g. ``audio/mfcc.scale=robust``), listed as ``INPUT.scale``.
+        """
         cls = self.model_class()
         names = set(cls._param_names()) | set(cls.nested_option_names())
         hidden = set(self.fixed) | set(cls.part_names()) | {"random_state", "device"}
         if self.uses_kernels:
             hidden |= {"kernels", "kernel"}  # given by --kernels
-        return sorted(names - hidden)
+        names -= hidden
+        if "scale" in names:
+            names.add("INPUT.scale")
+        return sorted(names)
 
     def check_options(self, options: Mapping[str, object]) -> None:
+        """One-line :class:`UsageError` for an unknown option, or a ``scale`` / ``INPUT.scale`` value that is
+        not a scaling method."""
+        from genrecli.kernels.scaling import check_scale, check_scale_option, is_scale_option
+
         known = self.option_names()
-        unknown = [k for k in options if k not in known]
+        scalable = "scale" in known
+        unknown = [k for k in options if k not in known and not (scalable and is_scale_option(k))]
         if unknown:
             raise UsageError(f"unknown option '{unknown[0]}' for {self.name}; known: {', '.join(known)}")
+        for key, value in options.items():
+            if scalable and key == "scale":
+                check_scale(value)
+            elif scalable and is_scale_option(key):
+                check_scale_option(key, value)
 
 
 class GenreModel(BaseEstimator):

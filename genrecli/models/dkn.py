@@ -454,8 +454,42 @@ def seed_of(random_state) -> int:
     return int(random_state)
 
 
+def finite_mode(scale):
+    """``ensure_all_finite`` of the feature-level ``validate_data``: NaN passes only to a scaling, which drops
+    all-NaN columns (what is left is checked by the kernels); without scaling, scikit-learn's check as before."""
+    scales = (scale,) if isinstance(scale, str) or scale is None else tuple(scale)
+    return True if all(s in (None, "none") for s in scales) else "allow-nan"
+
+
 class _KernelInputsMixin:
     """Feature-level input of the DKN: one ElementaryKernel per (modality, kernel name)."""
+
+    def _block_scales(self, n_blocks: int) -> tuple[str, ...]:
+        """``scale`` as one method per input block (a single method applies to every block)."""
+        from genrecli.kernels.scaling import check_method
+
+        scale = self.scale
+        if isinstance(scale, str):
+            scales = (scale,) * n_blocks
+        else:
+            scales = tuple(scale)
+            if len(scales) != n_blocks:
+                raise UsageError(f"scale {scale!r}: {len(scales)} methods for {n_blocks} input blocks (input_dims)")
+        return tuple(check_method(s, what="scale", allow_auto=False) for s in scales)
+
+    def _block_labels(self, n_blocks: int) -> list[str]:
+        """A name per input block for messages: ``input_names``, else the modality names."""
+        if self.input_names is not None and len(self.input_names) == n_blocks:
+            return [str(n) for n in self.input_names]
+        return self._modality_names(n_blocks)
+
+    def _block_kernel(self, kname: str, block: int, n_blocks: int):
+        """The unfitted ElementaryKernel of kernel ``kname`` on input block ``block``."""
+        from genrecli.kernels.elementary import ElementaryKernel
+
+        return ElementaryKernel(kname, offset=self.kernel_offset, sigma=self.sigma,
+                                scale=self._block_scales(n_blocks)[block],
+                                input_name=self._block_labels(n_blocks)[block], device=self.device)
 
     def _modality_names(self, n_mod):
         if self.modality_names is not None:
@@ -466,14 +500,12 @@ class _KernelInputsMixin:
         return [f"m{i}" for i in range(n_mod)]
 
     def _fit_kernels(self, X):
-        from genrecli.kernels.elementary import ElementaryKernel
-
         self.slices_ = split_columns(X.shape[1], self.input_dims)
         names = self._modality_names(len(self.slices_))
         kernels, modalities, labels = [], [], []
-        for sl, mod in zip(self.slices_, names):
+        for block, (sl, mod) in enumerate(zip(self.slices_, names)):
             for kname in self.kernels:
-                ek = ElementaryKernel(kname, offset=self.kernel_offset, sigma=self.sigma, device=self.device)
+                ek = self._block_kernel(kname, block, len(self.slices_))
                 ek.fit(X[:, sl])
                 kernels.append(ek)
                 modalities.append(mod)
@@ -537,6 +569,10 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
     lr : constant learning rate of the weight steps, or 'auto' (= lr_scale / max|grad| at the first step).
     max_iter, svm_every, patience, tol : projected-gradient steps, SVM re-solve period T, plateau rule.
     kernel_offset, sigma : poly2 offset c and RBF bandwidth rule, passed to ElementaryKernel.
+    scale : feature scaling of the inputs (genrecli.kernels.scaling: 'none', 'standard', 'robust', 'minmax',
+        'l2'), fitted on the training rows by each ElementaryKernel: one method for every block, or a tuple
+        with one per block of ``input_dims``. Default 'none'. (The model-level DKNModel resolves 'auto'.)
+    input_names : a name per input block, for scaling warnings (default: modality_names).
     random_state : seed (weights initialisation, CV folds). device : 'cpu', 'cuda', 'auto'.
     """
 
@@ -544,7 +580,7 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
                  activation="exp", poly_coefs=(1.0, 1.0, 0.5), output="single", weights="simplex", C="cv",
                  C_grid=(0.1, 1.0, 10.0, 100.0), cv=5, class_weight="balanced", lr="auto", lr_scale=0.05,
                  max_iter=300, svm_every=10, patience=5, tol=1e-4, kernel_offset=DEFAULT_OFFSET, sigma=DEFAULT_SIGMA,
-                 random_state=None, device="cpu"):
+                 scale="none", input_names=None, random_state=None, device="cpu"):
         self.kernels = kernels
         self.input_dims = input_dims
         self.modality_names = modality_names
@@ -566,6 +602,8 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         self.tol = tol
         self.kernel_offset = kernel_offset
         self.sigma = sigma
+        self.scale = scale
+        self.input_names = input_names
         self.random_state = random_state
         self.device = device
 
@@ -585,7 +623,7 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
     # -- feature-level interface -----------------------------------------------------------------------------
     def fit(self, X, y):
         """Fit the elementary kernels on X (train only), then train the DKN and its SVMs."""
-        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, ensure_all_finite=finite_mode(self.scale))
         classes, y_idx = _to_labels(y)
         if len(classes) < 2:
             raise ValueError("y has a single class; a classifier needs at least 2 classes")
@@ -596,13 +634,13 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X):
         check_is_fitted(self, "kernels_")
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = validate_data(self, X, dtype=np.float64, reset=False, ensure_all_finite=finite_mode(self.scale))
         S = self._decision_heads(self._grams(X))
         return S[:, 0] if len(self.classes_) == 2 else S
 
     def predict(self, X):
         check_is_fitted(self, "kernels_")
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = validate_data(self, X, dtype=np.float64, reset=False, ensure_all_finite=finite_mode(self.scale))
         return self.classes_[self._scores(self._grams(X)).argmax(1)]
 
     # -- Gram-level interface --------------------------------------------------------------------------------
@@ -664,7 +702,7 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
             the Gram-level :meth:`extra_metrics` calls ``forward_time_dkn_s``).
         """
         check_is_fitted(self, "kernels_")
-        X = validate_data(self, X_test, dtype=np.float64, reset=False)
+        X = validate_data(self, X_test, dtype=np.float64, reset=False, ensure_all_finite=finite_mode(self.scale))
         G = self._grams(X)
         out = self.extra_metrics(G, repeats=repeats)
         out["network_time_dkn_s"] = out["forward_time_dkn_s"]
@@ -801,14 +839,12 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         idx = sorted({int(k.split(".")[1]) for k in d if k.startswith("kernel.")})
         if not idx:
             return
-        from genrecli.kernels.elementary import ElementaryKernel
-
         self.n_features_in_ = int(d["meta.n_features_in"][0])
         self.slices_ = split_columns(self.n_features_in_, self.input_dims)
         kernels = []
         for i in idx:
             kname = self.kernels[i % len(self.kernels)]
-            ek = ElementaryKernel(kname, offset=self.kernel_offset, sigma=self.sigma, device=self.device)
+            ek = self._block_kernel(kname, i // len(self.kernels), len(self.slices_))
             pre = f"kernel.{i}."
             ek.set_state({k[len(pre):]: v for k, v in d.items() if k.startswith(pre)})
             kernels.append(ek)

@@ -56,6 +56,7 @@ from genrecli.models.dkn import (
     _to_labels,
     class_weights,
     combine,
+    finite_mode,
     heads_to_scores,
     ovr_targets,
     pack_json,
@@ -170,7 +171,8 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         cloned, given this model's ``random_state`` and ``device``, and fitted on the landmark rows (all
         training rows with ``landmarks='all'``); fitted, it is used as is (its training rows must then be the
         landmarks). Everything the maps take from the DKN is read from it, never duplicated here: ``kernels``,
-        ``input_dims``, ``modality_names``, ``kernel_offset``, ``sigma``, ``activation`` / ``poly_coefs``, and
+        ``input_dims``, ``modality_names``, ``kernel_offset``, ``sigma``, ``scale`` (the per-block feature
+        scaling, fitted on the landmark rows with the maps), ``activation`` / ``poly_coefs``, and
         for the linear SVM on the top maps ``C`` / ``C_grid`` / ``cv`` / ``class_weight``.
     landmarks : 'all' or int N
         Landmark rows Z (drawn with ``random_state`` when N < n).
@@ -270,14 +272,14 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         """Fit kernels and explicit maps on X (train only), train/take the DKN, build and fine-tune the maps."""
         self._validate_params()
-        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
+        dkn = self._make_dkn()
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, ensure_all_finite=finite_mode(dkn.scale))
         classes, y_idx = _to_labels(y)
         if len(classes) < 2:
             raise ValueError("y has a single class; a classifier needs at least 2 classes")
         seed = seed_of(self.random_state)
         idx = self._landmark_index(X.shape[0], y_idx, seed)
         Xz = X[idx]
-        dkn = self._make_dkn()
         if not hasattr(dkn, "weights_"):
             dkn.fit(Xz, classes[y_idx[idx]])
         elif not hasattr(dkn, "kernels_"):
@@ -294,18 +296,21 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         self._fit_core(Gxz, idx, y_idx, classes, dkn, dkn_grams_z=dkn._grams(X), modalities=dkn.modalities_)
         return self
 
-    def _input_map(self, kname: str, dkn: DKNClassifier) -> ExplicitMap:
-        """The unfitted explicit map of one elementary kernel, with the DKN's kernel settings."""
-        return ExplicitMap(kname, offset=dkn.kernel_offset, sigma=dkn.sigma, energy=self.nystrom_energy,
+    def _input_map(self, kname: str, dkn: DKNClassifier, block: int) -> ExplicitMap:
+        """The unfitted explicit map of one elementary kernel on input block ``block``, with the DKN's kernel
+        settings (its scaling of that block included)."""
+        n_blocks = len(self.slices_)
+        return ExplicitMap(kname, offset=dkn.kernel_offset, sigma=dkn.sigma, scale=dkn._block_scales(n_blocks)[block],
+                           input_name=dkn._block_labels(n_blocks)[block], energy=self.nystrom_energy,
                            landmarks="all", levels=self.levels, quantization=self.quantization,
                            random_state=seed_of(self.random_state), device=self.device)
 
     def _fit_maps(self, Xz, dkn):
         names = dkn._modality_names(len(self.slices_))
         maps, labels = [], []
-        for sl, mod in zip(self.slices_, names):
+        for block, (sl, mod) in enumerate(zip(self.slices_, names)):
             for kname in dkn.kernels:
-                maps.append(self._input_map(kname, dkn).fit(Xz[:, sl]))
+                maps.append(self._input_map(kname, dkn, block).fit(Xz[:, sl]))
                 labels.append(f"{mod}/{kname}")
         self.maps_ = maps
         self.input_names_ = labels
@@ -321,13 +326,13 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X):
         check_is_fitted(self, "maps_")
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = validate_data(self, X, dtype=np.float64, reset=False, ensure_all_finite=finite_mode(self.dkn_.scale))
         S = self._heads(self._map_grams(X))
         return S[:, 0] if len(self.classes_) == 2 else S
 
     def predict(self, X):
         check_is_fitted(self, "maps_")
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = validate_data(self, X, dtype=np.float64, reset=False, ensure_all_finite=finite_mode(self.dkn_.scale))
         return self.classes_[heads_to_scores(self._heads(self._map_grams(X)), len(self.classes_)).argmax(1)]
 
     def _proba_ok(self):
@@ -337,7 +342,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """Softmax of the class scores (only with loss='xent', where the scores are trained as logits)."""
         check_is_fitted(self, "maps_")
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = validate_data(self, X, dtype=np.float64, reset=False, ensure_all_finite=finite_mode(self.dkn_.scale))
         return _softmax(heads_to_scores(self._heads(self._map_grams(X)), len(self.classes_)))
 
     # -- Gram-level interface --------------------------------------------------------------------------------
@@ -445,7 +450,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "maps_")
         if not hasattr(self.dkn_, "kernels_"):
             raise ValueError("extra_metrics_features needs a DKN with elementary kernels (a feature-level fit)")
-        X = validate_data(self, X_test, dtype=np.float64, reset=False)
+        X = validate_data(self, X_test, dtype=np.float64, reset=False, ensure_all_finite=finite_mode(self.dkn_.scale))
         out = self.extra_metrics(repeats=repeats)
         M = self._map_grams(X)  # (m, n_test, N) input-map inner products against the landmarks
         G = self.dkn_._grams(X)  # (m, n_test, N) exact elementary Grams against the DKN's training rows
@@ -813,7 +818,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
             maps = []
             for i in range(len(self.weights_[0])):
                 pre = f"inmap.{i}."
-                em = self._input_map(kernels[i % len(kernels)], self.dkn_)
+                em = self._input_map(kernels[i % len(kernels)], self.dkn_, i // len(kernels))
                 maps.append(em.set_state({k[len(pre):]: v for k, v in d.items() if k.startswith(pre)}))
             self.maps_ = maps
             if info.get("input_names") is not None:

@@ -12,6 +12,12 @@ Vector inputs are concatenated in sorted input-name order; each input is one mod
 
 A :class:`GramCache` (``genre kernels``'s store) may hand the SVM and the DKN precomputed training Grams with
 the kernel states they were computed with; the result is the same model, computed faster.
+
+Feature scaling (:mod:`genrecli.kernels.scaling`): every model takes ``scale``, a method for all inputs or a
+mapping ``{input: method, '*': method}`` (``-o scale=robust``, ``-o audio/mfcc.scale=robust``), default 'auto':
+each input's :func:`~genrecli.kernels.scaling.default_scaling` (z-score for descriptor tables, none for
+embeddings). It is resolved per input name at fit, given to that input's ElementaryKernels (fitted on the
+training rows, stored in their states), and recorded in the model's meta as ``scaling`` ``{input: method}``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from sklearn.base import clone
 
 from genrecli.errors import UsageError
 from genrecli.kernels import DEFAULT_OFFSET, DEFAULT_SIGMA, KERNEL_NAMES
+from genrecli.kernels.scaling import AUTO, check_scale, merge_scale, resolve_scaling, split_scale_options, warn_once
 from genrecli.models.base import GenreModel
 
 DEFAULT_KERNELS = KERNEL_NAMES
@@ -32,16 +39,23 @@ class GramCache:
     """Precomputed training Grams: ``get(input, kernel) -> (K_train (n, n) float32, kernel state) or None``.
 
     The pipeline builds one per fold from ``kernels.h5`` when its groups are fresh for the features and
-    split at hand; ``offset`` and ``sigma`` are the kernel settings the cache was computed with.
+    split at hand; ``offset`` and ``sigma`` are the kernel settings the cache was computed with, ``scale``
+    the feature scaling of its kernels (``genre kernels`` computes them unscaled: 'none'), or a mapping
+    ``{input: method}`` when it differs per input. A model whose resolved scaling differs gets nothing.
     """
 
-    def __init__(self, entries: Mapping[tuple[str, str], tuple[np.ndarray, dict]], *, offset=DEFAULT_OFFSET, sigma=DEFAULT_SIGMA):
+    def __init__(self, entries: Mapping[tuple[str, str], tuple[np.ndarray, dict]], *, offset=DEFAULT_OFFSET, sigma=DEFAULT_SIGMA,
+                 scale="none"):
         self.entries = dict(entries)
         self.offset = offset
         self.sigma = sigma
+        self.scale = scale
 
-    def get(self, input_name: str, kernel: str, *, offset, sigma):
-        if offset != self.offset or sigma != self.sigma:
+    def _scale_of(self, input_name: str) -> str:
+        return self.scale.get(input_name, "none") if isinstance(self.scale, Mapping) else self.scale
+
+    def get(self, input_name: str, kernel: str, *, offset, sigma, scale="none"):
+        if offset != self.offset or sigma != self.sigma or scale != self._scale_of(input_name):
             return None
         return self.entries.get((input_name, kernel))
 
@@ -59,6 +73,25 @@ def _prefixed(state: Mapping[str, np.ndarray], prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def _scaling(model, names: list[str]) -> dict[str, str]:
+    """The resolved ``{input: method}`` of ``model.scale`` for these inputs (validated)."""
+    return resolve_scaling(check_scale(model.scale), names)
+
+
+def _loaded_scaling(meta: Mapping, names: list[str]) -> dict[str, str]:
+    """The scaling a saved model was fitted with: its meta's record (artifacts from before scaling: 'none')."""
+    recorded = meta.get("scaling") or {}
+    return {name: recorded.get(name, "none") for name in names}
+
+
+def _scale_options(model, options: Mapping) -> dict:
+    """Route the ``INPUT.scale`` options into ``model.scale``; return the other options."""
+    per_input, rest = split_scale_options(options)
+    if per_input:
+        model.scale = merge_scale(model.scale, per_input)
+    return rest
+
+
 def _check_y(y) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim == 1 and len(np.unique(y)) < 2:
@@ -73,6 +106,9 @@ class SVMModel(GenreModel):
     ----------
     kernel : {'linear', 'poly2', 'rbf', 'hist'}
     offset, sigma : poly2 offset c and RBF width rule, as in :class:`ElementaryKernel`.
+    scale : 'auto', a scaling method, or a mapping {input: method, '*': method}
+        Feature scaling of the input (:mod:`genrecli.kernels.scaling`), fitted on the training rows;
+        'auto' (default): :func:`~genrecli.kernels.scaling.default_scaling` of the input's name.
     svm : :class:`~genrecli.models.svm.KernelSVM` or None
         The classifier (C by 5-fold CV on the training Gram, class weights n / (C n_c)); None: defaults.
         Options ``C``, ``C_grid``, ``cv``, ``class_weight`` configure it.
@@ -80,14 +116,17 @@ class SVMModel(GenreModel):
 
     Attributes
     ----------
-    kernel_ : ElementaryKernel, fitted on the training rows, keeping only the support rows.
+    kernel_ : ElementaryKernel, fitted on the training rows (its scaler included), keeping only the support rows.
     svm_ : KernelSVM, its dual coefficients over those rows.
+    scaling_ : {input: method}, the resolved scaling (also in the saved meta).
     """
 
-    def __init__(self, kernel="rbf", *, offset=DEFAULT_OFFSET, sigma=DEFAULT_SIGMA, svm=None, random_state=None):
+    def __init__(self, kernel="rbf", *, offset=DEFAULT_OFFSET, sigma=DEFAULT_SIGMA, scale=AUTO, svm=None,
+                 random_state=None):
         self.kernel = kernel
         self.offset = offset
         self.sigma = sigma
+        self.scale = scale
         self.svm = svm
         self.random_state = random_state
 
@@ -104,13 +143,15 @@ class SVMModel(GenreModel):
     def set_options(self, options):
         from genrecli.models.svm import KernelSVM
 
-        self.svm = (clone(self.svm) if self.svm is not None else KernelSVM()).set_params(**options)
+        options = _scale_options(self, options)
+        if options:
+            self.svm = (clone(self.svm) if self.svm is not None else KernelSVM()).set_params(**options)
         return self
 
-    def _make_kernel(self):
+    def _make_kernel(self, name: str | None = None, method: str = "none"):
         from genrecli.kernels.elementary import ElementaryKernel
 
-        return ElementaryKernel(self.kernel, offset=self.offset, sigma=self.sigma)
+        return ElementaryKernel(self.kernel, offset=self.offset, sigma=self.sigma, scale=method, input_name=name)
 
     def fit(self, inputs, y, *, validation=None, cache: GramCache | None = None):
         from genrecli.models.svm import KernelSVM
@@ -119,14 +160,17 @@ class SVMModel(GenreModel):
         if len(names) != 1:
             raise UsageError(f"svm takes one input, got {len(names)}: {', '.join(names)}")
         y = _check_y(y)
+        scaling = _scaling(self, names)
+        method = scaling[names[0]]
         X, _ = _vectors(inputs, names)
-        cached = cache.get(names[0], self.kernel, offset=self.offset, sigma=self.sigma) if cache else None
-        kernel = self._make_kernel()
+        cached = cache.get(names[0], self.kernel, offset=self.offset, sigma=self.sigma, scale=method) if cache else None
+        kernel = self._make_kernel(names[0], method)
         if cached is not None:
             K, state = cached
             kernel.set_state(state)
         else:
-            K = kernel.fit_transform(X)
+            with warn_once():
+                K = kernel.fit_transform(X)
         svm = (clone(self.svm) if self.svm is not None else KernelSVM()).set_params(random_state=self.random_state)
         svm.fit(K, y)
         # Rows with no dual weight in any one-vs-rest problem never contribute to a score: drop them.
@@ -134,7 +178,7 @@ class SVMModel(GenreModel):
         kernel.X_fit_ = np.ascontiguousarray(kernel.X_fit_[support])
         svm.alpha_ = np.ascontiguousarray(svm.alpha_[:, support])
         svm.n_features_in_ = len(support)
-        self.kernel_, self.svm_ = kernel, svm
+        self.kernel_, self.svm_, self.scaling_ = kernel, svm, scaling
         self.classes_, self.multilabel_, self.input_names_ = np.asarray(svm.classes_), bool(svm.multilabel_), names
         return self
 
@@ -148,11 +192,16 @@ class SVMModel(GenreModel):
         state.update({f"svm.{k}": v for k, v in self.svm_.state_dict().items()})
         return state
 
+    def get_meta(self):
+        return {**super().get_meta(), "scaling": dict(self.scaling_)}
+
     def set_state(self, state, meta):
         from genrecli.models.svm import KernelSVM
 
         super().set_state(state, meta)
-        self.kernel_ = self._make_kernel().set_state(_prefixed(state, "kernel."))
+        self.scaling_ = _loaded_scaling(meta, self.input_names_)
+        name = self.input_names_[0]
+        self.kernel_ = self._make_kernel(name, self.scaling_[name]).set_state(_prefixed(state, "kernel."))
         self.svm_ = (clone(self.svm) if self.svm is not None else KernelSVM()).load_state_dict(_prefixed(state, "svm."))
         return self
 
@@ -172,15 +221,22 @@ class _MultiKernelModel(GenreModel):
         return [name.split("/", 1)[0] for name in names]
 
     def get_meta(self):
-        return {**super().get_meta(), "input_dims": list(self.input_dims_)}
+        return {**super().get_meta(), "input_dims": list(self.input_dims_), "scaling": dict(self.scaling_)}
 
     def set_state(self, state, meta):
         super().set_state(state, meta)
         self.input_dims_ = list(meta["input_dims"])
+        self.scaling_ = _loaded_scaling(meta, self.input_names_)
         return self
 
+    def _block_scales(self, names, scaling=None) -> tuple[str, ...]:
+        """The DKN's ``scale``: one resolved method per input block, in input order."""
+        scaling = _scaling(self, names) if scaling is None else scaling
+        return tuple(scaling[name] for name in names)
 
-_DKN_CONTROLLED = {"kernels", "input_dims", "modality_names", "random_state", "device"}
+
+# ``scale`` is the model's own (resolved per input name into the DKN's per-block tuple).
+_DKN_CONTROLLED = {"kernels", "input_dims", "modality_names", "input_names", "scale", "random_state", "device"}
 
 
 class DKNModel(_MultiKernelModel):
@@ -189,14 +245,17 @@ class DKNModel(_MultiKernelModel):
     Parameters
     ----------
     kernels : elementary kernels applied to every input.
+    scale : 'auto', a scaling method, or a mapping {input: method, '*': method}
+        Feature scaling per input (as in :class:`SVMModel`), given to the DKN as one method per block.
     dkn : :class:`~genrecli.models.dkn.DKNClassifier` or None
-        Its settings (``hidden``, ``depth``, ``activation``, ``C``, ...); ``kernels``, the input blocks,
-        ``random_state`` and ``device`` are set from this model. Every DKN option is accepted by ``-o``.
+        Its settings (``hidden``, ``depth``, ``activation``, ``C``, ...); ``kernels``, the input blocks, their
+        ``scale``, ``random_state`` and ``device`` are set from this model. Every DKN option is accepted by ``-o``.
     random_state, device
     """
 
-    def __init__(self, kernels=DEFAULT_KERNELS, *, dkn=None, random_state=None, device="cpu"):
+    def __init__(self, kernels=DEFAULT_KERNELS, *, scale=AUTO, dkn=None, random_state=None, device="cpu"):
         self.kernels = kernels
+        self.scale = scale
         self.dkn = dkn
         self.random_state = random_state
         self.device = device
@@ -214,14 +273,17 @@ class DKNModel(_MultiKernelModel):
     def set_options(self, options):
         from genrecli.models.dkn import DKNClassifier
 
-        self.dkn = (clone(self.dkn) if self.dkn is not None else DKNClassifier()).set_params(**options)
+        options = _scale_options(self, options)
+        if options:
+            self.dkn = (clone(self.dkn) if self.dkn is not None else DKNClassifier()).set_params(**options)
         return self
 
-    def _estimator(self, names, dims):
+    def _estimator(self, names, dims, scaling=None):
         from genrecli.models.dkn import DKNClassifier
 
         base = clone(self.dkn) if self.dkn is not None else DKNClassifier()
         return base.set_params(kernels=tuple(self.kernels), input_dims=tuple(dims), modality_names=tuple(self._modalities(names)),
+                               scale=self._block_scales(names, scaling), input_names=tuple(names),
                                random_state=self.random_state, device=self.device)
 
     def fit(self, inputs, y, *, validation=None, cache: GramCache | None = None):
@@ -229,20 +291,23 @@ class DKNModel(_MultiKernelModel):
         y = _check_y(y)
         if y.ndim != 1:
             raise UsageError("dkn is single-label only; use svm or mlp on a multi-label corpus")
-        est = self._estimator(names, dims)
-        cached = self._cached(cache, est, names)
+        scaling = _scaling(self, names)
+        est = self._estimator(names, dims, scaling)
+        cached = self._cached(cache, est, names, scaling)
         if cached is None:
-            est.fit(X, y)
+            with warn_once():
+                est.fit(X, y)
         else:
             self._fit_cached(est, X, y, dims, names, cached)
-        self.dkn_, self.input_names_, self.input_dims_ = est, names, dims
+        self.dkn_, self.input_names_, self.input_dims_, self.scaling_ = est, names, dims, scaling
         self.classes_, self.multilabel_ = np.asarray(est.classes_), False
         return self
 
-    def _cached(self, cache, est, names):
+    def _cached(self, cache, est, names, scaling):
         if cache is None:
             return None
-        entries = [cache.get(n, k, offset=est.kernel_offset, sigma=est.sigma) for n in names for k in self.kernels]
+        entries = [cache.get(n, k, offset=est.kernel_offset, sigma=est.sigma, scale=scaling[n])
+                   for n in names for k in self.kernels]
         return None if any(e is None for e in entries) else entries
 
     def _fit_cached(self, est, X, y, dims, names, entries):
@@ -252,6 +317,7 @@ class DKNModel(_MultiKernelModel):
         grams = np.stack([K for K, _ in entries]).astype(np.float32, copy=False)
         modalities = [m for m in self._modalities(names) for _ in self.kernels]
         est.fit_gram(grams, y, modalities=modalities)
+        # Cached Grams are of unscaled kernels only (GramCache.get checks the scaling).
         est.kernels_ = [ElementaryKernel(k, offset=est.kernel_offset, sigma=est.sigma, device=est.device).set_state(state)
                         for (_, state), k in zip(entries, [k for _ in names for k in self.kernels])]
         est.slices_ = split_columns(X.shape[1], est.input_dims)
@@ -270,7 +336,7 @@ class DKNModel(_MultiKernelModel):
 
     def set_state(self, state, meta):
         super().set_state(state, meta)
-        self.dkn_ = self._estimator(self.input_names_, self.input_dims_)
+        self.dkn_ = self._estimator(self.input_names_, self.input_dims_, self.scaling_)
         self.dkn_.load_state_dict(dict(state))
         if not hasattr(self.dkn_, "kernels_"):
             raise UsageError("this DKN artifact holds no kernel states (it was trained on Grams only)")
@@ -286,6 +352,9 @@ class DM2KMNModel(_MultiKernelModel):
     Parameters
     ----------
     kernels : elementary kernels applied to every input.
+    scale : 'auto', a scaling method, or a mapping {input: method, '*': method}
+        Feature scaling per input (as in :class:`SVMModel`), set on its DKN (one method per block), from
+        which the explicit maps take it.
     dm2kmn : :class:`~genrecli.models.dm2kmn.DM2KMNClassifier` or None
         Its map and fine-tuning settings, and its DKN (``dm2kmn.dkn``). ``-o`` options are routed by name:
         a DM2KMN parameter (``landmarks``, ``energy``, ``ft_lr``, ...) to the map network, a DKN parameter
@@ -295,8 +364,10 @@ class DM2KMNModel(_MultiKernelModel):
     random_state, device
     """
 
-    def __init__(self, kernels=DEFAULT_KERNELS, *, dm2kmn=None, finetune=True, random_state=None, device="cpu"):
+    def __init__(self, kernels=DEFAULT_KERNELS, *, scale=AUTO, dm2kmn=None, finetune=True, random_state=None,
+                 device="cpu"):
         self.kernels = kernels
+        self.scale = scale
         self.dm2kmn = dm2kmn
         self.finetune = finetune
         self.random_state = random_state
@@ -318,6 +389,9 @@ class DM2KMNModel(_MultiKernelModel):
         from genrecli.models.dkn import DKNClassifier
         from genrecli.models.dm2kmn import DM2KMNClassifier
 
+        options = _scale_options(self, options)
+        if not options:
+            return self
         est = clone(self.dm2kmn) if self.dm2kmn is not None else DM2KMNClassifier()
         own = set(DM2KMNClassifier._get_param_names()) - _DM2KMN_CONTROLLED
         mine = {k: v for k, v in options.items() if k in own}
@@ -329,13 +403,14 @@ class DM2KMNModel(_MultiKernelModel):
         self.dm2kmn = est
         return self
 
-    def _estimator(self, names, dims):
+    def _estimator(self, names, dims, scaling=None):
         from genrecli.models.dkn import DKNClassifier
         from genrecli.models.dm2kmn import DM2KMNClassifier
 
         est = clone(self.dm2kmn) if self.dm2kmn is not None else DM2KMNClassifier()
         dkn = clone(est.dkn) if est.dkn is not None else DKNClassifier()
         dkn.set_params(kernels=tuple(self.kernels), input_dims=tuple(dims), modality_names=tuple(self._modalities(names)),
+                       scale=self._block_scales(names, scaling), input_names=tuple(names),
                        random_state=self.random_state, device=self.device)
         return est.set_params(dkn=dkn, finetune=self.finetune, random_state=self.random_state, device=self.device)
 
@@ -344,9 +419,11 @@ class DM2KMNModel(_MultiKernelModel):
         y = _check_y(y)
         if y.ndim != 1:
             raise UsageError("dm2kmn is single-label only; use svm or mlp on a multi-label corpus")
-        est = self._estimator(names, dims)
-        est.fit(X, y)
-        self.dm2kmn_, self.input_names_, self.input_dims_ = est, names, dims
+        scaling = _scaling(self, names)
+        est = self._estimator(names, dims, scaling)
+        with warn_once():
+            est.fit(X, y)
+        self.dm2kmn_, self.input_names_, self.input_dims_, self.scaling_ = est, names, dims, scaling
         self.classes_, self.multilabel_ = np.asarray(est.classes_), False
         return self
 
@@ -366,6 +443,6 @@ class DM2KMNModel(_MultiKernelModel):
 
     def set_state(self, state, meta):
         super().set_state(state, meta)
-        self.dm2kmn_ = self._estimator(self.input_names_, self.input_dims_)
+        self.dm2kmn_ = self._estimator(self.input_names_, self.input_dims_, self.scaling_)
         self.dm2kmn_.load_state_dict(dict(state))
         return self

@@ -17,6 +17,11 @@ with only the rows some SVM gives a dual weight, so a saved model needs no store
 Inner SVM options (``-o C=10``, ``C_grid``, ``cv``, ``class_weight``) reach the KernelSVM of every model;
 ``random_state`` seeds its CV folds and the calibration folds of ``svm-late``.
 
+Every model takes ``scale`` (``-o scale=METHOD``, ``-o INPUT.scale=METHOD``; default 'auto'), the per-input
+feature scaling of :mod:`genrecli.kernels.scaling`, as :mod:`genrecli.models.kernel`'s models do: resolved per
+input name at fit, fitted on the training rows inside each input's kernels (in ``svm-concat``, on each input
+before the concatenation), recorded in the meta as ``scaling``.
+
 A :class:`~genrecli.models.kernel.GramCache` (``genre kernels``'s store) may hand ``svm-late``, ``mkl-average``
 and ``easymkl`` their training Grams; ``svm-concat``'s kernel is on the concatenated features, never cached.
 """
@@ -29,8 +34,11 @@ import numpy as np
 from sklearn.base import clone
 
 from genrecli.errors import UsageError
+from genrecli.kernels.scaling import AUTO, InputScaler, warn_once
 from genrecli.models.base import GenreModel
-from genrecli.models.kernel import DEFAULT_KERNELS, GramCache, _check_y, _prefixed, _vectors
+from genrecli.models.kernel import (
+    DEFAULT_KERNELS, GramCache, _check_y, _loaded_scaling, _prefixed, _scale_options, _scaling, _vectors,
+)
 
 COMBINE_RULES = ("proba", "decision")
 _T_BOUNDS = (1e-2, 1e2)  # svm-late: range of the softmax temperature
@@ -229,7 +237,9 @@ class _KernelSVMBaseline(GenreModel):
     def set_options(self, options):
         from genrecli.models.svm import KernelSVM
 
-        self.svm = (clone(self.svm) if self.svm is not None else KernelSVM()).set_params(**options)
+        options = _scale_options(self, options)
+        if options:
+            self.svm = (clone(self.svm) if self.svm is not None else KernelSVM()).set_params(**options)
         return self
 
     def _new_svm(self, **params):
@@ -248,27 +258,42 @@ class _KernelSVMBaseline(GenreModel):
 
         return check_kernel_names(self.kernels)
 
-    def _make_kernel(self, name: str):
+    def _make_kernel(self, name: str, input_name: str | None = None, method: str = "none"):
         from genrecli.kernels.elementary import ElementaryKernel
 
-        return ElementaryKernel(name, offset=self.offset, sigma=self.sigma)
+        return ElementaryKernel(name, offset=self.offset, sigma=self.sigma, scale=method, input_name=input_name)
 
     def _pair_grams(self, inputs, names, cache: GramCache | None):
-        """[(input, kernel, fitted ElementaryKernel, training Gram)] for every input x kernel."""
+        """[(input, kernel, fitted ElementaryKernel, training Gram)] for every input x kernel.
+
+        Also sets ``scaling_``, the resolved scaling of every input.
+        """
+        self.scaling_ = scaling = _scaling(self, names)
         out = []
-        for name in names:
-            X = None
-            for k in self._kernel_names():
-                cached = cache.get(name, k, offset=self.offset, sigma=self.sigma) if cache is not None else None
-                kernel = self._make_kernel(k)
-                if cached is not None:
-                    K, state = cached
-                    kernel.set_state(state)
-                else:
-                    X = _vectors(inputs, [name])[0] if X is None else X
-                    K = kernel.fit_transform(X)
-                out.append((name, k, kernel, K))
+        with warn_once():
+            for name in names:
+                X = None
+                for k in self._kernel_names():
+                    cached = (cache.get(name, k, offset=self.offset, sigma=self.sigma, scale=scaling[name])
+                              if cache is not None else None)
+                    kernel = self._make_kernel(k, name, scaling[name])
+                    if cached is not None:
+                        K, state = cached
+                        kernel.set_state(state)
+                    else:
+                        X = _vectors(inputs, [name])[0] if X is None else X
+                        K = kernel.fit_transform(X)
+                    out.append((name, k, kernel, K))
         return out
+
+    def _pair_kernels(self, state, meta) -> list:
+        """The fitted kernels of ``pairs_`` restored from a saved state (``pair<p>.kernel.*``)."""
+        self.scaling_ = _loaded_scaling(meta, self.input_names_)
+        return [self._make_kernel(k, name, self.scaling_[name]).set_state(_prefixed(state, f"pair{p}.kernel."))
+                for p, (name, k) in enumerate(self.pairs_)]
+
+    def get_meta(self):
+        return {**super().get_meta(), "scaling": dict(self.scaling_)}
 
     @staticmethod
     def _prune(kernels, svm) -> np.ndarray:
@@ -287,9 +312,12 @@ class _KernelSVMBaseline(GenreModel):
 class ConcatSVMModel(_KernelSVMBaseline):
     """Early fusion (``svm-concat``): one SVM on the concatenated, standardised features of every input.
 
-    The inputs are concatenated in sorted input-name order and z-scored per column with the training rows'
-    mean and standard deviation (a column constant on the training rows keeps scale 1, so it is 0 on them
-    and never divides by zero); then one elementary kernel, fitted on those rows, and one KernelSVM.
+    Each input is first scaled by its ``scale`` method (fitted on the training rows; constant and all-NaN
+    columns dropped), then the inputs are concatenated in sorted input-name order and z-scored per column with
+    the training rows' mean and standard deviation (a column constant on the training rows keeps scale 1, so it
+    is 0 on them and never divides by zero); then one elementary kernel, fitted on those rows, and one
+    KernelSVM. As the z-score follows, a per-column scale (standard, robust, minmax) only drops columns here;
+    'l2' (per row) changes the result.
 
     Parameters
     ----------
@@ -297,20 +325,26 @@ class ConcatSVMModel(_KernelSVMBaseline):
         accepted). It is what ``genre train --kernels K`` sets, and it takes a single kernel for this model:
         several kernels are what ``mkl-average``, ``easymkl`` and ``svm-late`` combine.
     offset, sigma : poly2 offset c and RBF width rule, as in :class:`ElementaryKernel`.
+    scale : 'auto', a method or a mapping {input: method, '*': method}: per-input scaling before the
+        concatenation (:mod:`genrecli.kernels.scaling`).
     svm : :class:`~genrecli.models.svm.KernelSVM` or None (options ``C``, ``C_grid``, ``cv``, ``class_weight``).
     random_state : int, seed of the CV folds.
 
     Attributes
     ----------
-    mean_, scale_ : (d,) float32, the training column means and standard deviations (1 where constant).
+    scalers_ : {input: InputScaler} for the inputs whose scaling is not 'none'.
+    mean_, scale_ : (d,) float32, the training column means and standard deviations (1 where constant) of the
+        concatenated, scaled inputs.
     kernel_ : ElementaryKernel on the standardised features, support rows only.  svm_ : KernelSVM.
     input_dims_ : the width of each input, in order.
     """
 
-    def __init__(self, kernels=("rbf",), *, offset=1.0, sigma="total-variance", svm=None, random_state=None):
+    def __init__(self, kernels=("rbf",), *, offset=1.0, sigma="total-variance", scale=AUTO, svm=None,
+                 random_state=None):
         self.kernels = kernels
         self.offset = offset
         self.sigma = sigma
+        self.scale = scale
         self.svm = svm
         self.random_state = random_state
 
@@ -325,11 +359,28 @@ class ConcatSVMModel(_KernelSVMBaseline):
         """Rows z-scored with the training statistics: ``(X - mean_) / scale_``, float32."""
         return ((np.asarray(X, dtype=np.float32) - self.mean_) / self.scale_).astype(np.float32, copy=False)
 
+    def _scaled_inputs(self, inputs, names) -> tuple[np.ndarray, list[int]]:
+        """The inputs after their fitted scalers, concatenated (float32), and the raw width of each input."""
+        blocks, dims = [], []
+        for name in names:
+            X, (d,) = _vectors(inputs, [name])
+            scaler = self.scalers_.get(name)
+            blocks.append(X if scaler is None else scaler.transform(X))
+            dims.append(d)
+        X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+        return np.ascontiguousarray(X, dtype=np.float32), dims
+
     def fit(self, inputs, y, *, validation=None, cache=None):
         names = self._check_inputs(inputs, fitting=True)
         kernel_name = self._kernel_name()
         y = _check_y(y)
-        X, dims = _vectors(inputs, names)
+        self.scaling_ = _scaling(self, names)
+        self.scalers_ = {}
+        with warn_once():
+            for name in names:
+                if self.scaling_[name] != "none":
+                    self.scalers_[name] = InputScaler(self.scaling_[name], name=name).fit(_vectors(inputs, [name])[0])
+        X, dims = self._scaled_inputs(inputs, names)
         X64 = X.astype(np.float64)
         mean, std = X64.mean(axis=0), X64.std(axis=0)
         # Constant columns (or constant up to float32 rounding) keep scale 1: no division by (almost) zero.
@@ -347,13 +398,17 @@ class ConcatSVMModel(_KernelSVMBaseline):
 
     def decision_function(self, inputs) -> np.ndarray:
         names = self._check_inputs(inputs, fitting=False)
-        X, dims = _vectors(inputs, names)
+        dims = [int(np.prod(np.shape(inputs[name])[1:])) for name in names]
         if dims != list(self.input_dims_):
             raise UsageError(f"inputs have widths {dims}, the model was trained on {list(self.input_dims_)}")
+        X, _ = self._scaled_inputs(inputs, names)
         return np.asarray(self.svm_.decision_function(self.kernel_.transform(self.standardise(X))), dtype=np.float32)
 
     def get_state(self):
         state = {"mean": self.mean_, "scale": self.scale_}
+        for i, name in enumerate(self.input_names_):
+            if name in self.scalers_:
+                state.update({f"scaler{i}.{k}": v for k, v in self.scalers_[name].get_state().items()})
         state.update({f"kernel.{k}": v for k, v in self.kernel_.get_state().items()})
         state.update({f"svm.{k}": v for k, v in self.svm_.state_dict().items()})
         return state
@@ -364,6 +419,9 @@ class ConcatSVMModel(_KernelSVMBaseline):
     def set_state(self, state, meta):
         super().set_state(state, meta)
         self.input_dims_ = list(meta["input_dims"])
+        self.scaling_ = _loaded_scaling(meta, self.input_names_)
+        self.scalers_ = {name: InputScaler(self.scaling_[name], name=name).set_state(_prefixed(state, f"scaler{i}."))
+                         for i, name in enumerate(self.input_names_) if self.scaling_[name] != "none"}
         self.mean_ = np.asarray(state["mean"], dtype=np.float32)
         self.scale_ = np.asarray(state["scale"], dtype=np.float32)
         self.kernel_ = self._make_kernel(self._kernel_name()).set_state(_prefixed(state, "kernel."))
@@ -395,7 +453,8 @@ class LateFusionSVMModel(_KernelSVMBaseline):
         values, each SVM's class column divided by the standard deviation of its out-of-fold values (not
         centred, so 0 stays every SVM's decision threshold); ``predict_proba`` is then the contract's plain
         softmax / sigmoid of that average, not a calibrated probability.
-    offset, sigma, svm, random_state : as in ``svm-concat``; the SVM options apply to every pair's SVM.
+    offset, sigma, scale, svm, random_state : as in ``svm-concat`` (``scale`` inside each input's kernels); the
+        SVM options apply to every pair's SVM.
 
     Attributes
     ----------
@@ -404,12 +463,13 @@ class LateFusionSVMModel(_KernelSVMBaseline):
     decision_scale_ : (P, C) standard deviations of the out-of-fold decision values.
     """
 
-    def __init__(self, kernels=DEFAULT_KERNELS, *, combine="proba", offset=1.0, sigma="total-variance", svm=None,
-                 random_state=None):
+    def __init__(self, kernels=DEFAULT_KERNELS, *, combine="proba", offset=1.0, sigma="total-variance", scale=AUTO,
+                 svm=None, random_state=None):
         self.kernels = kernels
         self.combine = combine
         self.offset = offset
         self.sigma = sigma
+        self.scale = scale
         self.svm = svm
         self.random_state = random_state
 
@@ -501,8 +561,7 @@ class LateFusionSVMModel(_KernelSVMBaseline):
     def set_state(self, state, meta):
         super().set_state(state, meta)
         self.pairs_ = [tuple(p) for p in meta["pairs"]]
-        self.kernels_ = [self._make_kernel(k).set_state(_prefixed(state, f"pair{p}.kernel."))
-                         for p, (_, k) in enumerate(self.pairs_)]
+        self.kernels_ = self._pair_kernels(state, meta)
         self.svms_ = [self._loaded_svm(_prefixed(state, f"pair{p}.svm.")) for p in range(len(self.pairs_))]
         self.temperature_ = np.asarray(state["temperature"], dtype=np.float32)
         self.platt_ = np.asarray(state["platt"], dtype=np.float32)
@@ -557,8 +616,7 @@ class _CombinedKernelModel(_KernelSVMBaseline):
     def set_state(self, state, meta):
         super().set_state(state, meta)
         self.pairs_ = [tuple(p) for p in meta["pairs"]]
-        self.kernels_ = [self._make_kernel(k).set_state(_prefixed(state, f"pair{p}.kernel."))
-                         for p, (_, k) in enumerate(self.pairs_)]
+        self.kernels_ = self._pair_kernels(state, meta)
         self.weights_ = np.asarray(state["weights"], dtype=np.float32)
         self.svm_ = self._loaded_svm(_prefixed(state, "svm."))
         return self
@@ -573,7 +631,7 @@ class AverageMKLModel(_CombinedKernelModel):
     Parameters
     ----------
     kernels : elementary kernels applied to every input.
-    offset, sigma, svm, random_state : as in ``svm-concat``.
+    offset, sigma, scale, svm, random_state : as in ``svm-late``.
 
     Attributes
     ----------
@@ -581,10 +639,12 @@ class AverageMKLModel(_CombinedKernelModel):
     weights_ : (m,) all 1/m.  svm_ : KernelSVM on the mean kernel.
     """
 
-    def __init__(self, kernels=DEFAULT_KERNELS, *, offset=1.0, sigma="total-variance", svm=None, random_state=None):
+    def __init__(self, kernels=DEFAULT_KERNELS, *, offset=1.0, sigma="total-variance", scale=AUTO, svm=None,
+                 random_state=None):
         self.kernels = kernels
         self.offset = offset
         self.sigma = sigma
+        self.scale = scale
         self.svm = svm
         self.random_state = random_state
 
@@ -606,19 +666,20 @@ class EasyMKLModel(_CombinedKernelModel):
     lam : float in [0, 1], default 0.1
         EasyMKL's lambda: ``(1 - lam) sum_r K_r + lam I`` in the margin problem; 0 maximises the distance
         between the classes' convex hulls, 1 between their centroids.
-    offset, sigma, svm, random_state : as in ``svm-concat``.
+    offset, sigma, scale, svm, random_state : as in ``svm-late``.
 
     Attributes
     ----------
     pairs_, kernels_, svm_ : as in ``mkl-average``.  weights_ : (m,) the learned weights.
     """
 
-    def __init__(self, kernels=DEFAULT_KERNELS, *, lam=0.1, offset=1.0, sigma="total-variance", svm=None,
+    def __init__(self, kernels=DEFAULT_KERNELS, *, lam=0.1, offset=1.0, sigma="total-variance", scale=AUTO, svm=None,
                  random_state=None):
         self.kernels = kernels
         self.lam = lam
         self.offset = offset
         self.sigma = sigma
+        self.scale = scale
         self.svm = svm
         self.random_state = random_state
 

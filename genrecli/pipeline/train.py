@@ -123,7 +123,8 @@ def train(
     spec.capabilities.check(model, multilabel=manifest.multilabel, inputs={n: i["shape"] for n, i in info.items()})
     # The model's full parameters (defaults included), so a changed default retrains too.
     probe = kernels[:1] if spec.per_pair else (kernels or None)
-    model_params = _jsonable(spec.build(seed=0, device=device, kernels=probe, **options).get_params(deep=True))
+    probe_model = spec.build(seed=0, device=device, kernels=probe, **options)
+    model_params = _jsonable(probe_model.get_params(deep=True))
     for key in [k for k in model_params if k.endswith(("random_state", "device")) or k in ("kernel", "kernels")]:
         model_params.pop(key)
     if spec.per_pair:
@@ -140,6 +141,7 @@ def train(
             "options": options, "model_params": model_params,
             "pairs": [[i, k] for i in sorted(run_inputs) for k in (run_kernels or [None])],
             "features": {n: {"params": info[n]["params"], "params_hash": info[n]["params_hash"]} for n in sorted(run_inputs)},
+            "scaling": _scaling(probe_model, sorted(run_inputs)),
             "assignment": store.params_hash({"a": assignment.tolist()}),
             "labels": manifest.label_names, "multilabel": manifest.multilabel, "manifest": manifest.content_hash(),
         }
@@ -161,6 +163,15 @@ def train(
             (run_dir / ".config.partial.json").unlink(missing_ok=True)
         result.written.append(rid)
     return result
+
+
+def _scaling(model, inputs: list[str]) -> dict | None:
+    """The per-input feature scaling a kernel model will apply ('auto' resolved), for the run's provenance."""
+    if "scale" not in model.get_params(deep=False):
+        return None
+    from genrecli.kernels.scaling import resolve_scaling
+
+    return resolve_scaling(model.get_params(deep=False)["scale"], inputs)
 
 
 def _split_name(paths: DatasetPaths, manifest, split: str) -> str:
