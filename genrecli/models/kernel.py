@@ -99,7 +99,30 @@ def _check_y(y) -> np.ndarray:
     return y
 
 
-class SVMModel(GenreModel):
+class SVMPart:
+    """Models with an inner :class:`~genrecli.models.svm.KernelSVM` in their ``svm`` parameter: its options
+    (``C``, ``C_grid``, ``cv``, ``class_weight``) are ``-o`` options of the model; ``scale`` options are the model's."""
+
+    @classmethod
+    def part_names(cls) -> list[str]:
+        return ["svm"]
+
+    @classmethod
+    def nested_option_names(cls) -> list[str]:
+        from genrecli.models.svm import KernelSVM
+
+        return sorted(set(KernelSVM._get_param_names()) - {"random_state"})
+
+    def set_options(self, options):
+        from genrecli.models.svm import KernelSVM
+
+        options = _scale_options(self, options)
+        if options:
+            self.svm = (clone(self.svm) if self.svm is not None else KernelSVM()).set_params(**options)
+        return self
+
+
+class SVMModel(SVMPart, GenreModel):
     """One-vs-rest class-weighted SVM on one elementary kernel of one input (the paper's SVM baseline).
 
     Parameters
@@ -130,23 +153,6 @@ class SVMModel(GenreModel):
         self.svm = svm
         self.random_state = random_state
 
-    @classmethod
-    def part_names(cls) -> list[str]:
-        return ["svm"]
-
-    @classmethod
-    def nested_option_names(cls) -> list[str]:
-        from genrecli.models.svm import KernelSVM
-
-        return sorted(set(KernelSVM._get_param_names()) - {"random_state"})
-
-    def set_options(self, options):
-        from genrecli.models.svm import KernelSVM
-
-        options = _scale_options(self, options)
-        if options:
-            self.svm = (clone(self.svm) if self.svm is not None else KernelSVM()).set_params(**options)
-        return self
 
     def _make_kernel(self, name: str | None = None, method: str = "none"):
         from genrecli.kernels.elementary import ElementaryKernel

@@ -37,7 +37,7 @@ from genrecli.errors import UsageError
 from genrecli.kernels.scaling import AUTO, InputScaler, warn_once
 from genrecli.models.base import GenreModel
 from genrecli.models.kernel import (
-    DEFAULT_KERNELS, GramCache, _check_y, _loaded_scaling, _prefixed, _scale_options, _scaling, _vectors,
+    DEFAULT_KERNELS, GramCache, SVMPart, _check_y, _loaded_scaling, _prefixed, _scale_options, _scaling, _vectors,
 )
 
 COMBINE_RULES = ("proba", "decision")
@@ -221,26 +221,8 @@ def fit_platt(scores: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------------------------- models
-class _KernelSVMBaseline(GenreModel):
+class _KernelSVMBaseline(SVMPart, GenreModel):
     """Shared by every model here: the inner KernelSVM (options), elementary kernels, support-row pruning."""
-
-    @classmethod
-    def part_names(cls) -> list[str]:
-        return ["svm"]
-
-    @classmethod
-    def nested_option_names(cls) -> list[str]:
-        from genrecli.models.svm import KernelSVM
-
-        return sorted(set(KernelSVM._get_param_names()) - {"random_state"})
-
-    def set_options(self, options):
-        from genrecli.models.svm import KernelSVM
-
-        options = _scale_options(self, options)
-        if options:
-            self.svm = (clone(self.svm) if self.svm is not None else KernelSVM()).set_params(**options)
-        return self
 
     def _new_svm(self, **params):
         from genrecli.models.svm import KernelSVM
