@@ -106,7 +106,7 @@ def test_cnn_on_patch_features_through_the_cli(tmp_path):
     home = tmp_path / "home"
     genre("ingest", "table", "--root", str(_patch_table(tmp_path / "p.npz")), "--name", "p", "--split", "random:0.7:0.15",
           home=home, check_rc=0)
-    proc = genre("train", "--data", "p", "--model", "cnn", "--seeds", "1", "-o", "max_epochs=25", "-o", "patch_frames=24",
+    proc = genre("train", "--data", "p", "--model", "cnn", "--split", "random:0.7:0.15", "--seeds", "1", "-o", "max_epochs=25", "-o", "patch_frames=24",
                  "-o", "channels=[8,16]", home=home, check_rc=0)
     assert "epoch" in proc.stderr  # one progress line per epoch when not on a TTY
     genre("evaluate", "--data", "p", home=home, check_rc=0)
