@@ -159,16 +159,9 @@ def extract_text(
     params = {"encoder": enc.params(), "conversion": conversion_params(keep_metadata), "source": source_digest}
     digest = store.params_hash(params)
     target = paths.features()
-    status = store.group_status(target, group, digest)
-    if status == "fresh" and not force:
-        ui.info(f"{group}: up to date (params {digest}); nothing to do")
-        result.up_to_date.append(group)
+    if _up_to_date(target, group, digest, force=force, result=result):
         return result
-    if status == "stale":
-        ui.info(f"{group}: parameters or inputs changed; recomputing")
-    rows = np.flatnonzero(valid)
-    if len(rows) == 0:
-        raise UsageError(f"{paths.name}: no track has a usable score or lyrics text")
+    rows = _usable_rows(paths, valid)
     if encoder == "tfidf":
         vectors = enc.fit(texts_at(texts, rows)).transform(texts_at(texts, rows))
     else:
@@ -189,6 +182,25 @@ def extract_text(
     ui.info(f"{target}: wrote {group} ({len(rows)} tracks, dim {vectors.shape[1]})")
     result.written.append(group)
     return result
+
+
+def _up_to_date(target, group: str, digest: str, *, force: bool, result: StageResult) -> bool:
+    """True (and recorded in ``result``) when ``group`` in ``target`` already holds ``digest``'s output."""
+    status = store.group_status(target, group, digest)
+    if status == "fresh" and not force:
+        ui.info(f"{group}: up to date (params {digest}); nothing to do")
+        result.up_to_date.append(group)
+        return True
+    if status == "stale":
+        ui.info(f"{group}: parameters or inputs changed; recomputing")
+    return False
+
+
+def _usable_rows(paths, valid: np.ndarray) -> np.ndarray:
+    rows = np.flatnonzero(valid)
+    if len(rows) == 0:
+        raise UsageError(f"{paths.name}: no track has a usable score or lyrics text")
+    return rows
 
 
 def sequence_group_name(encoder: str) -> str:
@@ -219,16 +231,9 @@ def _extract_sequences(paths, enc, encoder, texts, valid, source_digest, *, keep
     limit = params["encoder"]["max_tokens"]
     digest = store.params_hash(params)
     target = paths.features()
-    status = store.group_status(target, group, digest)
-    if status == "fresh" and not force:
-        ui.info(f"{group}: up to date (params {digest}); nothing to do")
-        result.up_to_date.append(group)
+    if _up_to_date(target, group, digest, force=force, result=result):
         return result
-    if status == "stale":
-        ui.info(f"{group}: parameters or inputs changed; recomputing")
-    rows = np.flatnonzero(valid)
-    if len(rows) == 0:
-        raise UsageError(f"{paths.name}: no track has a usable score or lyrics text")
+    rows = _usable_rows(paths, valid)
     tokens, lengths = _encode_tokens_resumable(enc, texts, rows, limit, paths.partial / "text", digest)
     out = np.full((len(texts), limit, tokens.shape[2]), np.nan, dtype=np.float32)
     out[rows] = tokens
