@@ -43,7 +43,19 @@ def _size(n: int) -> str:
     return ""
 
 
-def dataset_info(data: str, *, data_home=None) -> list[str]:
+def _store_lines(store_path) -> list[str]:
+    files = store.store_files(store_path)
+    lines = [f"store {store_path} ({_size(store.store_size(store_path))} in {len(files)} file(s))"]
+    for group, shapes, attrs in store.describe(store_path):
+        if "params_hash" in attrs:
+            listed = ", ".join(f"{k} {v}" for k, v in shapes.items())
+            lines.append(f"  /{group}: {listed}; params {attrs['params_hash']} {attrs.get('params', '{}')}")
+    return lines
+
+
+def dataset_info(data: str, *, data_home=None, problems: list[str] | None = None) -> list[str]:
+    """The lines of ``genre info``. A store that cannot be read is one line here (and its message is appended
+    to ``problems``, when given); the other stores and their recorded failures are still listed."""
     paths = DatasetPaths.of(data, data_home)
     if not paths.manifest.exists():
         raise UsageError(f"{paths.root}: no dataset '{data}' here (run `genre ingest` first)")
@@ -62,13 +74,14 @@ def dataset_info(data: str, *, data_home=None) -> list[str]:
     for store_path in (*sorted(paths.root.glob("features*.h5")), paths.kernels):
         if not store_path.exists():
             continue
-        files = store.store_files(store_path)
-        lines.append(f"store {store_path} ({_size(store.store_size(store_path))} in {len(files)} file(s))")
-        for group, shapes, attrs in store.describe(store_path):
-            if "params_hash" in attrs:
-                listed = ", ".join(f"{k} {v}" for k, v in shapes.items())
-                lines.append(f"  /{group}: {listed}; params {attrs['params_hash']} {attrs.get('params', '{}')}")
-        failures += [(store_path.name, *row) for row in store.read_failures(store_path)]
+        try:
+            section = _store_lines(store_path)
+            failures += [(store_path.name, *row) for row in store.read_failures(store_path)]
+        except UsageError as exc:
+            section = [f"store {exc}"]  # the message starts with the store's path
+            if problems is not None:
+                problems.append(str(exc))
+        lines += section
     if paths.runs.is_dir():
         for run in sorted(paths.runs.iterdir()):
             metrics = run / "metrics.json"

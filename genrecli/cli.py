@@ -176,8 +176,11 @@ def ingest_cmd(
     force: ForceOpt = False,
 ) -> None:
     """List a corpus, check and checksum its files, write the manifest and the splits."""
+    from genrecli.layout import check_name
     from genrecli.pipeline.ingest import ingest
 
+    if name is not None:
+        check_name(name, "--name")
     _at_least(limit, 1, "--limit")
     _at_least(seed, 0, "--seed")
     specs = tuple(split) if split else ("standard",)
@@ -475,8 +478,13 @@ def info_cmd(data: DataOpt) -> None:
     """What is cached for a dataset (groups, sizes, parameters) and which items failed."""
     from genrecli.catalog import dataset_info
 
-    for line in dataset_info(data, data_home=_globals["data_home"]):
+    problems: list[str] = []
+    for line in dataset_info(data, data_home=_globals["data_home"], problems=problems):
         print(line)
+    for problem in problems:  # the rest is listed; an unreadable store still makes it exit 1
+        ui.error(problem)
+    if problems:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
+from genrecli.errors import UsageError
+
 DATA_HOME_ENV = "GENRE_DATA_HOME"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+
+def check_name(name: str, what: str = "dataset name") -> str:
+    """A dataset name is a plain name (letters, digits, ``-_.``, not starting with a dot), so that
+    ``<data-home>/<name>`` stays inside the data home; ``what`` names it in the error (``--name``)."""
+    if not _PLAIN_NAME.fullmatch(name):
+        raise UsageError(
+            f"{what} {name!r}: a dataset name is a plain name (letters, digits, '-', '_', '.', not starting with a dot), "
+            "not a path"
+        )
+    return name
 
 
 def data_home(explicit: str | os.PathLike | None = None) -> Path:
@@ -20,7 +35,7 @@ class DatasetPaths:
 
     @classmethod
     def of(cls, name: str, home: str | os.PathLike | None = None) -> "DatasetPaths":
-        return cls(data_home(home) / name)
+        return cls(data_home(home) / check_name(name))
 
     @property
     def name(self) -> str:

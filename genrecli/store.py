@@ -8,6 +8,12 @@ parameters it would use (upstream hashes included) with the stored one:
 * ``stale``   different hash: the inputs or parameters changed, so the group is recomputed and replaced;
 * ``missing`` never computed.
 
+"Upstream hashes" are content keys, not parameters: every group also carries ``content_hash`` (a digest of
+its data, :func:`write_group_data`) or at least ``write_id`` (the id of the write that made it), and a
+stage that reads a group puts :func:`content_key` of it into its own parameters. So a group recomputed
+with the same parameters but different data (``extract-audio --force`` after an extractor changed)
+makes its consumers stale, while a recomputation that gives the same bytes does not.
+
 Layout of an *indexed* store (``features.h5``, ``features.k-of-N.h5``, ``kernels.h5``)::
 
     features.h5                     the index: small; root attribute genre_layout = "genre-index/1"
@@ -162,6 +168,8 @@ def writer_lock(store_path: str | os.PathLike, *, timeout: float | None = None) 
 
 # ------------------------------------------------------------------------------------ on-disk helpers
 LAYOUT_ATTR = "genre_layout"
+CONTENT_ATTR = "content_hash"  # a group's data digest (see content_key): what downstream caches are keyed on
+WRITE_ID = "write_id"
 INDEX_LAYOUT = "genre-index/1"
 FAILED = "failed"
 _FAILED_COLUMNS = ("track_id", "stage", "message")
@@ -290,10 +298,7 @@ class Transaction:
     def _load(self) -> None:
         if not self.path.exists():
             return
-        try:
-            self._reader = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise UsageError(f"{self.path}: unreadable HDF5 store ({exc})") from None
+        self._reader = _open(self.path)
         self._links, self._failures, self.attrs = _scan_index(self._reader)
 
     def _abort(self) -> None:
@@ -385,9 +390,11 @@ class Transaction:
             raise ValueError(f"{self.path}: '{path}' is inside the stored group '{self._committed_of(path)}'; replace that group")
         if any(_within(u, path) is not None for u in self._visible()):
             raise ValueError(f"{self.path}: '{path}' holds other groups; delete them first")
-        rel = f"{self.data_dir.name}/{path}.{secrets.token_hex(6)}.h5"
+        token = secrets.token_hex(6)
+        rel = f"{self.data_dir.name}/{path}.{token}.h5"
         (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
         fh = h5py.File(self.root / rel, "w")
+        fh.attrs[WRITE_ID] = token  # what content_key() falls back on when the writer recorded no content hash
         self._pending[path] = _Pending(rel, fh)
         return fh["/"]
 
@@ -508,7 +515,7 @@ def collect_garbage(store_path: str | os.PathLike, links: Mapping[str, tuple[str
     if links is None:
         if not store_path.exists():
             return []
-        with h5py.File(store_path, "r") as h5:
+        with _open(store_path) as h5:
             links, _, _ = _scan_index(h5)
     keep = {os.path.abspath(store_path.parent / f) for f, _ in links.values() if f is not None}
     removed = []
@@ -564,6 +571,8 @@ def file_transaction(store_path: str | os.PathLike, *, lock: bool = True) -> Ite
     store_path = Path(store_path)
     store_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = store_path.with_name(f".{store_path.name}.tmp-{os.getpid()}")
+    if store_path.is_dir():
+        raise UsageError(f"{store_path}: is a directory, not an HDF5 store; move it away and rerun")
     ctx = writer_lock(store_path) if lock else contextlib.nullcontext()
     with ctx:
         if store_path.exists():
@@ -584,10 +593,22 @@ def open_read(store_path: str | os.PathLike, *, what: str = "store", hint: str =
     store_path = Path(store_path)
     if not store_path.exists():
         raise UsageError(f"{store_path}: no {what} yet{(' — ' + hint) if hint else ''}")
+    return _open(store_path)
+
+
+def _open(store_path: Path) -> h5py.File:
+    """``h5py.File(store_path, "r")`` of an existing path; a directory, an empty or a corrupt file is a
+    one-line :class:`UsageError` naming the path (h5py's own message spans lines and names no cause)."""
+    if store_path.is_dir():
+        raise UsageError(f"{store_path}: is a directory, not an HDF5 store; move it away and rerun the stage that writes it")
     try:
         return h5py.File(store_path, "r")
     except OSError as exc:
-        raise UsageError(f"{store_path}: unreadable HDF5 store ({exc})") from None
+        if store_path.is_file() and store_path.stat().st_size == 0:
+            cause = "an empty file (0 bytes)"
+        else:
+            cause = "not a readable HDF5 file (" + " ".join(str(exc).split()) + ")"
+        raise UsageError(f"{store_path}: {cause}; delete it and rerun the stage that writes it") from None
 
 
 def is_indexed(store_path: str | os.PathLike) -> bool:
@@ -595,7 +616,7 @@ def is_indexed(store_path: str | os.PathLike) -> bool:
     store_path = Path(store_path)
     if not store_path.exists():
         return False
-    with h5py.File(store_path, "r") as h5:
+    with _open(store_path) as h5:
         return h5.attrs.get(LAYOUT_ATTR) == INDEX_LAYOUT
 
 
@@ -604,7 +625,7 @@ def store_files(store_path: str | os.PathLike) -> list[Path]:
     store_path = Path(store_path)
     if not store_path.exists():
         return []
-    with h5py.File(store_path, "r") as h5:
+    with _open(store_path) as h5:
         links, _, _ = _scan_index(h5)
     files = {os.path.normpath(store_path.parent / f) for f, _ in links.values() if f is not None}
     return [store_path, *sorted(Path(f) for f in files)]
@@ -639,12 +660,38 @@ def group_params(group) -> dict:
     return json.loads(group.attrs.get("params", "{}"))
 
 
+def content_hash(item: "GroupData") -> str:
+    """SHA-256 (16 hex digits) of what a group holds: every array's name, dtype, shape and bytes, and its strings."""
+    h = hashlib.sha256()
+    for name in sorted(item.arrays):
+        value = np.ascontiguousarray(item.arrays[name])
+        h.update(f"{name}\0{value.dtype.str}\0{value.shape}\0".encode())
+        h.update(value.data if value.dtype.kind != "O" else canonical_json([str(v) for v in value.ravel()]).encode())
+    for name in sorted(item.strings):
+        h.update(f"{name}\0str\0".encode() + canonical_json([str(v) for v in item.strings[name]]).encode())
+    return h.hexdigest()[:16]
+
+
+def content_key(group) -> str:
+    """The key a downstream cache records for a group it read: changes whenever the group's data changed.
+
+    The group's content hash (:func:`write_group_data` records one); for a group written otherwise, the id
+    of the write that made it (every group file of an indexed store has one); for a group of the old
+    single-file layout, its params hash and creation time.
+    """
+    attrs = group.attrs
+    for key in (CONTENT_ATTR, WRITE_ID):
+        if key in attrs:
+            return f"{key}:{attrs[key]}"
+    return f"created:{attrs.get('params_hash', '')}@{attrs.get('created', '')}"
+
+
 def group_status(store_path: str | os.PathLike, group_path: str, digest: str) -> str:
     """'fresh', 'stale' or 'missing' for a group of a store, compared with the wanted params hash."""
     store_path = Path(store_path)
     if not store_path.exists():
         return "missing"
-    with h5py.File(store_path, "r") as h5:
+    with _open(store_path) as h5:
         if group_path not in h5:
             return "missing"
         return "fresh" if h5[group_path].attrs.get("params_hash") == digest else "stale"
@@ -677,7 +724,7 @@ def list_groups(source) -> list[str]:
     if isinstance(source, (str, os.PathLike)):
         if not Path(source).exists():
             return []
-        with h5py.File(source, "r") as h5:
+        with _open(Path(source)) as h5:
             return list_groups(h5)
     links, _, _ = _scan_index(source)
     return sorted(links)
@@ -701,7 +748,7 @@ def read_failures(source, stage: str | None = None) -> list[tuple[str, str, str]
     elif isinstance(source, (str, os.PathLike)):
         if not Path(source).exists():
             return []
-        with h5py.File(source, "r") as h5:
+        with _open(Path(source)) as h5:
             return read_failures(h5, stage)
     elif FAILED not in source:
         rows = []
@@ -753,6 +800,7 @@ def write_group_data(group: h5py.Group, item: GroupData) -> str:
         group[name] = group[target]
     for key, value in item.attrs.items():
         group.attrs[key] = value
+    group.attrs[CONTENT_ATTR] = content_hash(item)
     return set_group_params(group, item.params)
 
 
@@ -917,7 +965,7 @@ def group_attrs(store_path: str | os.PathLike, group: str) -> dict:
     store_path = Path(store_path)
     if not store_path.exists():
         return {}
-    with h5py.File(store_path, "r") as h5:
+    with _open(store_path) as h5:
         return dict(h5[group].attrs) if group in h5 else {}
 
 

@@ -37,9 +37,18 @@ def default_soundfont() -> pathlib.Path:
     return path
 
 
-@functools.lru_cache(maxsize=4)
 def _soundfont_bytes(path: pathlib.Path) -> bytes:
-    # Loading from memory is 3x faster than from a path and the file is read once per process.
+    # Loading from memory is 3x faster than from a path; the file is read once per process and version of
+    # it (an edited SoundFont at the same path is read again, as its sha256 in the feature params changes).
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read SoundFont ({one_line(exc)})") from None
+    return _read_soundfont(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_soundfont(path: pathlib.Path, size: int, mtime_ns: int) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
+import numpy as np
+
 from genrecli import store, ui
+from genrecli.errors import UsageError
 from genrecli.layout import DatasetPaths
 from genrecli.manifest import read_manifest
 from genrecli.pipeline import StageResult
@@ -96,6 +100,8 @@ def extract_audio(
     from genrecli.device import resolve_device
 
     # Unknown names, options or missing weights stop the stage here, not once per track.
+    if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not (math.isfinite(max_seconds) and max_seconds > 0):
+        raise UsageError(f"max_seconds must be a positive, finite number of seconds (got {max_seconds!r})")
     options = absolute_options(options)
     configured = {f.name: f for f in resolve_features(list(features), options)}
     device_type = resolve_device(device).type
@@ -134,12 +140,42 @@ def extract_audio(
         func, items, checkpoint=checkpoint, jobs=jobs, description=f"audio {','.join(wanted)}", ids=manifest.ids
     )
     failures = {manifest.ids[r]: msg for r, msg in failed.items()}
-    with store.write_transaction(target) as h5:
-        for name in wanted:
-            data_arr, valid = assemble(len(manifest), done, name, configured[name].shape)
-            write_feature_group(h5, f"audio/{name}", data_arr, valid, params_of[name], failures)
-            result.written.append(f"audio/{name}")
-    checkpoint.clear()
+    assembled = {name: assemble(len(manifest), done, name, configured[name].shape) for name in wanted}
+    stored = {name: _stored_ok(target, f"audio/{name}", manifest) for name in wanted}
+    kept = [] if force else [n for n in wanted if stored[n] is not None and stored[n] > int(assembled[n][1].sum())]
+    written = [name for name in wanted if name not in kept]
+    if written:
+        with store.write_transaction(target) as h5:
+            for name in written:
+                data_arr, valid = assembled[name]
+                write_feature_group(h5, f"audio/{name}", data_arr, valid, params_of[name], failures)
+                result.written.append(f"audio/{name}")
+        ui.info(f"{target}: wrote {', '.join('audio/' + n for n in written)} ({len(done)} tracks ok, {len(failed)} failed)")
+    checkpoint.clear()  # also when kept: a rerun must retry the failed tracks, not replay their failures
+    if kept:
+        groups = ", ".join(f"audio/{n} ({stored[n]} tracks ok, now {int(assembled[n][1].sum())})" for n in kept)
+        example = next(iter(failures.items()), None)
+        raise UsageError(
+            f"{target}: kept the stored {groups}: the recomputed group has more failed tracks ({len(failures)}"
+            + (f", e.g. {example[0]}: {example[1]}" if example else "")
+            + "); fix the cause, or rerun with --force to replace it"
+        )
     result.failures.update(failures)
-    ui.info(f"{target}: wrote {', '.join('audio/' + n for n in wanted)} ({len(done)} tracks ok, {len(failed)} failed)")
     return result
+
+
+def _stored_ok(target: Path, group: str, manifest) -> int | None:
+    """Tracks with features in the stored ``group`` when it was computed for this manifest, else None.
+
+    A recomputed group with fewer (new parameters that fail tracks: a too-short --max-seconds, broken
+    weights) does not replace it without --force.
+    """
+    if not target.exists():
+        return None
+    with store.open_read(target) as h5:
+        if group not in h5 or "valid" not in h5[group]:
+            return None
+        grp = h5[group]
+        if store.group_params(grp).get("manifest") != manifest.content_hash() or len(grp["valid"]) != len(manifest):
+            return None
+        return int(np.count_nonzero(grp["valid"][()]))

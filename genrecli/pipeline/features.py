@@ -189,6 +189,40 @@ def read_feature(paths: DatasetPaths, group_path: str) -> tuple[np.ndarray, np.n
 EXTRACT_HINT = "run `genre extract-audio` / `genre extract-text` first"
 
 
+def check_for_manifest(paths: DatasetPaths, name: str, group: h5py.Group, manifest) -> None:
+    """Refuse a feature group computed for another manifest of the dataset (a re-ingest since)."""
+    rows = group["data"].shape[0]
+    recorded = store.group_params(group).get("manifest", manifest.content_hash())
+    if rows != len(manifest) or recorded != manifest.content_hash():
+        stage = "extract-text" if name.startswith("text/") else "extract-audio"
+        raise UsageError(
+            f"{paths.features()}: '{name}' was computed for another manifest of '{paths.name}' "
+            f"({rows} rows, the manifest has {len(manifest)} tracks): rerun `genre {stage} --data {paths.name}`"
+        )
+
+
+def check_inputs(paths: DatasetPaths, names, manifest) -> None:
+    """Every named feature group exists and was computed for this manifest (read before any is used)."""
+    with store.open_read(paths.features(), what="features", hint=EXTRACT_HINT) as h5:
+        have = feature_groups(h5)
+        for name in names:
+            if name not in have:
+                raise UsageError(f"{paths.features()}: no feature '{name}' (have: {', '.join(have) or 'none'})")
+            check_for_manifest(paths, name, h5[name], manifest)
+
+
+def read_input(paths: DatasetPaths, name: str, manifest) -> tuple[np.ndarray, np.ndarray, dict, str]:
+    """``(data, valid, params, content key)`` of a feature group a downstream stage reads.
+
+    Refused (one line) when the group is missing or was computed for another manifest; the content key
+    (:func:`genrecli.store.content_key`) is what the reader's cache must be keyed on.
+    """
+    check_inputs(paths, [name], manifest)
+    with store.open_read(paths.features(), what="features", hint=EXTRACT_HINT) as h5:
+        grp = h5[name]
+        return grp["data"][()], grp["valid"][()], store.group_params(grp), store.content_key(grp)
+
+
 class FeatureView:
     """Rows of one feature group of a store, read lazily: what models get for patch inputs.
 

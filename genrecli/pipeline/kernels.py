@@ -23,7 +23,7 @@ from genrecli.kernels import DEFAULT_ENERGY, DEFAULT_LEVELS, DEFAULT_OFFSET, KER
 from genrecli.layout import DatasetPaths
 from genrecli.manifest import read_manifest
 from genrecli.pipeline import StageResult
-from genrecli.pipeline.features import EXTRACT_HINT, feature_groups, read_feature
+from genrecli.pipeline.features import EXTRACT_HINT, check_inputs, feature_groups, read_input
 from genrecli.pipeline.ingest import resolve_split
 from genrecli.splits import train_test_indices
 
@@ -63,10 +63,11 @@ def compute_kernels(
     inputs = tuple(inputs) if inputs else tuple(available_inputs(paths))
     if not inputs:
         raise UsageError(f"{paths.features()}: no features to build kernels from")
+    check_inputs(paths, inputs, manifest)  # all of them, before the first is computed
     result = StageResult()
     for input_name in inputs:
         pending: dict[str, store.GroupData] = {}  # one atomic store write per input
-        X, valid, feat_params = read_feature(paths, input_name)
+        X, valid, feat_params, feat_content = read_input(paths, input_name, manifest)
         X = X.reshape(len(X), -1)
         feat_digest = store.params_hash(feat_params)
         for fold in range(assignment.shape[0]):
@@ -78,7 +79,8 @@ def compute_kernels(
             for kernel in kernels:
                 group = kernel_group(split_id, fold, input_name, kernel)
                 params = {
-                    "kernel": kernel, "input": input_name, "feature": feat_digest, "split": split_id, "fold": fold,
+                    "kernel": kernel, "input": input_name, "feature": feat_digest, "feature_content": feat_content,
+                    "manifest": manifest.content_hash(), "split": split_id, "fold": fold,
                     "assignment": store.params_hash({"a": assignment[fold].tolist()}),
                     "landmarks": landmarks, "energy": energy, "levels": levels, "offset": offset,
                     "max_map_dim": max_map_dim, "seed": seed,

@@ -3,7 +3,8 @@
 ``<data>/runs/<run-id>/`` holds
 
 * ``config.json`` -- model, inputs, kernels, split, options, the model's full parameters, and for each input
-  its feature parameters and their hash (a changed feature or option retrains);
+  its feature parameters, their hash and the group's content key (a changed feature, even one recomputed
+  with the same parameters, or a changed option retrains), and the sha256 of ``predictions.h5``;
 * ``fold<k>-seed<s>/`` -- one self-contained model artifact per fold x seed (``model.safetensors`` +
   ``model.json`` with every input's feature parameters, the label names and the toolkit version, and
   ``features.safetensors`` for fitted feature extractors such as TF-IDF), enough for ``genre predict``;
@@ -56,31 +57,21 @@ def artifact_dir(run_dir: Path, fold: int, seed: int) -> Path:
     return run_dir / f"fold{fold}-seed{seed}"
 
 
-def feature_info(paths: DatasetPaths, names: list[str], manifest=None) -> dict[str, dict]:
-    """Per input: its stored parameters, their hash, the per-track shape and the valid-row mask.
+def feature_info(paths: DatasetPaths, names: list[str], manifest) -> dict[str, dict]:
+    """Per input: its stored parameters, their hash, its content key, the per-track shape and the valid-row mask.
 
-    With ``manifest``, a feature computed for another manifest (a re-ingest since) is refused.
+    A feature computed for another manifest (a re-ingest since) is refused.
     """
-    out = {}
-    with store.open_read(paths.features(), what="features", hint="run `genre extract-audio` / `genre extract-text` first") as h5:
-        from genrecli.pipeline.features import feature_groups
+    from genrecli.pipeline.features import EXTRACT_HINT, check_inputs
 
-        have = feature_groups(h5)
+    check_inputs(paths, names, manifest)
+    out = {}
+    with store.open_read(paths.features(), what="features", hint=EXTRACT_HINT) as h5:
         for name in names:
-            if name not in have:
-                raise UsageError(f"{paths.features()}: no feature '{name}' (have: {', '.join(have) or 'none'})")
             grp = h5[name]
             params = store.group_params(grp)
-            if manifest is not None:
-                stale = grp["data"].shape[0] != len(manifest) or params.get("manifest", manifest.content_hash()) != manifest.content_hash()
-                if stale:
-                    stage = "extract-text" if name.startswith("text/") else "extract-audio"
-                    raise UsageError(
-                        f"{paths.features()}: '{name}' was computed for another manifest of '{paths.name}' "
-                        f"({grp['data'].shape[0]} rows, the manifest has {len(manifest)} tracks): rerun `genre {stage}`"
-                    )
             out[name] = {"params": params, "params_hash": str(grp.attrs.get("params_hash", store.params_hash(params))),
-                         "shape": tuple(grp["data"].shape[1:]), "valid": grp["valid"][()]}
+                         "content": store.content_key(grp), "shape": tuple(grp["data"].shape[1:]), "valid": grp["valid"][()]}
     return out
 
 
@@ -140,7 +131,8 @@ def train(
             "model": model, "inputs": sorted(run_inputs), "kernels": run_kernels, "split": split_id, "seeds": seeds,
             "options": options, "model_params": model_params,
             "pairs": [[i, k] for i in sorted(run_inputs) for k in (run_kernels or [None])],
-            "features": {n: {"params": info[n]["params"], "params_hash": info[n]["params_hash"]} for n in sorted(run_inputs)},
+            "features": {n: {"params": info[n]["params"], "params_hash": info[n]["params_hash"], "content": info[n]["content"]}
+                         for n in sorted(run_inputs)},
             "scaling": _scaling(probe_model, sorted(run_inputs)),
             "assignment": store.params_hash({"a": assignment.tolist()}),
             "labels": manifest.label_names, "multilabel": manifest.multilabel, "manifest": manifest.content_hash(),
@@ -159,7 +151,11 @@ def train(
             run_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write_text(run_dir / ".config.partial.json", json.dumps({**config, "params_hash": digest}, indent=2))
             _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, options, device, run_dir)
-            _atomic_write_text(cfg_path, json.dumps({**config, "params_hash": digest, "device": device}, indent=2))
+            # The predictions' digest is the run's content key: what `evaluate` and `report` compare with the
+            # predictions_sha256 they recorded, to see a retrain (the params hash stays the same under --force).
+            final = {**config, "params_hash": digest, "device": device,
+                     "predictions_sha256": store.file_sha256(run_dir / "predictions.h5")}
+            _atomic_write_text(cfg_path, json.dumps(final, indent=2))
             (run_dir / ".config.partial.json").unlink(missing_ok=True)
         result.written.append(rid)
     return result
@@ -216,6 +212,10 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
             is_val = assignment[fold][tr] == VALID
             if is_val.any() and (~is_val).sum() >= 2:
                 fit_rows, val_rows = tr[~is_val], tr[is_val]
+        if y_all.ndim == 1 and len(np.unique(y_all[fit_rows])) < 2:
+            only = manifest.label_names[int(y_all[fit_rows][0])]
+            raise UsageError(f"{paths.manifest}: the training part of split {config['split']} fold {fold} has a single "
+                             f"class ({only}); a classifier needs two (ingest a corpus with two or more labels)")
         cache = _gram_cache(paths, config, fold, fit_rows, info) if spec.uses_kernels else None
         for seed in range(seeds):
             out_dir = artifact_dir(run_dir, fold, seed)
@@ -233,7 +233,10 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
             if label_embeddings is not None and "label_embeddings" in inspect.signature(est.fit).parameters:
                 kwargs["label_embeddings"] = label_embeddings
             t0 = time.perf_counter()
-            est.fit(_rows(arrays, paths, names, fit_rows), y_all[fit_rows], **kwargs)
+            try:
+                est.fit(_rows(arrays, paths, names, fit_rows), y_all[fit_rows], **kwargs)
+            except (ValueError, TypeError) as exc:
+                raise _option_error(exc, options) or exc
             fit_s = time.perf_counter() - t0
             test_inputs = _rows(arrays, paths, names, te)
             t0 = time.perf_counter()
@@ -260,6 +263,23 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
             else:
                 ui.info(f"{label}: accuracy {float(np.mean(y_pred == y_all[te])):.3f} on {len(te)} test tracks (fit {fit_s:.1f} s)")
     _write_predictions(run_dir, n_folds, seeds, len(config["labels"]), bool(config["multilabel"]))
+
+
+def _option_error(exc: Exception, options: dict) -> UsageError | None:
+    """A fit error caused by an ``-o`` value, as one line naming the option; None for any other error (a bug).
+
+    Option values are only parsed as JSON by the CLI, so ``-o C=abc`` reaches the model as the string 'abc'
+    and fails where it is first used (``float('abc')``); a number out of range fails in scikit-learn's
+    parameter validation, which names the parameter.
+    """
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    message = " ".join(str(exc).split())
+    for key, value in options.items():
+        named = isinstance(exc, InvalidParameterError) and f"'{key.rsplit('.', 1)[-1]}'" in message
+        if named or (isinstance(value, str) and repr(value) in message):
+            return UsageError(f"-o {key}={value}: {message}")
+    return None
 
 
 def _predict_from(est, scores: np.ndarray) -> np.ndarray:
@@ -327,7 +347,7 @@ def _gram_cache(paths: DatasetPaths, config: dict, fold: int, rows: np.ndarray, 
         return None
     entries = {}
     try:
-        with h5py.File(paths.kernels, "r") as h5:
+        with store.open_read(paths.kernels) as h5:
             for name in config["inputs"]:
                 for kernel in config["kernels"]:
                     group = f"{config['split']}/fold{fold}/{name}/{kernel}"
@@ -335,7 +355,8 @@ def _gram_cache(paths: DatasetPaths, config: dict, fold: int, rows: np.ndarray, 
                         continue
                     grp = h5[group]
                     params = store.group_params(grp)
-                    if (params.get("feature") != store.params_hash(info[name]["params"])
+                    if (params.get("feature_content") != info[name]["content"]
+                            or params.get("manifest") != config["manifest"]
                             or params.get("assignment") != _fold_assignment_hash(paths, config, fold)
                             or params.get("offset", 1.0) != 1.0):
                         continue
@@ -347,7 +368,8 @@ def _gram_cache(paths: DatasetPaths, config: dict, fold: int, rows: np.ndarray, 
                         continue
                     state = {k[len("kernel_."):]: grp["state"][k][()] for k in grp["state"] if k.startswith("kernel_.")}
                     entries[(name, kernel)] = (K, state)
-    except OSError:
+    except UsageError as exc:  # only a cache: say why it is not used, and compute the Grams
+        ui.warn(f"{exc} (computing the Grams from the features instead)")
         return None
     return GramCache(entries) if entries else None
 
