@@ -21,6 +21,9 @@ class Listing:
 
     tracks: list[Track]
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Items of the input that are defective (a table row without a label), item -> reason. Listed with the
+    # skipped ones, and unlike a file that is not the corpus's (a README), they make ingest exit 2 (partial).
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
     label_names: list[str] | None = None  # None: sorted label names
     notes: list[str] = dataclasses.field(default_factory=list)
     # Precomputed features shipped with the corpus (4MuLA's mel spectrograms, a `table`), one row per
@@ -50,6 +53,31 @@ def get_dataset(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise UsageError(f"unknown dataset '{name}' (known: {', '.join(sorted(DATASETS))})")
     return DATASETS[name]
+
+
+def read_text_file(path: Path) -> tuple[str, str | None]:
+    """A corpus's own text file (metadata CSV, table): (text, a note when it was not UTF-8, else None).
+
+    UTF-8 (with or without BOM) and UTF-16 with BOM are read as they are; other text is read as Latin-1,
+    the legacy encoding of spreadsheet exports, and the note says so.
+
+    Raises
+    ------
+    UsageError
+        One line naming the file: unreadable, or binary (NUL bytes).
+    """
+    from genrecli.errors import InputError
+    from genrecli.text.convert import decode_text
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text, codec = decode_text(data, path)
+    except InputError as exc:  # a corpus file, not one track's: the command stops
+        raise UsageError(str(exc)) from None
+    return text, (f"{path}: not UTF-8; read as {codec}" if codec not in ("utf-8", "utf-8-sig", "utf-16") else None)
 
 
 def require_root(name: str, root: Path | None) -> Path:

@@ -9,12 +9,13 @@ the MusicXML ``<creator type="composer">``) and ``work`` (movements and numbers 
 from __future__ import annotations
 
 import csv
+import io
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from genrecli import store
-from genrecli.datasets import DatasetSpec, Listing, register, require_root
+from genrecli.datasets import DatasetSpec, Listing, read_text_file, register, require_root
 from genrecli.errors import UsageError
 from genrecli.formats import MIDI_SUFFIXES, SCORE_FORMATS
 from genrecli.manifest import Track
@@ -52,13 +53,17 @@ def _kern_composer(path: Path) -> str | None:
 
 
 def _musicxml_composer(path: Path) -> str | None:
+    """The ``<creator type="composer">`` of a MusicXML file; None when it has none or cannot be read (the
+    text stage reports an unreadable score; ingest only loses its composer)."""
     if path.suffix == ".mxl":
         return None
     try:
-        for _, elem in ET.iterparse(path):
-            if elem.tag == "creator" and elem.get("type") == "composer" and elem.text:
+        for event, elem in ET.iterparse(path, events=("start", "end")):
+            if event == "start" and elem.tag == "part":  # <identification> precedes the music: stop reading
+                return None
+            if event == "end" and elem.tag == "creator" and elem.get("type") == "composer" and elem.text:
                 return elem.text.strip()
-    except ET.ParseError:
+    except (ET.ParseError, LookupError, UnicodeError):  # malformed XML; unknown or unusable declared encoding
         return None
     return None
 
@@ -69,10 +74,14 @@ def list_tracks(root: Path | None) -> Listing:
     if not era_dirs:
         found = ", ".join(sorted(p.name for p in root.iterdir())[:8]) or "nothing"
         raise UsageError(f"--root {root}: expected one folder per era (<Era>/<id>.krn|.musicxml|.mid), found {found}")
-    metadata = {}
+    metadata, notes = {}, []
     if (root / "metadata.csv").exists():
-        with open(root / "metadata.csv", newline="", encoding="utf-8") as fh:
-            metadata = {row["id"]: row for row in csv.DictReader(fh) if "id" in row}
+        text, note = read_text_file(root / "metadata.csv")
+        notes += [note] if note else []
+        try:
+            metadata = {row["id"]: row for row in csv.DictReader(io.StringIO(text, newline="")) if "id" in row}
+        except csv.Error as exc:
+            raise UsageError(f"{root / 'metadata.csv'}: not a CSV file ({exc})") from None
     tracks, skipped = [], {}
     for era in era_dirs:
         by_stem: dict[str, dict[str, Path]] = {}
@@ -108,7 +117,7 @@ def list_tracks(root: Path | None) -> Listing:
             )
     if not tracks:
         raise UsageError(f"--root {root}: no score files found under the era folders ({', '.join(p.name for p in era_dirs)})")
-    return Listing(tracks, skipped)
+    return Listing(tracks, skipped, notes=notes)
 
 
 register(

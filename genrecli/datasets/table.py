@@ -2,7 +2,7 @@
 
 ``--root`` is the table file, or a folder holding exactly one. Formats:
 
-* CSV (``.csv``, ``.tsv``; comma, tab or semicolon separated, UTF-8, a header row): a label
+* CSV (``.csv``, ``.tsv``; comma, tab or semicolon separated, UTF-8 (else read as Latin-1), a header row): a label
   column, optional id, group and split columns; every other column is a numeric feature (an empty
   cell is a missing value: the row is kept but its feature row is marked invalid);
 * NPZ (``.npz``, ``numpy.savez``): arrays ``X`` (or ``features``; n x d, or n x ... ) and ``y`` (or
@@ -16,6 +16,8 @@ training/validation/val/dev/testing; stored as the group ``split`` for ``--split
 ``name`` (the feature group, default ``audio/table``; a bare name gets the ``audio/`` prefix).
 
 The features are written to ``features.h5`` at ingest (``Listing.features``), one row per track.
+Rows without an id or a label, or repeating an id, are left out, and rows with NaN/inf features are
+masked: both are recorded as failures (``genre info``) and ingest exits 2 (partial).
 Tracks have no files: their checksum is the hash of their id, label and feature values. Standard
 split: ``random:0.7``; a table with a split column is meant for ``--split given:split``.
 """
@@ -24,13 +26,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 
 from genrecli import store
-from genrecli.datasets import DatasetSpec, Listing, register
+from genrecli.datasets import DatasetSpec, Listing, read_text_file, register
 from genrecli.errors import UsageError
 from genrecli.manifest import Track
 
@@ -68,22 +71,24 @@ def table_file(root: Path | None) -> Path:
     return files[0]
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        sample = fh.read(65536)
-        fh.seek(0)
-        try:
-            dialect = csv.Sniffer().sniff(sample.splitlines()[0] if sample else "", delimiters=",\t;")
-        except csv.Error:
-            dialect = csv.excel
-        rows = [r for r in csv.reader(fh, dialect) if r and any(c.strip() for c in r)]
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]], str | None]:
+    """(header, rows, a note when the file was not UTF-8)."""
+    text, note = read_text_file(path)
+    try:
+        dialect = csv.Sniffer().sniff(text[:65536].splitlines()[0] if text else "", delimiters=",\t;")
+    except csv.Error:
+        dialect = csv.excel
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text, newline=""), dialect) if r and any(c.strip() for c in r)]
+    except csv.Error as exc:
+        raise UsageError(f"{path}: not a CSV file ({exc})") from None
     if not rows:
         raise UsageError(f"{path}: expected a header row and one row per track; the file is empty")
     header = [h.strip() for h in rows[0]]
     bad = [i for i, r in enumerate(rows[1:], 2) if len(r) != len(header)]
     if bad:
         raise UsageError(f"{path}: expected {len(header)} fields per row (as in the header); line {bad[0]} has {len(rows[bad[0] - 1])}")
-    return header, rows[1:]
+    return header, rows[1:], note
 
 
 def _strings(values) -> list[str]:
@@ -112,11 +117,11 @@ def _read_arrays(path: Path, kind: str) -> dict:
 
 def read_table(
     path: Path, *, label: str, id_col: str, groups: tuple[str, ...] | None, split: str
-) -> tuple[np.ndarray, list[str], list[str] | None, dict[str, list[str]], list[str] | None, list[str]]:
-    """(X, labels, ids, {group key: values}, split values, feature names) of a table file."""
+) -> tuple[np.ndarray, list[str], list[str] | None, dict[str, list[str]], list[str] | None, list[str], list[str]]:
+    """(X, labels, ids, {group key: values}, split values, feature names, notes) of a table file."""
     kind = SUFFIXES[path.suffix.lower()]
     if kind == "csv":
-        header, rows = _read_csv(path)
+        header, rows, note = _read_csv(path)
         if label not in header:
             raise UsageError(f"{path}: expected a '{label}' column (option label=NAME); found columns {', '.join(header)[:200]}")
         col = {h: i for i, h in enumerate(header)}
@@ -142,7 +147,7 @@ def read_table(
         ids = [r[col[id_col]].strip() for r in rows] if id_col in col else None
         group_values = {g: [r[col[g]].strip() for r in rows] for g in group_cols}
         splits = [r[col[split]].strip() for r in rows] if split in col else None
-        return X, labels, ids, group_values, splits, feature_names
+        return X, labels, ids, group_values, splits, feature_names, [note] if note else []
     arrays = _read_arrays(path, kind)
     X = _pick(arrays, ARRAY_NAMES["X"])
     y = arrays.get(label) if label in arrays else _pick(arrays, ARRAY_NAMES["y"])
@@ -166,7 +171,7 @@ def read_table(
             raise UsageError(f"{path}: expected {n} values in '{g}' (one per row of X); found {len(v)}")
     splits = _strings(arrays[split]) if split in arrays else None
     feature_names = [f"f{j}" for j in range(int(np.prod(X.shape[1:])))]
-    return X, _strings(y), (_strings(ids_arr) if ids_arr is not None else None), group_values, splits, feature_names
+    return X, _strings(y), (_strings(ids_arr) if ids_arr is not None else None), group_values, splits, feature_names, []
 
 
 def list_tracks(
@@ -179,23 +184,24 @@ def list_tracks(
     name: str = "audio/table",
 ) -> Listing:
     path = table_file(root)
-    X, labels, ids, group_values, splits, feature_names = read_table(path, label=label, id_col=id, groups=_csv_list(groups), split=split)
+    X, labels, ids, group_values, splits, feature_names, notes = read_table(
+        path, label=label, id_col=id, groups=_csv_list(groups), split=split)
     group_name = name if "/" in name else f"audio/{name}"
     if group_name.split("/", 1)[0] not in ("audio", "text"):
         raise UsageError(f"name={name}: expected a feature group under audio/ or text/ (e.g. audio/table)")
     n = len(labels)
     ids = ids or [f"row{i:06d}" for i in range(n)]
-    tracks, skipped, keep, seen = [], {}, [], set()
+    tracks, dropped, keep, seen = [], {}, [], set()
     for i in range(n):
         tid, lab = ids[i].strip(), labels[i].strip()
         if not tid:
-            skipped[f"row {i + 1}"] = "empty id"
+            dropped[f"row {i + 1}"] = "empty id"
             continue
-        if tid in seen:
-            skipped[f"row {i + 1}"] = f"repeated id '{tid}'"
+        if tid in seen:  # by row: the id names the first row, which is kept
+            dropped[f"row {i + 1}"] = f"repeated id '{tid}'"
             continue
         if not lab:
-            skipped[tid] = "empty label"
+            dropped[tid] = "empty label"
             continue
         grp = {k: (v[i].strip() or f"?{tid}") for k, v in group_values.items()}
         if splits is not None:
@@ -213,8 +219,8 @@ def list_tracks(
     data = np.asarray(X[keep], dtype=np.float32)
     params = {"source": path.name, "file_sha256": store.file_sha256(path), "n_features": len(feature_names),
               "columns": feature_names if len(feature_names) <= 256 else f"{len(feature_names)} columns"}
-    notes = [f"table {path.name}: {len(tracks)} rows, {len(feature_names)} features -> {group_name}"]
-    return Listing(tracks, skipped, notes=notes, features={group_name: (data, params)} if tracks else {})
+    notes.append(f"table {path.name}: {len(tracks)} rows, {len(feature_names)} features -> {group_name}")
+    return Listing(tracks, notes=notes, failed=dropped, features={group_name: (data, params)} if tracks else {})
 
 
 register(

@@ -3,73 +3,164 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from genrecli import store, ui
-from genrecli.errors import UsageError
+from genrecli.errors import InputError, UsageError
 from genrecli.layout import DatasetPaths
 from genrecli.metrics import mean_std, multi_label_metrics, single_label_metrics
 from genrecli.pipeline import StageResult
 
 SCALARS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
 MULTI_SCALARS = ("auc_roc", "example_f", "micro_f1", "macro_f1", "adiv@1", "adiv@3", "adiv@5")
+CONFIG_KEYS = ("model", "split", "labels")  # what evaluate and report read of a run's config.json
 
 
 def list_runs(paths: DatasetPaths) -> list[Path]:
+    """The finished runs: those with their predictions and their config (train writes the config last)."""
     if not paths.runs.is_dir():
         return []
     return sorted(p for p in paths.runs.iterdir() if (p / "predictions.h5").exists() and (p / "config.json").exists())
 
 
+def damaged_runs(paths: DatasetPaths) -> dict[str, str]:
+    """Run folders that lost a file train writes (config.json or predictions.h5), run id -> one line.
+
+    A run still training (or killed) has neither, only its partial config: it is not listed.
+    """
+    if not paths.runs.is_dir():
+        return {}
+    out = {}
+    for run_dir in sorted(p for p in paths.runs.iterdir() if p.is_dir()):
+        has = {name: (run_dir / name).exists() for name in ("config.json", "predictions.h5")}
+        if any(has.values()) and not all(has.values()):
+            missing = next(name for name, there in has.items() if not there)
+            out[run_dir.name] = f"{run_dir / missing}: missing; retrain the run (`genre train ... --force`)"
+    return out
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a temporary file next to ``path``, then rename it: a killed writer leaves the old file or none."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object file, or :class:`InputError` naming it (missing, truncated, not an object)."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no {what}") from None
+    except (OSError, ValueError) as exc:  # ValueError: truncated or garbled JSON, bytes that are not UTF-8
+        raise InputError(f"{path}: unreadable {what} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: unreadable {what} (a JSON {type(value).__name__}, not an object)")
+    return value
+
+
 def evaluate(data: str, *, run: str | None = None, data_home: str | Path | None = None, force: bool = False) -> StageResult:
+    """Write ``metrics.json`` of every finished run (or of ``run``); a run whose files are unreadable is
+    reported in one line and recorded in the result's failures, and the others are evaluated."""
     paths = DatasetPaths.of(data, data_home)
     runs = list_runs(paths)
+    damaged = damaged_runs(paths)
     if run is not None:
         runs = [r for r in runs if r.name == run]
-        if not runs:
+        damaged = {k: v for k, v in damaged.items() if k == run}
+        if not runs and not damaged:
             raise UsageError(f"no finished run '{run}' under {paths.runs} (see `genre info --data {data}`)")
-    if not runs:
+    if not runs and not damaged:
         raise UsageError(f"{paths.runs}: no finished runs — run `genre train` first")
     result = StageResult()
+    result.failures.update(damaged)
     for run_dir in runs:
-        digest = store.file_sha256(run_dir / "predictions.h5")
-        out = run_dir / "metrics.json"
-        if not force and out.exists() and json.loads(out.read_text()).get("predictions_sha256") == digest:
-            result.up_to_date.append(run_dir.name)
-            continue
-        metrics = run_metrics(run_dir)
-        metrics["predictions_sha256"] = digest
-        out.write_text(json.dumps(metrics, indent=2))
-        key = "auc_roc" if metrics["config"].get("multilabel") else "accuracy"
-        stat = metrics["summary"][key]
-        ui.info(f"{run_dir.name}: {key} {stat['mean']:.3f} ± {stat['std']:.3f} over {stat['n']} fold/seed runs")
-        result.written.append(run_dir.name)
+        try:
+            _evaluate_run(run_dir, force=force, result=result)
+        except InputError as exc:
+            result.failures[run_dir.name] = str(exc)
+    for message in result.failures.values():
+        ui.warn(message)
     if result.up_to_date:
         ui.info(f"{len(result.up_to_date)} runs already evaluated (unchanged predictions); nothing to do for them")
     return result
 
 
+def _evaluate_run(run_dir: Path, *, force: bool, result: StageResult) -> None:
+    try:
+        digest = store.file_sha256(run_dir / "predictions.h5")
+    except OSError as exc:
+        raise InputError(f"{run_dir / 'predictions.h5'}: cannot read ({exc.strerror or exc})") from None
+    out = run_dir / "metrics.json"
+    if not force and out.exists():
+        try:
+            fresh = read_json(out, "metrics").get("predictions_sha256") == digest
+        except InputError:  # our own output, truncated: recomputed below
+            fresh = False
+        if fresh:
+            result.up_to_date.append(run_dir.name)
+            return
+    metrics = run_metrics(run_dir)
+    metrics["predictions_sha256"] = digest
+    write_text_atomic(out, json.dumps(metrics, indent=2))
+    key = "auc_roc" if metrics["config"].get("multilabel") else "accuracy"
+    stat = metrics["summary"][key]
+    ui.info(f"{run_dir.name}: {key} {stat['mean']:.3f} ± {stat['std']:.3f} over {stat['n']} fold/seed runs")
+    result.written.append(run_dir.name)
+
+
+def read_config(run_dir: Path) -> dict:
+    """A run's ``config.json``, checked for the keys evaluate and report read."""
+    path = run_dir / "config.json"
+    config = read_json(path, "run config")
+    if missing := [k for k in CONFIG_KEYS if k not in config]:
+        raise InputError(f"{path}: run config without {', '.join(missing)} (written by another version?)")
+    return config
+
+
+def read_predictions(run_dir: Path, multilabel: bool) -> list[dict]:
+    """Every fold x seed of a run's ``predictions.h5``, read into memory (arrays and timings)."""
+    path = run_dir / "predictions.h5"
+    names = ("y_true", "y_pred", "scores") if multilabel else ("y_true", "y_pred")
+    out = []
+    try:
+        with h5py.File(path, "r") as h5:
+            for fold in sorted(h5):
+                for seed in sorted(h5[fold]):
+                    g = h5[fold][seed]
+                    entry = {name: g[name][()] for name in names}
+                    entry.update(fold=fold, seed=seed, fit_seconds=float(g.attrs["fit_seconds"]),
+                                 predict_seconds=float(g.attrs["predict_seconds"]),
+                                 extra=json.loads(g.attrs.get("extra", "{}")))
+                    out.append(entry)
+    except (OSError, KeyError, ValueError) as exc:  # truncated or not HDF5; a missing dataset; garbled extra JSON
+        raise InputError(f"{path}: unreadable predictions ({type(exc).__name__}: {exc})") from None
+    if not out:
+        raise InputError(f"{path}: no fold/seed predictions in the file")
+    return out
+
+
 def run_metrics(run_dir: Path) -> dict:
-    config = json.loads((run_dir / "config.json").read_text())
+    config = read_config(run_dir)
     n_classes = len(config["labels"])
     multilabel = bool(config.get("multilabel"))
     entries, confusion = [], np.zeros((n_classes, n_classes), dtype=np.int64)
-    with h5py.File(run_dir / "predictions.h5", "r") as h5:
-        for fold in sorted(h5):
-            for seed in sorted(h5[fold]):
-                g = h5[fold][seed]
-                if multilabel:
-                    m = multi_label_metrics(g["y_true"][()], g["y_pred"][()], g["scores"][()])
-                else:
-                    m = single_label_metrics(g["y_true"][()], g["y_pred"][()], n_classes)
-                    confusion += np.asarray(m["confusion"])
-                m.update(fold=fold, seed=seed, fit_seconds=float(g.attrs["fit_seconds"]),
-                         predict_seconds=float(g.attrs["predict_seconds"]), n_test=int(len(g["y_true"])),
-                         extra=json.loads(g.attrs.get("extra", "{}")))
-                entries.append(m)
+    for p in read_predictions(run_dir, multilabel):
+        if multilabel:
+            m = multi_label_metrics(p["y_true"], p["y_pred"], p["scores"])
+        else:
+            m = single_label_metrics(p["y_true"], p["y_pred"], n_classes)
+            confusion += np.asarray(m["confusion"])
+        m.update(fold=p["fold"], seed=p["seed"], fit_seconds=p["fit_seconds"], predict_seconds=p["predict_seconds"],
+                 n_test=int(len(p["y_true"])), extra=p["extra"])
+        entries.append(m)
     scalars = [k for k in MULTI_SCALARS if k in entries[0]] if multilabel else list(SCALARS)
     summary = {k: mean_std(e[k] for e in entries) for k in (*scalars, "fit_seconds", "predict_seconds")}
     summary["extra"] = _aggregate_extra([e["extra"] for e in entries])

@@ -67,7 +67,7 @@ def ingest(
         listing.features = {g: (arr[keep], p) for g, (arr, p) in listing.features.items()}
     used = {name for t in tracks for name in (t.labels or (t.label,))}
     label_names = [n for n in label_names if n in used]
-    manifest = Manifest(paths.name, tracks, label_names, skipped=dict(listing.skipped))
+    manifest = Manifest(paths.name, tracks, label_names, skipped={**listing.skipped, **listing.failed})
     specs = [resolve_split_spec(s, dataset) for s in splits]
     params = {
         "dataset": dataset,
@@ -103,12 +103,13 @@ def ingest(
     elif old is not None and (dropped := [n for n in old.splits if n not in manifest.splits]):
         ui.info(f"{paths.manifest}: the tracks changed, so the previous split(s) {', '.join(dropped)} are dropped")
     write_manifest(paths.manifest, manifest, params)
+    result.failures.update(listing.failed)
     if listing.features:
-        _write_precomputed(paths, listing.features, manifest.content_hash())
+        result.failures.update(_write_precomputed(paths, listing.features, manifest))
     counts = ", ".join(f"{n} {c}" for n, c in zip(label_names, manifest.Y.sum(0)))
     ui.info(f"{paths.manifest}: {len(tracks)} tracks ({counts}); splits: {', '.join(manifest.splits)}")
-    if listing.skipped:
-        ui.info(f"{len(listing.skipped)} files or items skipped (listed by `genre info --data {paths.name}`)")
+    if manifest.skipped:
+        ui.info(f"{len(manifest.skipped)} files or items skipped (listed by `genre info --data {paths.name}`)")
     result.written.append("manifest")
     return result
 
@@ -137,19 +138,22 @@ def _add_missing_splits(paths: DatasetPaths, manifest: Manifest, specs: list[str
     return added
 
 
-def _write_precomputed(paths: DatasetPaths, features: dict, content: str) -> None:
-    """Store features that ship with the corpus; rows with NaN/inf are marked invalid and recorded."""
-    groups, failures = {}, {}
+def _write_precomputed(paths: DatasetPaths, features: dict, manifest: Manifest) -> dict[str, str]:
+    """Store features that ship with the corpus (one row per manifest track); rows with NaN/inf are marked
+    invalid and recorded by track id. Returns those failures (track id -> message)."""
+    groups, failures, masked, ids = {}, {}, {}, manifest.ids
     for group, (array, params) in features.items():
         data = np.asarray(array, dtype=np.float32)
         valid = np.isfinite(data.reshape(len(data), -1)).all(axis=1)
-        failures[group] = {f"row {i}": "precomputed feature has NaN/inf values" for i in np.flatnonzero(~valid)}
+        failures[group] = {ids[i]: "precomputed feature has NaN/inf values" for i in np.flatnonzero(~valid)}
+        masked.update({tid: f"{group}: {msg}" for tid, msg in failures[group].items()})
         data[~valid] = np.nan
-        groups[group] = store.feature_data(data, valid, {**params, "precomputed": True, "manifest": content})
+        groups[group] = store.feature_data(data, valid, {**params, "precomputed": True, "manifest": manifest.content_hash()})
     store.write_groups(paths.features(), groups, failures=failures)
     for group, item in groups.items():
         data, valid = item.arrays["data"], item.arrays["valid"]
         ui.info(f"{paths.features()}: wrote precomputed {group} {data.shape[1:]} ({int(valid.sum())} valid rows)")
+    return masked
 
 
 def checked_split(spec: str, manifest: Manifest, *, seed: int = 0) -> np.ndarray:

@@ -1,22 +1,25 @@
 """``genre report``: paper-style tables (mean ± std over seeds and folds), confusion matrices, RI plots.
 
-Writes ``<data>/report/results.md``, ``index.html`` and PNG figures from every evaluated run.
+Writes ``<data>/report/results.md``, ``index.html`` and PNG figures from every evaluated run. A run whose
+metrics are unreadable is reported in one line (a failure: exit 2) and left out; a run not evaluated since
+its last training is named and left out; the others are reported.
 """
 
 from __future__ import annotations
 
 import html
-import json
+import os
 from pathlib import Path
 
 import numpy as np
 
+import genrecli
 from genrecli import store, ui
-from genrecli.errors import UsageError
+from genrecli.errors import InputError, UsageError
 from genrecli.kernels import KERNEL_NAMES
 from genrecli.layout import DatasetPaths
 from genrecli.pipeline import StageResult
-from genrecli.pipeline.evaluate import list_runs
+from genrecli.pipeline.evaluate import damaged_runs, list_runs, read_json, write_text_atomic
 
 KERNEL_ORDER = list(KERNEL_NAMES)
 
@@ -37,13 +40,57 @@ def _pm(stat: dict | None, scale: float = 100.0, digits: int = 1) -> str:
     return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
 
 
-def load_metrics(paths: DatasetPaths) -> list[dict]:
-    out = []
+SUMMARY_KEYS = {False: ("accuracy", "balanced_accuracy", "macro_f1", "fit_seconds", "predict_seconds"),
+                True: ("auc_roc", "example_f", "micro_f1", "fit_seconds", "predict_seconds")}
+
+
+def load_metrics(paths: DatasetPaths) -> tuple[list[dict], dict[str, str], dict[str, str]]:
+    """(the metrics of every evaluated run, unreadable runs -> one line, runs not evaluated -> one line).
+
+    The metrics of a run carry the content key of what they were computed from (``predictions_sha256``);
+    a run whose predictions changed since (retrained, not evaluated again) counts as not evaluated.
+    """
+    metrics, failed, pending = [], damaged_runs(paths), {}
     for run_dir in list_runs(paths):
         f = run_dir / "metrics.json"
-        if f.exists():
-            out.append(json.loads(f.read_text()))
-    return out
+        if not f.exists():
+            pending[run_dir.name] = f"{run_dir.name}: not evaluated; run `genre evaluate --data {paths.name}`"
+            continue
+        try:
+            m = _checked_metrics(read_json(f, "metrics"), f)
+            current = store.file_sha256(run_dir / "predictions.h5")
+        except InputError as exc:
+            failed[run_dir.name] = str(exc)
+            continue
+        except OSError as exc:
+            failed[run_dir.name] = f"{run_dir / 'predictions.h5'}: cannot read ({exc.strerror or exc})"
+            continue
+        if m.get("predictions_sha256") != current:
+            pending[run_dir.name] = (f"{run_dir.name}: its predictions changed (retrained) since it was evaluated; "
+                                     f"run `genre evaluate --data {paths.name}`")
+            continue
+        m["run"] = run_dir.name  # a run folder copied or renamed is reported (and keyed) under its folder name
+        metrics.append(m)
+    return metrics, failed, pending
+
+
+def _checked_metrics(m: dict, path: Path) -> dict:
+    """``m`` when it holds what the tables read; else :class:`InputError` (written by another version)."""
+    config, summary = m.get("config"), m.get("summary")
+    ok = isinstance(config, dict) and isinstance(summary, dict) and isinstance(m.get("entries"), list) and "run" in m
+    ok = ok and all(k in config for k in ("model", "split", "labels")) and ("inputs" in config or "pairs" in config)
+    ok = ok and all(k in summary for k in SUMMARY_KEYS[bool(config.get("multilabel"))])
+    if not ok:
+        raise InputError(f"{path}: metrics without the fields the report reads; rerun `genre evaluate --force`")
+    return m
+
+
+def _content_key(paths: DatasetPaths, metrics: list[dict], failed: dict, pending: dict) -> str:
+    """What the report is made of: the bytes of every metrics.json it reads (they carry the hash of their
+    run's predictions), the runs it leaves out, and the toolkit version (which renders them)."""
+    read = {m["run"]: store.file_sha256(paths.runs / m["run"] / "metrics.json") for m in metrics}
+    return store.params_hash({"metrics": read, "failed": sorted(failed), "pending": sorted(pending),
+                              "version": genrecli.__version__})
 
 
 def multilabel_table(metrics: list[dict]) -> list[list[str]]:
@@ -156,8 +203,18 @@ def _confusion_png(m: dict, path: Path) -> None:
     ax.set_title(m["run"].replace("__", "\n"), fontsize=7)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_png(fig, path)
     plt.close(fig)
+
+
+def _save_png(fig, path: Path) -> None:
+    """Save a figure atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _importance_png(m: dict, path: Path) -> bool:
@@ -186,18 +243,20 @@ def _importance_png(m: dict, path: Path) -> bool:
     ax.legend(fontsize=7)
     ax.set_title(f"{m['run']}\n" + "; ".join(titles), fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_png(fig, path)
     plt.close(fig)
     return True
 
 
 def report(data: str, *, data_home: str | Path | None = None, force: bool = False) -> StageResult:
     paths = DatasetPaths.of(data, data_home)
-    metrics = load_metrics(paths)
+    metrics, failed, pending = load_metrics(paths)
+    for message in (*failed.values(), *pending.values()):
+        ui.warn(message)
     if not metrics:
         raise UsageError(f"{paths.runs}: no evaluated runs — run `genre train` and `genre evaluate` first")
-    result = StageResult()
-    digest = store.params_hash({m["run"]: m["predictions_sha256"] for m in metrics})
+    result = StageResult(failures=dict(failed))
+    digest = _content_key(paths, metrics, failed, pending)
     stamp = paths.report / ".params_hash"
     if not force and stamp.exists() and stamp.read_text().strip() == digest and (paths.report / "results.md").exists():
         ui.info(f"{paths.report}: up to date ({len(metrics)} runs); nothing to do")
@@ -234,13 +293,14 @@ def report(data: str, *, data_home: str | Path | None = None, force: bool = Fals
         if _importance_png(m, paths.report / ri_png):
             body.append(f"<figure><img src='{html.escape(ri_png)}' alt='relative importance'></figure>")
             md.append(f"![relative importance]({ri_png})")
-    (paths.report / "results.md").write_text("\n".join(md) + "\n")
+    write_text_atomic(paths.report / "results.md", "\n".join(md) + "\n")
     style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;font-size:13px}figure{display:inline-block;margin:8px}"
-    (paths.report / "index.html").write_text(
+    write_text_atomic(
+        paths.report / "index.html",
         f"<!doctype html><html><head><meta charset='utf-8'><title>genre report: {html.escape(paths.name)}</title>"
         f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
-    stamp.write_text(digest)
+    write_text_atomic(stamp, digest)  # last: a report killed before here is rebuilt next time
     ui.info(f"{paths.report}: results.md, index.html and figures of {len(metrics)} runs")
     print("\n".join(md))
     result.written.append("report")

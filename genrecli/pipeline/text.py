@@ -23,6 +23,9 @@ SOURCE_GROUP = "text/source"
 PLAIN_TEXT = ("lyrics", "text")
 ENCODE_CHUNK = 64  # texts per checkpoint while encoding
 STATE = "state"  # subgroup of a fitted encoder's feature group holding its fitted state (tfidf: vocabulary, idf)
+# Kept word for word although the reading now honours a BOM and refuses NUL bytes: that changes only files
+# that used to abort the stage (NUL bytes cannot be stored) and a leading U+FEFF that the encoders' tokenizers
+# drop anyway, while a new string would invalidate every text store and make predict refuse every text run.
 PLAIN_TEXT_READING = "lyrics and other plain texts as they are (UTF-8, undecodable bytes replaced); not stripped"
 
 
@@ -50,17 +53,14 @@ def track_text(track, *, keep_metadata: bool) -> str:
     GenreError
         One line naming the file: unreadable, empty, or an invalid score.
     """
-    from genrecli.text.convert import score_to_text
+    from genrecli.text.convert import read_plain_text, score_to_text
 
     if track.score_format in PLAIN_TEXT:  # lyrics, reviews: inline, or a text file
         where = track.score or track.id
         if track.score_text is not None:
             text = track.score_text
         elif track.score:
-            try:
-                text = Path(track.score).read_text(encoding="utf-8", errors="replace")
-            except OSError as exc:
-                raise GenreError(f"{where}: cannot read the text ({exc.strerror or exc})") from None
+            text = read_plain_text(track.score)
         else:
             text = ""
         if not text.strip():

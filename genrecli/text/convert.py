@@ -41,6 +41,16 @@ _STRIPPED = {
 
 SCORE_TEXT_FORMATS = tuple(_STRIPPED)  # the score formats score_to_text reads: humdrum, musicxml, abc
 
+# Bounds on what one file may cost. Over a bound the track fails with the reason (InputError), so a hostile
+# or broken file costs a fraction of a second instead of gigabytes (a 3 MB .mxl expanding to 3 GiB drove
+# extract-text to 6 GiB; one 50 MB kern line drove music21 to 7 GiB).
+MAX_TEXT_BYTES = 64 << 20  # a file, or the score inside an .mxl: real scores are < 30 MB (orchestral MusicXML)
+MAX_MXL_RATIO = 100  # .mxl members expand 10-30x (XML deflates well); zip bombs reach 1000x
+MXL_RATIO_FROM_BYTES = 1 << 20  # the ratio is checked above this size (tiny members have odd ratios)
+MAX_XML_DEPTH = 256  # MusicXML nests < 15 levels; serialising recurses once per level (Python's limit: 1000)
+MAX_LINE_CHARS = 1 << 16  # a kern line is one time slice (a token per spine), an ABC line a few bars
+_XML_FEED = 1 << 16  # characters fed to the XML parser at a time, so the depth bound stops it early
+
 
 def score_format(path) -> str:
     """Return the score format ('humdrum', 'musicxml' or 'abc') named by the suffix of ``path``.
@@ -129,8 +139,81 @@ def _sniff_format(text: str, where: str) -> str:
     raise InputError(f"{where}: cannot tell the score format (no XML, **kern or ABC K: field); pass fmt=")
 
 
-def _read_score(path: Path, fmt: str) -> str:
+def check_score_bounds(path, fmt=None) -> None:
+    """Raise :class:`InputError` when a score file is over a bound: file size, .mxl expansion (size and
+    ratio), XML nesting depth or line length (kern, ABC).
+
+    For readers that parse the file themselves (music21 in the audio stage): run this first, so that a
+    score over a bound fails as one track instead of exhausting memory or time.
+    """
+    path = Path(path)
+    fmt = _check_format(fmt) if fmt is not None else score_format(path)
+    raw = _read_score(path, fmt)
+    if fmt == "musicxml":
+        _parse_xml(raw, str(path))
+    else:
+        _check_line_lengths(raw, str(path))
+
+
+def read_plain_text(path) -> str:
+    """A lyrics or other plain-text file: BOM honoured, else UTF-8 with undecodable bytes replaced.
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable, over :data:`MAX_TEXT_BYTES`, or holding NUL bytes (binary data, UTF-16
+        without a byte-order mark).
+    """
+    path = Path(path)
+    text, _ = decode_text(_read_bytes(path), path, legacy=False)
+    return text
+
+
+def decode_text(data: bytes, where, *, legacy: bool = True) -> tuple[str, str]:
+    """Decode text bytes; returns (text, the encoding used).
+
+    Order: a BOM (UTF-8, UTF-16), then UTF-8, then (``legacy``) the XML-declared encoding or Latin-1, the
+    legacy encoding of old Humdrum, ABC and CSV files; without ``legacy``, UTF-8 with undecodable bytes
+    replaced. Text never contains NUL bytes, so data with one (MIDI, audio, random bytes, UTF-16 without
+    a BOM) is reported instead of decoded into garbage (which HDF5 strings cannot even hold).
+
+    Raises
+    ------
+    InputError
+        One line naming ``where``: NUL bytes, a bad BOM-marked text or an unusable declared encoding.
+    """
+    for bom, codec in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
+        if data.startswith(bom):
+            try:
+                text = data.decode(codec)
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{where}: not decodable as {codec} ({exc.reason})") from None
+            if "\x00" in text:  # binary data that happens to start like a BOM
+                raise InputError(f"{where}: binary data, not text (NUL characters after a {codec} byte-order mark)")
+            return text, codec
+    if b"\x00" in data:
+        raise InputError(f"{where}: binary data, not text (NUL bytes; UTF-16 without a byte-order mark looks so too: "
+                         "save text as UTF-8)")
     try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    if not legacy:
+        return data.decode("utf-8", errors="replace"), "utf-8 (undecodable bytes replaced)"
+    declared = re.match(rb"<\?xml[^>]*encoding=[\"']([A-Za-z0-9._-]+)", data)
+    codec = declared.group(1).decode() if declared else "latin-1"
+    try:
+        return data.decode(codec), codec
+    except (LookupError, UnicodeError) as exc:  # unknown names, and codecs that refuse to decode ("undefined")
+        raise InputError(f"{where}: not UTF-8 and not decodable as the declared encoding {codec!r} ({exc})") from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of a text file, refusing one over :data:`MAX_TEXT_BYTES` before reading it."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_TEXT_BYTES:
+            raise InputError(f"{path}: {size / 2**20:.0f} MiB, over the {MAX_TEXT_BYTES >> 20} MiB limit for a text file")
         data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
@@ -138,9 +221,15 @@ def _read_score(path: Path, fmt: str) -> str:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not data.strip():
         raise InputError(f"{path}: empty file")
+    return data
+
+
+def _read_score(path: Path, fmt: str) -> str:
+    data = _read_bytes(path)
     if fmt == "musicxml" and data[:4] == b"PK\x03\x04":
         data = _mxl_root(data, path)
-    return _normalise_newlines(_decode(data, path))
+    text, _ = decode_text(data, path)
+    return _normalise_newlines(text)
 
 
 def _mxl_root(data: bytes, path: Path) -> bytes:
@@ -150,7 +239,7 @@ def _mxl_root(data: bytes, path: Path) -> bytes:
             names = zf.namelist()
             root = None
             if "META-INF/container.xml" in names:
-                container = ET.fromstring(zf.read("META-INF/container.xml"))
+                container = ET.fromstring(_read_member(zf, "META-INF/container.xml", path))
                 rootfile = next((e for e in container.iter() if _local(e.tag) == "rootfile"), None)
                 root = rootfile.get("full-path") if rootfile is not None else None
             if root is None:  # container missing: the spec allows one score file at the archive root
@@ -158,37 +247,32 @@ def _mxl_root(data: bytes, path: Path) -> bytes:
                 root = candidates[0] if len(candidates) == 1 else None
             if root is None:
                 raise InputError(f"{path}: .mxl archive names no root score file")
-            return zf.read(root)
+            return _read_member(zf, root, path)
     except (zipfile.BadZipFile, ET.ParseError, KeyError, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
         # corrupt deflate streams (zlib.error, EOFError), unsupported compression (NotImplementedError) and
         # encrypted members (RuntimeError) are properties of the file, not bugs
         raise InputError(f"{path}: broken .mxl archive ({type(exc).__name__}: {exc})") from None
 
 
-def _decode(data: bytes, path: Path) -> str:
-    """Decode score bytes: BOM, then UTF-8, then the XML-declared encoding, then Latin-1.
+def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """One archive member, refused before decompressing when its declared size or expansion ratio is over
+    the bounds. A header that understates the size cannot get past them: zipfile never returns more than
+    the declared size (it stops there, and the CRC check fails)."""
+    info = zf.getinfo(name)
+    if info.file_size > MAX_TEXT_BYTES:
+        raise InputError(f"{path}: {name} expands to {info.file_size / 2**20:.0f} MiB, over the "
+                         f"{MAX_TEXT_BYTES >> 20} MiB limit for a score")
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.file_size > MXL_RATIO_FROM_BYTES and ratio > MAX_MXL_RATIO:
+        raise InputError(f"{path}: {name} expands {ratio:.0f}x, over the {MAX_MXL_RATIO}x limit (a zip bomb?)")
+    return zf.read(info)
 
-    Text scores never contain NUL bytes, so data with one (MIDI, audio, UTF-16 without BOM renamed to a
-    score suffix) is reported instead of decoded into garbage. Latin-1 is the legacy encoding of old
-    Humdrum and ABC files.
-    """
-    for bom, codec in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
-        if data.startswith(bom):
-            try:
-                return data.decode(codec)
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{path}: not decodable as {codec} ({exc.reason})") from None
-    if b"\x00" in data:
-        raise InputError(f"{path}: binary data, not a text score")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    declared = re.match(rb"<\?xml[^>]*encoding=[\"']([A-Za-z0-9._-]+)", data)
-    try:
-        return data.decode(declared.group(1).decode() if declared else "latin-1")
-    except (LookupError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: undecodable text ({exc})") from None
+
+def _check_line_lengths(raw: str, where: str) -> None:
+    longest = max(map(len, raw.split("\n")))
+    if longest > MAX_LINE_CHARS:
+        lineno = next(k for k, line in enumerate(raw.split("\n"), 1) if len(line) == longest)
+        raise InputError(f"{where}: line {lineno}: {longest} characters, over the {MAX_LINE_CHARS} limit for a score line")
 
 
 # ---------------------------------------------------------------------------------------------- kern
@@ -202,6 +286,7 @@ _KERN_PITCH = re.compile(r"[A-Ga-g]")
 
 def _kern_text(raw: str, where: str) -> str:
     """Validate a Humdrum file (spine bookkeeping, kern notes) and return it without metadata."""
+    _check_line_lengths(raw, where)
     spines: list[str] = []  # exclusive interpretation of each open spine, left to right
     seen: set[str] = set()  # every exclusive interpretation met (a file may hold only **text or **dynam)
     has_notes = False
@@ -301,11 +386,7 @@ def _musicxml_text(raw: str, where: str) -> str:
     Re-serialisation drops the XML declaration, DOCTYPE, comments and processing instructions (the
     default ElementTree parser does not keep them); element order, attributes and whitespace stay.
     """
-    try:
-        # the text is already decoded: drop the declaration so its encoding= does not apply twice
-        root = ET.fromstring(re.sub(r"^\s*<\?xml[^>]*\?>", "", raw))
-    except ET.ParseError as exc:
-        raise InputError(f"{where}: not well-formed XML ({exc})") from None
+    root = _parse_xml(raw, where)
     if not any(_local(n.tag) == "note" and any(_local(c.tag) in ("pitch", "unpitched") for c in n) for n in root.iter()):
         raise InputError(f"{where}: no pitched <note> in the MusicXML")
     for parent in list(root.iter()):
@@ -316,6 +397,31 @@ def _musicxml_text(raw: str, where: str) -> str:
             elif name in _XML_BLANK:
                 child.text = None
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _parse_xml(raw: str, where: str):
+    """Parse decoded XML text, refusing nesting deeper than :data:`MAX_XML_DEPTH` as soon as it is met."""
+    # the text is already decoded: drop the declaration so its encoding= does not apply twice
+    raw = re.sub(r"^\s*<\?xml[^>]*\?>", "", raw)
+    parser = ET.XMLPullParser(events=("start", "end"))
+    root, depth = None, 0
+    try:
+        for k in range(0, len(raw), _XML_FEED):
+            parser.feed(raw[k:k + _XML_FEED])
+            for event, elem in parser.read_events():
+                if event == "end":
+                    depth -= 1
+                    continue
+                root = elem if root is None else root
+                depth += 1
+                if depth > MAX_XML_DEPTH:
+                    raise InputError(f"{where}: XML nested deeper than {MAX_XML_DEPTH} levels (MusicXML needs < 20)")
+        parser.close()
+    except ET.ParseError as exc:
+        raise InputError(f"{where}: not well-formed XML ({exc})") from None
+    if root is None:
+        raise InputError(f"{where}: not well-formed XML (no element)")
+    return root
 
 
 def _remove_keep_tail(parent, child) -> None:
@@ -339,6 +445,7 @@ _ABC_NON_NOTES = re.compile(r'"[^"]*"|![^!\n]*!|\[[A-Za-z]:[^\]]*\]|%.*')
 
 def _abc_text(raw: str, where: str) -> str:
     """Validate ABC (a K: field and notes after it) and return it without metadata fields and comments."""
+    _check_line_lengths(raw, where)
     out: list[str] = []
     in_body = has_key = has_notes = False
     dropping = False  # the previous field was dropped, so its +: continuation lines go too
