@@ -345,3 +345,19 @@ def test_report_is_not_up_to_date_after_a_retrain_or_a_new_evaluation(two_runs, 
     assert f"{b}: its predictions changed (retrained) since it was evaluated" in capfd.readouterr().err
     evaluate("tb")
     assert report("tb").written == ["report"] and b in (paths.report / "results.md").read_text()
+
+
+def test_score_to_midi_applies_the_bounds_before_music21(tmp_path):
+    """Class 2 in the audio stage: score_to_midi refuses a 50 MB kern line (file or inline) as one InputError
+    before music21 parses it."""
+    from genrecli.audio.synth import score_to_midi
+
+    kern = tmp_path / "long.krn"
+    line = "4c" * (25 << 20)
+    kern.write_text("**kern\n" + line + "\n*-\n")
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match="over the 65536 limit"):
+        score_to_midi(path=kern, max_seconds=30.0)
+    with pytest.raises(InputError, match="inline tune: line 3"):
+        score_to_midi(text="X:1\nK:C\n" + "C" * (convert.MAX_LINE_CHARS + 1) + "\n", fmt="abc", name="inline tune")
+    assert time.perf_counter() - t0 < 20

@@ -297,6 +297,14 @@ def score_to_midi(
     fmt = _score_format(path, text, fmt, name)
     if path is not None and not path.is_file():
         raise InputError(f"{name}: score file not found")
+    # music21 reads whatever it is given: an .mxl bomb or one 50 MB kern line would cost gigabytes and
+    # minutes in the parser, so the bounds of the text stage apply here first (one failed track each).
+    from genrecli.text.convert import check_score_bounds, check_text_bounds
+
+    if path is not None:
+        check_score_bounds(path, fmt)
+    else:
+        check_text_bounds(text, name)
 
     from music21 import converter, stream
 

@@ -155,6 +155,13 @@ def check_score_bounds(path, fmt=None) -> None:
         _check_line_lengths(raw, str(path))
 
 
+def check_text_bounds(text: str, where: str) -> None:
+    """:func:`check_score_bounds` for a score held in memory (an inline ABC tune): size and line length."""
+    if len(text) > MAX_TEXT_BYTES:
+        raise InputError(f"{where}: {len(text)} characters, over the {MAX_TEXT_BYTES}-byte limit for a score")
+    _check_line_lengths(_normalise_newlines(text), where)
+
+
 def read_plain_text(path) -> str:
     """A lyrics or other plain-text file: BOM honoured, else UTF-8 with undecodable bytes replaced.
 
