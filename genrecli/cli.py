@@ -278,6 +278,23 @@ def extract_text_cmd(
                          data_home=_globals["data_home"], force=force))
 
 
+@command("extract-image")
+def extract_image_cmd(
+    data: DataOpt,
+    backbone: Annotated[str, typer.Option("--backbone", help="efficientnet-lite0 (bundled) or a local Hugging Face ResNet directory (e.g. resnet-101)")] = "efficientnet-lite0",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="images per forward pass")] = 32,
+    device: DeviceOpt = "cpu",
+    force: ForceOpt = False,
+) -> None:
+    """Embed each track's cover image with a frozen ImageNet backbone into features.h5:/image/<backbone>."""
+    from genrecli.pipeline.image import extract_image
+
+    _at_least(batch_size, 1, "--batch-size")
+    _check_device(device)
+    _finish(extract_image(data, backbone=backbone, batch_size=batch_size, device=device,
+                          data_home=_globals["data_home"], force=force))
+
+
 @command("kernels")
 def kernels_cmd(
     data: DataOpt,

@@ -186,7 +186,9 @@ def read_feature(paths: DatasetPaths, group_path: str) -> tuple[np.ndarray, np.n
     return store.read_feature(paths.features(), group_path, what="features", hint=EXTRACT_HINT)
 
 
-EXTRACT_HINT = "run `genre extract-audio` / `genre extract-text` first"
+EXTRACT_HINT = "run `genre extract-audio` / `genre extract-text` / `genre extract-image` first"
+FEATURE_MODALITIES = ("audio", "image", "text")  # the top-level groups of features.h5 that hold features
+_STAGE_OF = {"audio": "extract-audio", "image": "extract-image", "text": "extract-text"}
 
 
 def check_for_manifest(paths: DatasetPaths, name: str, group: h5py.Group, manifest) -> None:
@@ -194,7 +196,7 @@ def check_for_manifest(paths: DatasetPaths, name: str, group: h5py.Group, manife
     rows = group["data"].shape[0]
     recorded = store.group_params(group).get("manifest", manifest.content_hash())
     if rows != len(manifest) or recorded != manifest.content_hash():
-        stage = "extract-text" if name.startswith("text/") else "extract-audio"
+        stage = _STAGE_OF.get(name.split("/", 1)[0], "extract-audio")
         raise UsageError(
             f"{paths.features()}: '{name}' was computed for another manifest of '{paths.name}' "
             f"({rows} rows, the manifest has {len(manifest)} tracks): rerun `genre {stage} --data {paths.name}`"
@@ -297,10 +299,10 @@ class FeatureView:
 
 
 def feature_groups(h5: h5py.File) -> list[str]:
-    """The feature groups (``audio/<name>``, ``text/<name>`` holding ``data``) of an open store, sorted."""
+    """The feature groups (``audio/<name>``, ``image/<name>``, ``text/<name>`` holding ``data``) of an open store, sorted."""
     return [
         g for g in store.list_groups(h5)
-        if g.count("/") == 1 and g.split("/")[0] in ("audio", "text") and f"{g}/data" in h5
+        if g.count("/") == 1 and g.split("/")[0] in FEATURE_MODALITIES and f"{g}/data" in h5
     ]
 
 

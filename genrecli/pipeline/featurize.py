@@ -11,6 +11,11 @@ are enough to rebuild each extractor exactly:
 * ``/text/<encoder>``: ``encoder`` (the encoder's params: model and its hashes, clip length, pooling ...),
   ``conversion`` (``keep_metadata``, what is stripped per score format, how plain text is read) and
   ``source`` (the params hash of the corpus's ``/text/source``: data, not identity).
+* ``/image/<backbone>``: :func:`genrecli.image.embed.image_feature_params` (the input image, the backbone and
+  the sha256 of its weights, ``source``: ``efficientnet-lite0`` or the ResNet directory), plus the corpus
+  parts ``manifest``, ``images`` (the covers' digest) and ``device``, which are not part of its identity. A new
+  image file (.jpg/.jpeg/.png/.bmp/.gif/.webp) is embedded by the same backbone, after checking its weights
+  are the run's.
 
 A fitted encoder (``tfidf``: vocabulary and IDF learnt on the corpus) cannot be rebuilt from params; its
 fitted state is stored next to its features (``/text/tfidf/state/vocabulary``, ``state/idf``),
@@ -49,7 +54,10 @@ _DATA_KEYS = ("manifest", "shard")  # params that say which corpus (part) a grou
 _AUDIO_RUNTIME_KEYS = ("device",)
 _TEXT_SUFFIXES = "/".join(sorted({*SCORE_FORMATS, *LYRICS_SUFFIXES}))
 _AUDIO_SOURCE_SUFFIXES = "/".join([*AUDIO_SUFFIXES, *MIDI_SUFFIXES, *SCORE_FORMATS])
-_WHAT = {"audio": "an audio file", "midi": "a MIDI file", "lyrics": "a lyrics file"}
+_WHAT = {"audio": "an audio file", "midi": "a MIDI file", "lyrics": "a lyrics file", "image": "an image file",
+         "score": "a score"}
+# Params of an /image/<backbone> group that say which corpus / device it was computed on, not what it computes.
+_IMAGE_RUNTIME_KEYS = ("manifest", "images", "device", "shard")
 
 
 # ---------------------------------------------------------------------------------------------- identity
@@ -78,6 +86,7 @@ def feature_identity(group: str, params: dict) -> dict:
           tfidf features of two different corpora are never comparable (use :func:`encode_texts` with the
           run's state on the other corpus's ``/text/source`` texts instead).
         * ``text/source``: ``{"conversion": ...}``.
+        * ``image/*``: the params without ``manifest``, ``images``, ``device`` and ``shard``.
 
     Raises
     ------
@@ -85,6 +94,8 @@ def feature_identity(group: str, params: dict) -> dict:
         A text group stored by an older genre, without its conversion settings.
     """
     params = dict(params)
+    if group.startswith("image/") and not params.get("precomputed"):
+        return {k: v for k, v in params.items() if k not in _IMAGE_RUNTIME_KEYS}
     if group.startswith("text/") and not params.get("precomputed"):
         if "conversion" not in params:
             raise UsageError(
@@ -192,6 +203,13 @@ class _TextInput:
         return (int(self.encoder.dim),)
 
 
+@dataclasses.dataclass
+class _ImageInput:
+    name: str  # input name, e.g. image/efficientnet-lite0
+    backbone: str  # 'efficientnet-lite0' or a ResNet directory
+    dim: int  # the width the params declare (the stored one wins when files are embedded)
+
+
 def _require_same(group: str, stored: dict, rebuilt: dict, what: str) -> None:
     differ = sorted(k for k in {*stored, *rebuilt} if stored.get(k, "<absent>") != rebuilt.get(k, "<absent>"))
     if differ:
@@ -224,6 +242,24 @@ def _audio_input(group: str, params: dict, device: str) -> _AudioInput:
                              renderer=renderer_params(soundfont), device_type=resolve_device(device).type)
     _require_same(group, feature_identity(group, params), feature_identity(group, rebuilt), "audio feature")
     return _AudioInput(group, feature, params.get("max_seconds"), soundfont)
+
+
+def _image_input(group: str, params: dict) -> _ImageInput:
+    from genrecli.image.embed import image_feature_params
+
+    source = params.get("source")
+    if not isinstance(source, str) or "backbone" not in params:
+        raise UsageError(f"{group}: stored without the backbone that rebuilds it (extracted by an older genre); "
+                         "rerun `genre extract-image` and retrain")
+    if source != "efficientnet-lite0" and not Path(source).is_dir():
+        raise UsageError(f"{group}: the run's image backbone directory is missing: {source}")
+    try:
+        rebuilt = image_feature_params(source)
+    except UsageError as exc:
+        raise UsageError(f"{group}: {exc}") from None
+    _require_same(group, feature_identity(group, params), feature_identity(group, rebuilt), "image backbone")
+    shape = (params.get("backbone") or {}).get("shape") or [0]
+    return _ImageInput(group, source, int(shape[0]))
 
 
 def _encoder(group: str, encoder_params: dict, state: dict | None, device: str):
@@ -331,8 +367,12 @@ def encode_corpus(paths: DatasetPaths, group: str, params: dict, *, state: dict[
 
 
 def file_kind(path: str | os.PathLike) -> str | None:
-    """``audio``, ``midi``, ``score``, ``lyrics`` by suffix (:mod:`genrecli.formats`), else None."""
+    """``audio``, ``midi``, ``score``, ``lyrics`` (:mod:`genrecli.formats`) or ``image`` by suffix, else None."""
+    from genrecli.image.embed import IMAGE_SUFFIXES
+
     suffix = Path(path).suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
     if suffix in AUDIO_SUFFIXES:
         return "audio"
     if suffix in MIDI_SUFFIXES:
@@ -375,7 +415,12 @@ def _one_line(name: str, exc: BaseException) -> str:
 
 
 def _needs_message(name: str, kind: str, missing: list[str], modality: str) -> str:
+    from genrecli.image.embed import IMAGE_SUFFIXES
+
     needs = " and ".join(missing)
+    if modality == "image":
+        return (f"{name}: the run needs {needs}, which {_WHAT[kind]} does not have; "
+                f"give the cover image (a {'/'.join(IMAGE_SUFFIXES)})")
     if modality == "text":
         return (f"{name}: the run needs {needs}, which {_WHAT[kind]} does not have; "
                 f"give the score or lyrics (a .krn/.musicxml/.abc/.txt)")
@@ -383,7 +428,15 @@ def _needs_message(name: str, kind: str, missing: list[str], modality: str) -> s
             f"give the audio, MIDI or score (a {_AUDIO_SOURCE_SUFFIXES})")
 
 
-def _check_file(path: Path, name: str, audio: list[_AudioInput], text: list[_TextInput]) -> str:
+def _check_file(path: Path, name: str, audio: list[_AudioInput], text: list[_TextInput],
+                image: list[_ImageInput] = ()) -> str:
+    """The file's kind; an InputError naming it when it is missing, unsupported or lacks a modality the run needs.
+
+    One file is one item: a run on several modalities (audio + image, text + image) needs them from the same
+    file, so an image-and-audio run cannot be applied to single files (every file fails, saying why).
+    """
+    from genrecli.image.embed import IMAGE_SUFFIXES
+
     if not path.exists():
         raise InputError(f"{name}: no such file")
     kind = file_kind(path)
@@ -391,13 +444,16 @@ def _check_file(path: Path, name: str, audio: list[_AudioInput], text: list[_Tex
         suffix = path.suffix or "(no suffix)"
         raise InputError(
             f"{name}: unsupported file type {suffix} (expected audio {'/'.join(AUDIO_SUFFIXES)}, "
-            f"MIDI {'/'.join(MIDI_SUFFIXES)}, a score {'/'.join(SCORE_FORMATS)} or lyrics {'/'.join(LYRICS_SUFFIXES)})"
+            f"MIDI {'/'.join(MIDI_SUFFIXES)}, a score {'/'.join(SCORE_FORMATS)}, lyrics {'/'.join(LYRICS_SUFFIXES)} "
+            f"or an image {'/'.join(IMAGE_SUFFIXES)})"
         )
     if not path.is_file():
         raise InputError(f"{name}: not a file")
-    if text and kind in ("audio", "midi"):
+    if image and kind != "image":
+        raise InputError(_needs_message(name, kind, [i.name for i in image], "image"))
+    if text and kind in ("audio", "midi", "image"):
         raise InputError(_needs_message(name, kind, [t.name for t in text], "text"))
-    if audio and kind == "lyrics":
+    if audio and kind in ("lyrics", "image"):
         raise InputError(_needs_message(name, kind, [a.name for a in audio], "audio"))
     return kind
 
@@ -425,10 +481,13 @@ def featurize_files(
     ----------
     files : list of path
         Audio (.wav, .au, .mp3, .flac, ...), MIDI (.mid), scores (.krn, .musicxml, .xml, .mxl, .abc) or
-        lyrics (.txt). Audio and MIDI give audio features (MIDI by synthesis); a score gives audio (score ->
-        MIDI -> synthesis, as ``extract-audio`` does for score-only tracks) and text; lyrics give text.
+        lyrics (.txt), or cover images (.jpg, .png, ...). Audio and MIDI give audio features (MIDI by
+        synthesis); a score gives audio (score -> MIDI -> synthesis, as ``extract-audio`` does for
+        score-only tracks) and text; lyrics give text; an image gives image features. A run on image and
+        another modality cannot be applied to one file: each such file is a failure saying so.
     inputs : dict
-        Input name (``audio/mfcc``, ``text/minilm``, ...) -> the params stored with that feature group.
+        Input name (``audio/mfcc``, ``text/minilm``, ``image/efficientnet-lite0``, ...) -> the params stored
+        with that feature group.
     device : str
         Where neural extractors and encoders run.
     state : dict, optional
@@ -444,8 +503,9 @@ def featurize_files(
     ------
     UsageError
         An input that cannot be rebuilt exactly (unknown feature, missing weights, SoundFont or model
-        directory, changed weights, a tfidf input without state, a precomputed feature). Per-file problems
-        (missing, unsupported, unreadable, a file lacking a modality the run needs) are failures instead.
+        directory, changed weights, a tfidf input without state, a precomputed feature, a missing or changed
+        image backbone). Per-file problems (missing, unsupported, unreadable, a file lacking a modality the
+        run needs) are failures instead.
     """
     from genrecli.audio.features import extract_track
     from genrecli.manifest import Track
@@ -455,7 +515,7 @@ def featurize_files(
     state = state or {}
     if not inputs:
         raise UsageError("featurize: no inputs to compute")
-    audio, text = [], []
+    audio, text, image = [], [], []
     for group, params in inputs.items():
         if params.get("precomputed"):
             raise UsageError(f"{group}: a precomputed feature shipped with its corpus; it cannot be computed from files")
@@ -463,8 +523,10 @@ def featurize_files(
             audio.append(_audio_input(group, params, device))
         elif group.startswith("text/"):
             text.append(_text_input(group, params, state.get(group), device))
+        elif group.startswith("image/"):
+            image.append(_image_input(group, params))
         else:
-            raise UsageError(f"{group}: not an audio/ or text/ feature group")
+            raise UsageError(f"{group}: not an audio/, text/ or image/ feature group")
     # one extract_track call per file for the audio inputs that share a length and a SoundFont
     audio_runs: dict[tuple, list[_AudioInput]] = {}
     for a in audio:
@@ -477,7 +539,7 @@ def featurize_files(
     with ui.progress(len(files), "featurize") as advance:
         for i, (path, name) in enumerate(zip(map(Path, files), names)):
             try:
-                kind = _check_file(path, name, audio, text)
+                kind = _check_file(path, name, audio, text, image)
                 row: dict[str, np.ndarray] = {}
                 for (max_seconds, soundfont), run in audio_runs.items():
                     out = extract_track(_source(path, name, kind), [a.feature for a in run], max_seconds=max_seconds,
@@ -512,8 +574,24 @@ def featurize_files(
             rows = [i for i in rows if i in values]
         for i, vector in zip(rows, vectors):
             values[i][t.name] = vector
+    dims = {}
+    for im in image:  # the files passed _check_file: they are images, embedded in batches by the run's backbone
+        from genrecli.image.embed import embed_image_files
+
+        rows = sorted(values)
+        if not rows:
+            break
+        z, errors = embed_image_files([names[i] for i in rows], backbone=im.backbone, device=device)
+        for k, i in enumerate(rows):
+            if k in errors:
+                failures[names[i]] = _one_line(names[i], InputError(errors[k]))
+                del values[i]
+            else:
+                values[i][im.name] = z[k]
+        dims[im.name] = z.shape[1] or im.dim
     ok = sorted(values)
-    shapes = {a.name: tuple(a.feature.shape) for a in audio} | {t.name: t.shape for t in text}
+    shapes = ({a.name: tuple(a.feature.shape) for a in audio} | {t.name: t.shape for t in text}
+              | {i.name: (dims.get(i.name, i.dim),) for i in image})
     arrays = {
         name: (np.stack([values[i][name] for i in ok]).astype(np.float32, copy=False) if ok
                else np.empty((0, *shapes[name]), dtype=np.float32))

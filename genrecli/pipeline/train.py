@@ -15,6 +15,14 @@ Kernel models compute their own Grams from the features; ``kernels.h5`` is used 
 fresh for these features and this split. Neural models train on the split's validation rows as their
 validation part when it has some (else they carve one from training) and checkpoint every epoch under
 ``.checkpoints/``. Hyper-parameters are chosen on training data only, inside each model's fit.
+
+Group averaging: a model with a ``group_key`` option (the Oramas models: ``-o group_key=album``) whose
+``fit`` takes ``groups=`` gets, for its rows, the manifest's group ids of that key (``groups=`` for the
+training rows, ``validation_groups=`` for the validation rows), and its ``decision_function`` gets those of
+the test rows, so test tracks are scored per group too. A key the manifest does not record stops the run
+before any training, naming the keys it has. Without ``group_key`` no groups are passed (each row is its own
+group). MuMu lists one track per album and records the ``artist`` group only, so album averaging there is the
+identity; the key matters for corpora with several tracks per group.
 """
 
 from __future__ import annotations
@@ -118,6 +126,7 @@ def train(
     model_params = _jsonable(probe_model.get_params(deep=True))
     for key in [k for k in model_params if k.endswith(("random_state", "device")) or k in ("kernel", "kernels")]:
         model_params.pop(key)
+    _group_ids(spec, probe_model, manifest)  # an unknown group_key stops here, before any run directory is made
     if spec.per_pair:
         runs = [([i], [k]) for i in inputs for k in (kernels or [None])]
     else:
@@ -198,6 +207,7 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
     arrays = _load_vectors(paths, names, info)
     feature_state = _feature_states(paths, names)
     label_embeddings = _label_embeddings(paths, names)
+    group_ids = _group_ids(spec, spec.build(seed=0, device=device, kernels=tuple(config["kernels"]) or None, **options), manifest)
     n_folds = assignment.shape[0]
     for fold in range(n_folds):
         train_rows, test_rows = train_test_indices(assignment, fold)
@@ -232,6 +242,10 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
                 kwargs["cache"] = cache
             if label_embeddings is not None and "label_embeddings" in inspect.signature(est.fit).parameters:
                 kwargs["label_embeddings"] = label_embeddings
+            if group_ids is not None:
+                kwargs["groups"] = group_ids[fit_rows]
+                if val_rows is not None:
+                    kwargs["validation_groups"] = group_ids[val_rows]
             t0 = time.perf_counter()
             try:
                 est.fit(_rows(arrays, paths, names, fit_rows), y_all[fit_rows], **kwargs)
@@ -240,7 +254,8 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
             fit_s = time.perf_counter() - t0
             test_inputs = _rows(arrays, paths, names, te)
             t0 = time.perf_counter()
-            scores = np.asarray(est.decision_function(test_inputs), dtype=np.float32)
+            scored = {"groups": group_ids[te]} if group_ids is not None else {}
+            scores = np.asarray(est.decision_function(test_inputs, **scored), dtype=np.float32)
             predict_s = time.perf_counter() - t0
             y_pred = est.predict_from_scores(scores) if hasattr(est, "predict_from_scores") else _predict_from(est, scores)
             extra = est.extra_metrics(test_inputs)
@@ -263,6 +278,25 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
             else:
                 ui.info(f"{label}: accuracy {float(np.mean(y_pred == y_all[te])):.3f} on {len(te)} test tracks (fit {fit_s:.1f} s)")
     _write_predictions(run_dir, n_folds, seeds, len(config["labels"]), bool(config["multilabel"]))
+
+
+def _group_ids(spec, probe, manifest) -> np.ndarray | None:
+    """The manifest's group ids (one per track) of the model's ``group_key``, when it averages per group.
+
+    ``probe`` is the model as built with the run's options. None unless it has a ``group_key`` option that is
+    set and its ``fit`` and ``decision_function`` take ``groups=``; an unrecorded key is a UsageError naming
+    the keys the manifest has.
+    """
+    key = probe.get_params(deep=False).get("group_key")
+    if key is None:
+        return None
+    takes = all("groups" in inspect.signature(f).parameters for f in (probe.fit, probe.decision_function))
+    if not takes:
+        raise UsageError(f"model '{spec.name}': group_key={key!r}, but its fit/decision_function take no groups=")
+    try:
+        return np.asarray(manifest.group_values(str(key)), dtype=object).astype(str)
+    except UsageError as exc:
+        raise UsageError(f"-o group_key={key}: {exc}") from None
 
 
 def _option_error(exc: Exception, options: dict) -> UsageError | None:

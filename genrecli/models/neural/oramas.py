@@ -44,9 +44,9 @@ Album averaging (``group_key``, e.g. 'album'): MuMu's audio is per track and its
 averages the track representations of an album and trains the fusion network on album vectors (Section
 7.3.1). With ``group_key`` set, :meth:`fit` needs ``groups=`` (one key per row, and ``validation_groups=``
 with a validation part) and :meth:`decision_function` averages by ``groups=`` when given (every row of a group
-gets its group's scores; without groups each row is its own group). ``genre train`` does not pass groups to
-models yet (its ``fit`` call has no such argument): until it does, ``group_key`` is usable from Python only
-and ``genre train -o group_key=album`` stops with a clear message.
+gets its group's scores; without groups each row is its own group). ``genre train -o group_key=KEY`` passes
+the manifest's ``KEY`` group ids of the training, validation and test rows (a key the manifest lacks stops the
+run, naming the keys it has); ``genre predict`` scores each new file as its own group.
 
 Left out: the entity-linking enrichment of the texts (Babelfy + ELVIS append Wikipedia categories; both are
 web services, so VSM+SEM is not reproducible offline: ``oramas-text`` is the paper's plain VSM); the
@@ -368,7 +368,7 @@ class _OramasBase(GenreModel):
         group_key = self._p("group_key")
         if group_key is not None and groups is None:
             raise UsageError(f"{type(self).__name__}: group_key={group_key!r} averages the representations per group: "
-                             "fit needs groups= (genre train does not pass groups to models yet)")
+                             "fit needs groups= (one group key per row)")
         if group_key is not None and validation is not None and validation_groups is None:
             raise UsageError(f"{type(self).__name__}: group_key={group_key!r}: a validation part needs validation_groups=")
         val_inputs, y_val = (None, None) if validation is None else validation
