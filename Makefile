@@ -12,7 +12,7 @@ export GENRE_DATA_HOME := $(DATA_HOME)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench all piano piano-features folk clean
+.PHONY: install demo test bench all piano piano-features folk scaling clean
 comma := ,
 
 install: $(STAMP)
@@ -54,7 +54,7 @@ bench: install
 
 # Every experiment: the piano eras (kern-eras stand-in) with composer- and work-grouped splits, and the
 # full folk-dance set.
-all: piano piano-features folk
+all: piano piano-features folk scaling
 
 PIANO_SPLITS := group:composer:0.7 group:work:0.7
 # The comparison systems and first baselines of the DM2KMN paper (MFCC + MiniLM inputs).
@@ -71,6 +71,7 @@ piano: install
 	$(foreach s,$(PIANO_SPLITS),$(foreach m,dkn dm2kmn-init dm2kmn,$(GENRE) train --data piano --model $(m) --inputs $(PIANO_INPUTS) --split $(s) --seeds 3 -o hidden=16 &&)) true
 	$(foreach s,$(PIANO_SPLITS),$(GENRE) train --data piano --model mlp --inputs $(PIANO_INPUTS) --split $(s) --seeds 3 &&) true
 	$(foreach s,$(PIANO_SPLITS),$(GENRE) train --data piano --model cnn --inputs audio/mel --split $(s) --seeds 3 &&) true
+	$(foreach s,$(PIANO_SPLITS),$(GENRE) train --data piano --model cnn-bow --inputs audio/mel,text/minilm --split $(s) --seeds 3 &&) true
 	$(foreach s,$(PIANO_SPLITS),$(foreach m,$(BASELINES),$(GENRE) train --data piano --model $(m) --inputs $(PIANO_INPUTS) --split $(s) --seeds 3 &&)) true
 	$(GENRE) evaluate --data piano
 	$(GENRE) report --data piano
@@ -93,6 +94,24 @@ folk: install
 	$(GENRE) train --data folk-dances --model svm --inputs audio/mfcc,text/minilm --seeds 3
 	$(foreach m,dkn dm2kmn-init dm2kmn,$(GENRE) train --data folk-dances --model $(m) --inputs audio/mfcc,text/minilm --seeds 3 -o hidden=16 &&) true
 	$(foreach m,mlp $(BASELINES),$(GENRE) train --data folk-dances --model $(m) --inputs audio/mfcc,text/minilm --seeds 3 &&) true
+	$(GENRE) evaluate --data folk-dances
+	$(GENRE) report --data folk-dances
+
+# Issue 17's scaling comparison: every input kind with the default (scale=auto: z-score for descriptor
+# vectors, none for embeddings) and with the other choice; needs `make piano folk` first. DM2KMN: one seed.
+# $(call scale_opt,C): no option for the default (the runs of `make piano`/`folk` are reused), else -o scale=C.
+scale_opt = $(if $(filter auto,$(1)),,-o scale=$(1))
+scaling: piano folk
+	$(foreach s,$(PIANO_SPLITS),$(foreach c,none standard,$(GENRE) train --data piano --model svm --inputs audio/timbre,audio/rhythm,text/minilm --split $(s) --seeds 1 -o scale=$(c) &&)) true
+	$(foreach s,$(PIANO_SPLITS),$(foreach i,audio/timbre audio/rhythm,$(foreach c,auto none,$(GENRE) train --data piano --model dkn --inputs $(i) --split $(s) --seeds 3 $(call scale_opt,$(c)) && $(GENRE) train --data piano --model dm2kmn --inputs $(i) --split $(s) --seeds 1 $(call scale_opt,$(c)) &&))) true
+	$(foreach s,$(PIANO_SPLITS),$(GENRE) train --data piano --model dkn --inputs text/minilm --split $(s) --seeds 3 -o scale=standard && $(foreach c,auto standard,$(GENRE) train --data piano --model dm2kmn --inputs text/minilm --split $(s) --seeds 1 $(call scale_opt,$(c)) &&)) true
+	$(GENRE) train --data folk-dances --model svm --inputs audio/mfcc,text/minilm --seeds 1 -o audio/mfcc.scale=none -o text/minilm.scale=standard
+	$(GENRE) train --data folk-dances --model dkn --inputs audio/mfcc --seeds 3 -o scale=none
+	$(GENRE) train --data folk-dances --model dkn --inputs text/minilm --seeds 3 -o scale=standard
+	$(foreach c,auto none,$(GENRE) train --data folk-dances --model dm2kmn --inputs audio/mfcc --seeds 1 $(call scale_opt,$(c)) &&) true
+	$(foreach c,auto standard,$(GENRE) train --data folk-dances --model dm2kmn --inputs text/minilm --seeds 1 $(call scale_opt,$(c)) &&) true
+	$(GENRE) evaluate --data piano
+	$(GENRE) report --data piano
 	$(GENRE) evaluate --data folk-dances
 	$(GENRE) report --data folk-dances
 
