@@ -128,6 +128,7 @@ def svm_pivot(metrics: list[dict], split: str) -> list[list[str]]:
         if c["model"] != "svm" or c["split"] != split or len(_inputs(c)) != 1 or c.get("multilabel"):
             continue
         (inp,), (ker,) = _inputs(c), _kernels(c)
+        inp += _options_label(c)  # runs of one input with other options (e.g. -o scale=none) get their own column
         inputs.add(inp)
         cells[(ker, inp)] = m["summary"]["accuracy"]
     if not cells:
@@ -138,6 +139,12 @@ def svm_pivot(metrics: list[dict], split: str) -> list[list[str]]:
         if any((ker, i) in cells for i in inputs):
             rows.append([ker, *[_pm(cells.get((ker, i))) for i in inputs]])
     return rows
+
+
+def _options_label(config: dict) -> str:
+    """`` [k=v, ...]`` of a run's ``-o`` options ('' without), so that runs differing only in options are told apart."""
+    options = config.get("options") or {}
+    return " [" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + "]" if options else ""
 
 
 def model_table(metrics: list[dict], split: str) -> list[list[str]]:
@@ -157,7 +164,7 @@ def model_table(metrics: list[dict], split: str) -> list[list[str]]:
             own, dkn = extra.get("forward_time_dkn_s") or s["predict_seconds"], None
         else:
             own, dkn = extra.get("forward_time_dm2kmn_s") or s["predict_seconds"], extra.get("forward_time_dkn_s")
-        rows.append([c["model"], inputs, _pm(s["accuracy"]), _pm(s["macro_f1"]),
+        rows.append([c["model"] + _options_label(c), inputs, _pm(s["accuracy"]), _pm(s["macro_f1"]),
                      _pm(extra.get("re_train", {}).get("re_abs"), 1.0, 3), _pm(extra.get("re_test", {}).get("re_abs"), 1.0, 3),
                      _pm(s["fit_seconds"], 1.0, 1), _pm(own, 1.0, 4), _pm(dkn, 1.0, 4)])
     return rows if len(rows) > 1 else []
