@@ -61,13 +61,14 @@ def test_default_scaling_table():
     assert default_scaling("audio/table") == "standard"
     for name in ("audio/mfcc", "audio/timbre", "audio/rhythm", "audio/my-descriptors"):  # last: any table name
         assert default_scaling(name) == "standard"
-    for name in ("text/minilm", "text/tfidf", "audio/musicnn", "audio/musicnn-tags", "audio/vggish",
+    assert default_scaling("text/minilm") == "standard"  # measured: see DEFAULT_SCALING
+    for name in ("text/minilm-seq", "text/tfidf", "audio/musicnn", "audio/musicnn-tags", "audio/vggish",
                  "audio/mfcc-image", "audio/mel", "audio/logmel-ru"):
         assert default_scaling(name) == "none"
     assert set(DEFAULT_SCALING.values()) <= {"none", "standard", "robust", "minmax", "l2"}
     scale = {"*": "auto", "audio/mfcc": "robust"}
-    assert resolve_scaling(scale, ["audio/mfcc", "audio/table", "text/minilm"]) == {
-        "audio/mfcc": "robust", "audio/table": "standard", "text/minilm": "none"}
+    assert resolve_scaling(scale, ["audio/mfcc", "audio/table", "text/minilm", "text/tfidf"]) == {
+        "audio/mfcc": "robust", "audio/table": "standard", "text/minilm": "standard", "text/tfidf": "none"}
     assert scaling_for("minmax", "text/minilm") == "minmax"
     assert merge_scale("l2", {"audio/mfcc": "none"}) == {"*": "l2", "audio/mfcc": "none"}
 
