@@ -62,3 +62,22 @@ FLOAT32_INVARIANCE_FAILURES = {
     "check_methods_sample_order_invariance": "same float32 rounding: a permuted batch changes the BLAS "
                                              "summation order (fails intermittently at 1e-7)",
 }
+
+
+def run_cli(capsys, *args):
+    """Used as ``from conftest import run_cli``. ``genre ARGS`` in this process: (exit code, stdout, stderr)."""
+    import sys
+
+    from genrecli import cli
+
+    argv = sys.argv
+    sys.argv = ["genre", *map(str, args)]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return code, out.out, out.err

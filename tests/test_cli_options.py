@@ -16,23 +16,9 @@ from genrecli.errors import InputError, UsageError
 from genrecli.pipeline.features import TrackInternalError, run_per_track
 
 from conftest import write_wav
+from conftest import run_cli
 
 _REAL_EXTRACT = audio_stage._extract_one
-
-
-def run_cli(capsys, *args):
-    """``genre ARGS`` in this process: (exit code, stdout, stderr)."""
-    argv = sys.argv
-    sys.argv = ["genre", *map(str, args)]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def error_lines(err: str) -> list[str]:

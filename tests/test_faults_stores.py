@@ -20,6 +20,7 @@ from genrecli.errors import InputError, UsageError
 from genrecli.pipeline.audio import extract_audio, renderer_params
 
 from conftest import write_wav
+from conftest import run_cli
 
 _REAL_EXTRACT = audio_stage._extract_one
 SPLIT = ("--split", "random:0.5")
@@ -27,21 +28,6 @@ TRAIN = ("train", "-d", "c", "--kernels", "linear", "--seeds", "1", *SPLIT)
 KERNELS = ("kernels", "-d", "c", "--kernels", "linear", *SPLIT)
 RUN = "svm__audio-mfcc__linear__random-0.5"
 GROUP = "random-0.5/fold0/audio/mfcc/linear"
-
-
-def run_cli(capsys, *args):
-    """``genre ARGS`` in this process: (exit code, stdout, stderr)."""
-    argv = sys.argv
-    sys.argv = ["genre", *map(str, args)]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def error_lines(err: str) -> list[str]:

@@ -22,3 +22,19 @@ class StageResult:
         self.up_to_date += other.up_to_date
         self.failures.update(other.failures)
         return self
+
+
+def up_to_date(target, group: str, digest: str, *, force: bool, result: StageResult,
+               changed: str = "parameters or inputs") -> bool:
+    """True (and recorded in ``result``) when ``group`` of the store ``target`` already holds ``digest``'s output;
+    otherwise says why it is recomputed (``changed``) when a stale version exists."""
+    from genrecli import store, ui
+
+    status = store.group_status(target, group, digest)
+    if status == "fresh" and not force:
+        ui.info(f"{group}: up to date (params {digest}); nothing to do")
+        result.up_to_date.append(group)
+        return True
+    if status == "stale":
+        ui.info(f"{group}: {changed} changed; recomputing")
+    return False

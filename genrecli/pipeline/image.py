@@ -30,7 +30,7 @@ from genrecli import store, ui
 from genrecli.errors import UsageError
 from genrecli.layout import DatasetPaths
 from genrecli.manifest import read_manifest
-from genrecli.pipeline import StageResult
+from genrecli.pipeline import StageResult, up_to_date
 from genrecli.pipeline.features import iter_chunks, write_feature_group
 
 NO_COVER = "no cover image in the manifest"
@@ -132,13 +132,8 @@ def extract_image(
               "device": device_type}
     digest = store.params_hash(params)
     result = StageResult()
-    status = store.group_status(target, group, digest)
-    if status == "fresh" and not force:
-        ui.info(f"{group}: up to date (params {digest}); nothing to do")
-        result.up_to_date.append(group)
+    if up_to_date(target, group, digest, force=force, result=result, changed="parameters, manifest or cover files"):
         return result
-    if status == "stale":
-        ui.info(f"{group}: parameters, manifest or cover files changed; recomputing")
 
     missing = [r for r, t in enumerate(tracks) if not t.image]
     with_cover = [r for r, t in enumerate(tracks) if t.image]

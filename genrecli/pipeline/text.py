@@ -16,7 +16,7 @@ from genrecli import store, ui
 from genrecli.errors import GenreError, UsageError
 from genrecli.layout import DatasetPaths
 from genrecli.manifest import read_manifest
-from genrecli.pipeline import StageResult
+from genrecli.pipeline import StageResult, up_to_date
 from genrecli.pipeline.features import iter_chunks, write_feature_group
 
 SOURCE_GROUP = "text/source"
@@ -159,7 +159,7 @@ def extract_text(
     params = {"encoder": enc.params(), "conversion": conversion_params(keep_metadata), "source": source_digest}
     digest = store.params_hash(params)
     target = paths.features()
-    if _up_to_date(target, group, digest, force=force, result=result):
+    if up_to_date(target, group, digest, force=force, result=result):
         return result
     rows = _usable_rows(paths, valid)
     if encoder == "tfidf":
@@ -182,18 +182,6 @@ def extract_text(
     ui.info(f"{target}: wrote {group} ({len(rows)} tracks, dim {vectors.shape[1]})")
     result.written.append(group)
     return result
-
-
-def _up_to_date(target, group: str, digest: str, *, force: bool, result: StageResult) -> bool:
-    """True (and recorded in ``result``) when ``group`` in ``target`` already holds ``digest``'s output."""
-    status = store.group_status(target, group, digest)
-    if status == "fresh" and not force:
-        ui.info(f"{group}: up to date (params {digest}); nothing to do")
-        result.up_to_date.append(group)
-        return True
-    if status == "stale":
-        ui.info(f"{group}: parameters or inputs changed; recomputing")
-    return False
 
 
 def _usable_rows(paths, valid: np.ndarray) -> np.ndarray:
@@ -231,7 +219,7 @@ def _extract_sequences(paths, enc, encoder, texts, valid, source_digest, *, keep
     limit = params["encoder"]["max_tokens"]
     digest = store.params_hash(params)
     target = paths.features()
-    if _up_to_date(target, group, digest, force=force, result=result):
+    if up_to_date(target, group, digest, force=force, result=result):
         return result
     rows = _usable_rows(paths, valid)
     tokens, lengths = _encode_tokens_resumable(enc, texts, rows, limit, paths.partial / "text", digest)
