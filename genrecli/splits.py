@@ -85,7 +85,7 @@ def _make_split(spec: str, manifest: Manifest, seed: int) -> np.ndarray:
         if len(set(groups)) < k:
             raise UsageError(f"split '{spec}': only {len(set(groups))} distinct '{parts[1]}' groups for {k} folds")
         cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        return _assign_folds(cv.split(np.zeros(n), y, groups), n, k)
+        return _assign_folds(_stratified_group_folds(cv, y, groups, spec), n, k)
     if kind == "given" and len(parts) == 2:
         return _given_split(manifest, parts[1], spec)
     if kind == "file" and len(parts) >= 2:
@@ -164,10 +164,20 @@ def _group_split(idx, y, groups, frac, seed, spec) -> np.ndarray:
     if n_groups < k:
         raise UsageError(f"split '{spec}': only {n_groups} distinct groups, cannot hold out {1 - frac:.0%} by group")
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    best = min(cv.split(np.zeros(len(idx)), y[idx], groups[idx]), key=lambda f: abs(len(f[1]) / len(idx) - (1.0 - frac)))
+    folds = _stratified_group_folds(cv, y[idx], groups[idx], spec)
+    best = min(folds, key=lambda f: abs(len(f[1]) / len(idx) - (1.0 - frac)))
     out = np.full((1, len(y)), TEST, dtype=np.int8)
     out[0, idx[best[0]]] = TRAIN
     return out
+
+
+def _stratified_group_folds(cv, y: np.ndarray, groups: np.ndarray, spec: str) -> list:
+    """The folds of ``cv`` as a list; scikit-learn's refusal of a too-small corpus becomes a one-line usage error."""
+    try:
+        return list(cv.split(np.zeros(len(y)), y, groups))
+    except ValueError as exc:  # e.g. "n_splits=5 cannot be greater than the number of members in each class"
+        raise UsageError(f"split '{spec}': {len(y)} tracks in {len(set(y))} strata are too few for "
+                         f"{cv.get_n_splits()} group folds ({exc}); use a larger corpus or another split") from None
 
 
 def _file_split(directory: Path, manifest: Manifest, spec: str) -> np.ndarray:

@@ -343,3 +343,20 @@ def test_bad_score_inputs(tmp_path):
     with pytest.raises(InputError) as excinfo:
         load_track_audio(sr=SR, name="track-3")
     assert_one_line_error(excinfo, "track-3")
+
+
+def test_music21_token_warnings_stay_out_of_the_output(capfd):
+    """music21 writes one stderr line per skipped kern token (naming no file): captured, one line with --verbose."""
+    from genrecli import ui
+
+    kern = "**kern\n*clefG6\n*M4/4\n=1\n4c\n4d\n4e\n4f\n==\n*-\n"
+    midi = score_to_midi(text=kern, fmt="humdrum", name="odd-clef.krn")
+    assert midi[:4] == b"MThd"
+    assert "WARNING" not in capfd.readouterr().err
+    ui.configure(verbose=True)
+    try:
+        score_to_midi(text=kern, fmt="humdrum", name="odd-clef.krn")
+    finally:
+        ui.configure()
+    lines = capfd.readouterr().err.splitlines()
+    assert len(lines) == 1 and "odd-clef.krn" in lines[0] and "WARNING" not in lines[0] and "music21 skipped 1 unreadable token" in lines[0] and "clefG6" in lines[0]

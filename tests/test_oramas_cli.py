@@ -79,6 +79,15 @@ def test_oramas_models_on_mumu_through_the_cli(tmp_path):
     report = genre("report", "--data", "mumu", home=home)
     assert "oramas-fusion" in report.stdout
 
+    # MM_AUDIO predicts from audio alone: a new audio file needs no cover image
+    (mm_run,) = [run for run in (home / "mumu" / "runs").iterdir()
+                 if json.loads((run / "config.json").read_text())["model"] == "oramas-mm-audio"
+                 and json.loads((run / "config.json").read_text())["options"]["target"] == "logistic"]
+    new_audio = tmp_path / "new song.mp3"
+    write_audio(new_audio, seconds=2.0, freq=330)
+    out = json.loads(genre("predict", "--run", str(mm_run), str(new_audio), "--json", home=home).stdout)["predictions"]
+    assert len(out) == 1 and out[0]["file"].endswith("new song.mp3") and len(out[0]["top"]) == 3
+
 
 def test_train_passes_manifest_groups_for_group_averaging(tmp_path):
     """`-o group_key=KEY`: the Oramas models get the manifest's KEY ids; an unrecorded key stops before training."""

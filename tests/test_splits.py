@@ -69,6 +69,15 @@ def test_bad_specs_are_usage_errors(spec):
         make_split(spec, _manifest())
 
 
+@pytest.mark.parametrize("spec", ["group:composer:0.8:0.1", "groupkfold:composer:5"])
+def test_too_small_a_corpus_for_group_folds_is_one_usage_error(spec):
+    """Every class smaller than the fold count: scikit-learn's ValueError becomes one line naming the split."""
+    tiny = _manifest(n_per_class=(2, 2, 2), groups_per_class=2)
+    with pytest.raises(UsageError, match=r"too few for \d+ group folds") as err:
+        make_split(spec, tiny)
+    assert spec in str(err.value) and "\n" not in str(err.value)
+
+
 def test_split_names_are_store_safe():
     assert split_name("group:composer:0.7") == "group-composer-0.7"
     assert "/" not in split_name("file:/a/b/lists")

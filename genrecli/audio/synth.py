@@ -7,6 +7,7 @@ writes ``ticks_per_beat = 10080`` and pretty_midi rejects long pieces as "likely
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import io
@@ -16,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from genrecli import ui
 from genrecli.audio.io import decode_audio, one_line, resample
 from genrecli.errors import InputError, UsageError
 from genrecli.formats import SCORE_FORMATS
@@ -308,14 +310,21 @@ def score_to_midi(
 
     from music21 import converter, stream
 
+    # music21 writes a warning straight to stderr for every token it skips (hundreds for some kern files,
+    # none naming the file); keep them out of the stage's output and give one line with --verbose.
+    notices = io.StringIO()
     try:
-        if path is not None:
-            # No pickle cache: music21 would write one per file into a shared temp folder, then re-read it.
-            score = converter.parse(path, format=fmt, forceSource=True, storePickle=False)
-        else:
-            score = converter.parseData(text, format=fmt)
+        with contextlib.redirect_stderr(notices):
+            if path is not None:
+                # No pickle cache: music21 would write one per file into a shared temp folder, then re-read it.
+                score = converter.parse(path, format=fmt, forceSource=True, storePickle=False)
+            else:
+                score = converter.parseData(text, format=fmt)
     except Exception as exc:  # music21 raises many unrelated types for malformed input
         raise InputError(f"{name}: cannot parse {fmt} score ({one_line(exc)})") from None
+    if skipped := [line for line in notices.getvalue().splitlines() if line.strip()]:
+        first = re.sub(r"^\S+: WARNING: ", "", one_line(skipped[0]))  # drop music21's "module: WARNING:" prefix
+        ui.debug(f"{name}: music21 skipped {len(skipped)} unreadable token(s), first: {first}")
     if isinstance(score, stream.Opus):
         if len(score.scores) != 1:
             raise InputError(f"{name}: holds {len(score.scores)} pieces; give one piece per track")

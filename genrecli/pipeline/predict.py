@@ -74,7 +74,6 @@ class RunEnsemble:
         self.meta = read_artifact_meta(self.artifacts[0])
         self.labels: list[str] = list(self.meta["labels"])
         self.multilabel = bool(self.meta["multilabel"])
-        self.inputs: dict[str, dict] = self.meta["inputs"]
         self.feature_state = _feature_state(self.artifacts[0])
         self.models = []
         for artifact in self.artifacts:
@@ -82,6 +81,7 @@ class RunEnsemble:
             if "device" in model.get_params(deep=False):
                 model.set_params(device=device)
             self.models.append(model)
+        self.inputs: dict[str, dict] = _prediction_inputs(self.meta["inputs"], self.models)
 
     def scores(self, inputs: dict) -> np.ndarray:
         """Mean decision scores over the run's models, (n, n_labels); a label a model never saw is left out of its mean."""
@@ -104,6 +104,20 @@ class RunEnsemble:
         if self.multilabel and hasattr(model, "predict_from_scores"):
             return np.asarray(model.predict_from_scores(scores))
         return scores > 0 if self.multilabel else np.argmax(scores, axis=1)
+
+
+def _prediction_inputs(trained: dict[str, dict], models: list) -> dict[str, dict]:
+    """The run's inputs that its models read at prediction time, in the run's order.
+
+    A model trained on more inputs than it predicts from (``oramas-mm-audio``: audio + cover images, predicts
+    from audio) says so by its ``input_names_``; new files then need only those features. Models whose
+    ``input_names_`` name something else (the kernel models list kernel labels) need every trained input.
+    """
+    needed: set[str] = set()
+    for model in models:
+        names = getattr(model, "input_names_", None)
+        needed.update(names if names and set(names) <= set(trained) else trained)
+    return {name: spec for name, spec in trained.items() if name in needed}
 
 
 def predict(

@@ -334,9 +334,10 @@ class RuModel(NeuralModel):
           which reads as a typo: ``cooc_denominator='j'`` gives the printed form), counted on the training
           rows only; ``A2`` the cosine similarity of the name embeddings with negative values set to 0 (so
           that every degree is positive). Then ``A_hat = D^-1/2 (A + I) D^-1/2``, D the row sums of A + I.
-          Single-label corpora have no co-occurrence: ``A = A2``. Without name embeddings (``fit`` not given
-          ``label_embeddings``: the pipeline does not pass them yet) the nodes are learned vectors of
-          ``node_dim`` = 256 and ``A = A1`` (single-label: ``A = I``); a warning says so.
+          Single-label corpora have no co-occurrence: ``A = A2``. ``genre train`` passes the
+          ``label_embeddings`` stored with the text input; without them (``fit`` not given
+          ``label_embeddings``) the nodes are learned vectors of ``node_dim`` = 256 and ``A = A1``
+          (single-label: ``A = I``); a warning says so.
         * Threshold (multi-label): one probability threshold for all labels, the value of 0.05, 0.10, ...,
           0.95 maximising the example-based F-measure on the validation part (ties: nearest 0.5); without a
           validation part 0.5. ``threshold`` = a number fixes it instead.
