@@ -96,9 +96,8 @@ def dataset_info(data: str, *, data_home=None, problems: list[str] | None = None
         for _, msg in skipped:
             reasons[msg] = reasons.get(msg, 0) + 1
         lines.append(f"skipped at ingest ({len(skipped)}): " + "; ".join(f"{n} × {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]))
-        lines += [f"  {tid}: {msg}" for tid, msg in skipped[:10]]
-        if len(skipped) > 10:
-            lines.append(f"  ... and {len(skipped) - 10} more")
+        # every one, not the first 10: `genre info` is where a skipped file is named (issue 16's acceptance)
+        lines += [f"  {tid}: {msg}" for tid, msg in skipped]
     if failed:
         lines.append(f"failed items ({len(failed)}):")
         lines += [f"  [{stage}] {tid}: {msg}" for tid, stage, msg in failed]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pathlib
 
 import numpy as np
@@ -77,12 +79,14 @@ def decode_audio(
     if not path.is_file():
         raise InputError(f"{path}: audio file not found")
     try:
-        y, native_sr = _decode_soundfile(path, offset, max_seconds)
+        with _native_stderr_silenced():
+            y, native_sr = _decode_soundfile(path, offset, max_seconds)
     except Exception as exc:  # libsndfile reports every decoding problem as one of several types
         try:
-            y, native_sr = _decode_audioread(path, offset, max_seconds)
+            with _native_stderr_silenced():
+                y, native_sr = _decode_audioread(path, offset, max_seconds)
         except Exception:
-            raise InputError(f"{path}: cannot decode audio ({one_line(exc)})") from None
+            raise InputError(f"{path}: cannot decode audio ({_decode_cause(exc, path)})") from None
     if y.shape[-1] == 0:
         raise InputError(f"{path}: no audio samples (empty file, or offset past the end)")
     if not np.isfinite(y).all():
@@ -90,6 +94,34 @@ def decode_audio(
     if mono and y.ndim == 2:
         y = y.mean(axis=0)
     return np.ascontiguousarray(y, dtype=np.float32), int(native_sr)
+
+
+def _decode_cause(exc: BaseException, path: pathlib.Path) -> str:
+    """libsndfile's reason without its repeat of the path; its "File does not exist or is not a regular file"
+    (what it says of some unrecognised formats, e.g. random bytes named .wav/.mp3) said of a file that exists is
+    wrong, so it becomes "format not recognised"."""
+    text = one_line(exc).replace(f"Error opening {str(path)!r}: ", "")
+    if "File does not exist or is not a regular file" in text:
+        return "Format not recognised."
+    return text
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Discard what C decoders write straight to file descriptor 2 while they run (libmpg123 prints several
+    "Note: Illegal Audio-MPEG-Header ..." lines per broken MP3): a bad file is reported by our one line alone."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 (a daemon): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _decode_soundfile(path, offset, max_seconds):

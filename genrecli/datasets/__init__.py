@@ -80,6 +80,23 @@ def read_text_file(path: Path) -> tuple[str, str | None]:
     return text, (f"{path}: not UTF-8; read as {codec}" if codec not in ("utf-8", "utf-8-sig", "utf-16") else None)
 
 
+def inline_text_problem(text: str) -> str | None:
+    """Why a text held inline by a corpus (a lyrics column, a review in a JSON file) cannot be used, or None.
+
+    Files go through :func:`genrecli.text.convert.decode_text`, which refuses NUL bytes; inline texts come
+    decoded already, so a NUL character, or an unpaired surrogate (a JSON ``"\\ud800"`` escape), reached the
+    checksum and the manifest's UTF-8 strings and aborted the whole ingest with an internal error. A loader
+    makes such a text a per-row failure with this reason.
+    """
+    if "\x00" in text:
+        return "binary data, not text (NUL characters)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"not valid Unicode (an unpaired surrogate at character {exc.start})"
+    return None
+
+
 def require_root(name: str, root: Path | None) -> Path:
     if root is None:
         raise UsageError(f"dataset '{name}' needs --root DIR (the folder holding the corpus)")

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from genrecli import store
-from genrecli.datasets import DatasetSpec, Listing, register, require_root
+from genrecli.datasets import DatasetSpec, Listing, inline_text_problem, register, require_root
 from genrecli.errors import UsageError
 from genrecli.manifest import Track
 
@@ -168,7 +168,7 @@ def list_tracks(
     if isinstance(genres, str):
         genres = DM2KMN_GENRES if genres.lower() == "dm2kmn" else tuple(g.strip() for g in genres.split(",") if g.strip())
     keep_genres = {g.casefold() for g in genres} if genres else None
-    rows, mels, skipped, seen = [], [], {}, set()
+    rows, mels, skipped, failed, seen = [], [], {}, {}, set()
     for path in files:
         cols = _columns(pq, path)
         pf = pq.ParquetFile(path)
@@ -190,6 +190,8 @@ def list_tracks(
                     continue
                 elif not (text or "").strip():
                     skipped[where] = "no lyrics"
+                elif problem := inline_text_problem(str(text)):  # NUL / lone surrogate: this row fails, not ingest
+                    failed[where] = f"music_lyrics: {problem}"
                 elif mel != "none" and m is None:
                     skipped[where] = "no usable melspectrogram (expected 128 bands of equal length)"
                 else:
@@ -236,7 +238,7 @@ def list_tracks(
         params = {"source": f"4MuLA {variant} parquet melspectrogram", "n_mels": n_bands,
                   "frames": n_frames if mel == "full" else None, "pool": mel}
         features["audio/melspectrogram" if mel == "full" else "audio/melspectrogram-stats"] = (data, params)
-    return Listing(tracks, skipped, notes=notes, features=features)
+    return Listing(tracks, skipped, failed=failed, notes=notes, features=features)
 
 
 register(

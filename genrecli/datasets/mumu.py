@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import re
 from pathlib import Path
 
 from genrecli import store
-from genrecli.datasets import DatasetSpec, Listing, register, require_root
+from genrecli.datasets import DatasetSpec, Listing, inline_text_problem, read_text_file, register, require_root
 from genrecli.errors import UsageError
 from genrecli.manifest import Track
 
@@ -179,7 +180,10 @@ def list_tracks(
     require = tuple(r.strip() for r in require.split(",") if r.strip()) if isinstance(require, str) else tuple(require)
     if bad := [r for r in require if r not in MODALITIES]:
         raise UsageError(f"require={','.join(require)}: expected a subset of {', '.join(MODALITIES)}, got {', '.join(bad)}")
-    with open(labels_csv, newline="", encoding="utf-8") as fh:
+    # Read through read_text_file like the other loaders' own CSVs: a Latin-1 export aborted with a
+    # UnicodeDecodeError naming no file (an internal error); NUL bytes are one line naming the file.
+    labels_text, labels_note = read_text_file(labels_csv)
+    with io.StringIO(labels_text, newline="") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         if missing := [c for c in COLUMNS if c not in header]:
@@ -196,7 +200,7 @@ def list_tracks(
             album["genres"] += [g for g in split_genres(row["genres"]) if g not in album["genres"]]
             if (row["MSD_track_id"] or "").strip():
                 album["msd"].append(row["MSD_track_id"].strip())
-    notes = []
+    notes = [labels_note] if labels_note else []
     branches, parents = {}, {}
     if (root / METADATA_JSON).is_file():
         branches, parents = read_taxonomy(root / METADATA_JSON)
@@ -211,13 +215,16 @@ def list_tracks(
         notes.append("no reviews file (*review*.json): albums have no text")
     audio_index = index_folder(root / "audio", AUDIO_SUFFIXES)
     image_index = index_folder(root / "images", IMAGE_SUFFIXES)
-    skipped, candidates = {}, []
+    skipped, failed, candidates = {}, {}, []
     for aid, album in albums.items():
         labels = expand(album["genres"], branches.get(aid, []), parents)
         audio = next((audio_index[m] for m in album["msd"] if m in audio_index), None)
         image = image_index.get(aid)
         texts = reviews.get(aid, [])
         text = truncate_review(" ".join(texts), int(max_chars)) if texts else None
+        if text and (problem := inline_text_problem(text)):  # one album's defect, not the ingest's
+            failed[aid] = f"{reviews_path}: review text of {aid}: {problem}; the album is kept without text"
+            text = None
         have = {"audio": audio is not None, "image": image is not None, "text": bool(text)}
         if lacking := [m for m in require if not have[m]]:
             skipped[aid] = f"no {', '.join(lacking)} (required)"
@@ -253,7 +260,7 @@ def list_tracks(
         f"{sum(t.audio is not None for t in tracks)} with audio, {sum(t.image is not None for t in tracks)} with a cover, "
         f"{sum(t.score_text is not None for t in tracks)} with reviews"
     )
-    return Listing(tracks, skipped, notes=notes)
+    return Listing(tracks, skipped, failed=failed, notes=notes)
 
 
 register(

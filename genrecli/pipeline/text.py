@@ -101,6 +101,9 @@ def convert_sources(paths: DatasetPaths, *, keep_metadata: bool, force: bool) ->
                 failures[track.id] = str(exc)
                 ui.warn(str(exc))
             advance(1)
+    if not force:  # as extract-audio: a recomputed source with more failures does not replace a better one
+        _refuse_worse(target, SOURCE_GROUP, _stored_valid(target, SOURCE_GROUP, manifest.content_hash(), None),
+                      valid, failures)
     with store.write_transaction(target) as h5:
         grp = store.replace_group(h5, SOURCE_GROUP)
         store.write_strings(grp, "text", texts)
@@ -109,6 +112,45 @@ def convert_sources(paths: DatasetPaths, *, keep_metadata: bool, force: bool) ->
         store.record_failures(h5, SOURCE_GROUP, failures)
     ui.info(f"{SOURCE_GROUP}: {int(valid.sum())} texts, {len(failures)} failed")
     return texts, valid, digest, failures
+
+
+MANIFEST_ATTR = "manifest"  # attribute (not a param: the params hash stays) of a text group: its manifest's hash
+
+
+def _stored_valid(target: Path, group: str, manifest_hash: str, source_digest: str | None) -> int | None:
+    """Tracks with a valid row in the stored ``group`` when it was made for this manifest, else None.
+
+    ``text/source`` records its manifest in its params; an encoder group in the :data:`MANIFEST_ATTR` attribute
+    (groups written before it existed count as this manifest's when made from the current source).
+    """
+    if not Path(target).exists():
+        return None
+    with store.open_read(target) as h5:
+        if group not in h5 or "valid" not in h5[group]:
+            return None
+        grp = h5[group]
+        params = store.group_params(grp)
+        made_for = params.get("manifest") or grp.attrs.get(MANIFEST_ATTR)
+        if made_for is None and source_digest is not None and params.get("source") == source_digest:
+            made_for = manifest_hash
+        if made_for != manifest_hash:
+            return None
+        return int(np.count_nonzero(grp["valid"][()]))
+
+
+def _refuse_worse(target: Path, group: str, stored: int | None, valid: np.ndarray, failures: dict) -> None:
+    """Issue 16: extract-text replaced a good stored group by one with fewer valid rows (a decoder that now
+    fails, a conversion option that empties texts) without a word; like extract-audio it now keeps the stored
+    group, writes nothing and says so, unless ``--force``."""
+    now = int(np.count_nonzero(valid))
+    if stored is None or stored <= now:
+        return
+    example = next(iter(failures.items()), None)
+    raise UsageError(
+        f"{target}: kept the stored {group} ({stored} tracks ok, now {now}): the recomputed group has more failed "
+        f"tracks ({len(failures)}" + (f", e.g. {example[0]}: {example[1]}" if example else "")
+        + "); fix the cause, or rerun with --force to replace it"
+    )
 
 
 def encoder_group_name(encoder: str) -> str:
@@ -161,6 +203,9 @@ def extract_text(
     target = paths.features()
     if up_to_date(target, group, digest, force=force, result=result):
         return result
+    manifest = read_manifest(paths.manifest)
+    if not force:
+        _refuse_worse(target, group, _stored_valid(target, group, manifest.content_hash(), source_digest), valid, failures)
     rows = _usable_rows(paths, valid)
     if encoder == "tfidf":
         vectors = enc.fit(texts_at(texts, rows)).transform(texts_at(texts, rows))
@@ -168,10 +213,10 @@ def extract_text(
         vectors = _encode_resumable(enc, texts, rows, paths.partial / "text", digest)
     out = np.full((len(texts), vectors.shape[1]), np.nan, dtype=np.float32)
     out[rows] = vectors
-    manifest = read_manifest(paths.manifest)
     labels = label_embeddings(enc, manifest.label_names) if isinstance(enc, TransformerEncoder) else None
     with store.write_transaction(target) as h5:
         write_feature_group(h5, group, out, valid.copy(), params, {})
+        h5[group].attrs[MANIFEST_ATTR] = manifest.content_hash()
         if encoder == "tfidf":  # what predict needs to transform new texts exactly as these were
             fitted = enc.state()
             state = h5[group].create_group(STATE)
@@ -221,15 +266,20 @@ def _extract_sequences(paths, enc, encoder, texts, valid, source_digest, *, keep
     target = paths.features()
     if up_to_date(target, group, digest, force=force, result=result):
         return result
+    manifest = read_manifest(paths.manifest)
+    if not force:
+        _refuse_worse(target, group, _stored_valid(target, group, manifest.content_hash(), source_digest), valid,
+                      result.failures)
     rows = _usable_rows(paths, valid)
     tokens, lengths = _encode_tokens_resumable(enc, texts, rows, limit, paths.partial / "text", digest)
     out = np.full((len(texts), limit, tokens.shape[2]), np.nan, dtype=np.float32)
     out[rows] = tokens
     all_lengths = np.zeros(len(texts), dtype=np.int64)
     all_lengths[rows] = lengths
-    labels = label_embeddings(enc, read_manifest(paths.manifest).label_names)
+    labels = label_embeddings(enc, manifest.label_names)
     with store.write_transaction(target) as h5:
         write_feature_group(h5, group, out, valid.copy(), params, {})
+        h5[group].attrs[MANIFEST_ATTR] = manifest.content_hash()
         h5[group].create_dataset("lengths", data=all_lengths)
         h5[group].create_dataset("label_embeddings", data=labels.astype(np.float32))
     ui.info(f"{target}: wrote {group} ({len(rows)} tracks, {limit} tokens x dim {tokens.shape[2]})")

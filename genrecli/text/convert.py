@@ -233,7 +233,9 @@ def _read_bytes(path: Path) -> bytes:
 
 def _read_score(path: Path, fmt: str) -> str:
     data = _read_bytes(path)
-    if fmt == "musicxml" and data[:4] == b"PK\x03\x04":
+    # Any "PK" start, not only a local file header: an empty zip (PK\x05\x06) or a broken one was decoded as
+    # XML text and reported as "binary data" / "not well-formed XML"; as an archive it is "broken .mxl archive".
+    if fmt == "musicxml" and data[:2] == b"PK":
         data = _mxl_root(data, path)
     text, _ = decode_text(data, path)
     return _normalise_newlines(text)
