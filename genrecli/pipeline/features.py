@@ -225,6 +225,48 @@ def read_input(paths: DatasetPaths, name: str, manifest) -> tuple[np.ndarray, np
         return grp["data"][()], grp["valid"][()], store.group_params(grp), store.content_key(grp)
 
 
+def resident_budget() -> int:
+    """Bytes of feature data a process may hold whole in memory (:class:`FeatureView`): ``$GENRE_RESIDENT_BYTES``,
+    else an eighth of the physical memory, at most 4 GiB."""
+    if (text := os.environ.get("GENRE_RESIDENT_BYTES")) is not None:
+        try:
+            return max(0, int(float(text)))
+        except ValueError:
+            raise UsageError(f"GENRE_RESIDENT_BYTES={text!r}: expected a number of bytes") from None
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        physical = 8 << 30
+    return min(4 << 30, physical // 8)
+
+
+_RESIDENT: dict[tuple[str, str, str], np.ndarray] = {}  # (store, group, content key) -> the whole data
+
+
+def _resident(path: Path, group: str, grp: h5py.Group) -> h5py.Dataset | np.ndarray:
+    """The group's data as an in-memory array when it fits what is left of :func:`resident_budget`, else the
+    on-disk dataset.
+
+    Why: a random mini-batch of a chunked, compressed dataset decompresses every chunk its rows touch, and a
+    store written with h5py's automatic chunks (several rows per chunk, each row split over many chunks)
+    makes that ~10x slower than reading the whole group once (measured: 4.4 s per batch of 32 log-CQT rows
+    vs 5 s for all 777). Small groups are therefore read once per process, sequentially; a group larger
+    than the budget stays on disk and is read per batch (new stores chunk it by whole rows, see
+    :func:`genrecli.store.row_chunks`), so memory stays bounded for corpora that do not fit.
+    """
+    data = grp["data"]
+    key = (str(Path(path).resolve()), group, store.content_key(grp))
+    if key in _RESIDENT:
+        return _RESIDENT[key]
+    for old in [k for k in _RESIDENT if k[:2] == key[:2]]:  # an older version of the same group
+        del _RESIDENT[old]
+    nbytes = int(np.prod(data.shape, dtype=np.int64)) * 4
+    if nbytes > resident_budget() - sum(a.nbytes for a in _RESIDENT.values()):
+        return data
+    _RESIDENT[key] = np.asarray(data[()], dtype=np.float32)
+    return _RESIDENT[key]
+
+
 class FeatureView:
     """Rows of one feature group of a store, read lazily: what models get for patch inputs.
 
@@ -259,12 +301,12 @@ class FeatureView:
 
     dtype = np.dtype(np.float32)
 
-    def _dataset(self) -> h5py.Dataset:
+    def _dataset(self) -> h5py.Dataset | np.ndarray:
         # opened once per process (resolving the index's external link costs ~0.5 ms a call)
         if self._h5 is None or self._pid != os.getpid():
             self._h5 = h5py.File(self.path, "r")
             self._pid = os.getpid()
-            self._data = self._h5[self.group]["data"]
+            self._data = _resident(self.path, self.group, self._h5[self.group])
         return self._data
 
     def subset(self, positions) -> "FeatureView":

@@ -6,8 +6,9 @@ hyper-parameters (the harness's own, below, plus its architecture options) and
 
 Data
     Mini-batches of rows are read from the inputs (arrays, or lazily read views such as
-    :class:`genrecli.pipeline.features.FeatureView`) by row indices, one batch at a time: a view is never read
-    whole, so memory is bounded by the batch size. Every input is standardised with statistics fitted on the
+    :class:`genrecli.pipeline.features.FeatureView`) by row indices, one batch at a time. A view of a group
+    that fits the resident budget (:func:`genrecli.pipeline.features.resident_budget`) is read once, whole,
+    and served from memory; a larger one is read per batch, so memory stays bounded by the budget. Every input is standardised with statistics fitted on the
     training rows (computed in batches): per column (``_scaling = "column"``) or one mean/std per input
     (``"global"``); they are part of the saved state.
 Patches
