@@ -213,13 +213,19 @@ def extract_audio_cmd(
     shard: Annotated[Optional[str], typer.Option("--shard", help="k/N: compute every N-th track from the k-th into features.k-of-N.h5")] = None,
     device: DeviceOpt = "cpu",
     force: ForceOpt = False,
+    track_timeout: Annotated[Optional[float], typer.Option("--track-timeout", metavar="SECONDS", help="a track running longer fails, recorded like a bad input (default: 600)", show_default=False)] = None,
+    track_memory: Annotated[Optional[str], typer.Option("--track-memory", metavar="SIZE", help="a track whose worker holds more resident memory fails, e.g. 4G or 512M (default: min(8G, half the RAM))", show_default=False)] = None,
 ) -> None:
     """Decode or synthesise audio and compute audio features into features.h5:/audio/<feature>."""
     from genrecli.pipeline.audio import extract_audio
     from genrecli.pipeline.features import parse_shard
+    from genrecli.pipeline.workers import parse_size
 
     _at_least(jobs, 1, "--jobs")
     _positive_seconds(max_seconds, "--max-seconds")
+    if track_timeout is not None:
+        _positive_seconds(track_timeout, "--track-timeout")
+    memory = None if track_memory is None else parse_size(track_memory, "--track-memory")
     parse_shard(shard)
     if soundfont is not None and not soundfont.is_file():
         raise UsageError(f"--soundfont {soundfont}: no such file")
@@ -229,7 +235,8 @@ def extract_audio_cmd(
         raise UsageError("--features: give at least one audio feature (see `genre list features`)")
     _finish(extract_audio(data, features=names, options=_feature_options(names, weights, option), max_seconds=max_seconds,
                           soundfont=str(soundfont) if soundfont else None, jobs=jobs, shard=shard, device=device,
-                          data_home=_globals["data_home"], force=force))
+                          data_home=_globals["data_home"], force=force, track_timeout=track_timeout,
+                          track_memory=memory))
 
 
 def _feature_options(names: tuple[str, ...], weights: Optional[list[str]], pairs: Optional[list[str]]) -> dict:

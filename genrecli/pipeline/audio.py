@@ -14,6 +14,7 @@ from genrecli.layout import DatasetPaths
 from genrecli.manifest import read_manifest
 from genrecli.pipeline import StageResult
 from genrecli.pipeline.features import assemble, parse_shard, run_per_track, shard_rows, write_feature_group
+from genrecli.pipeline.workers import track_bounds
 
 
 PATH_OPTIONS = ("weights", "pca")  # feature options that name files: stored as absolute paths
@@ -90,11 +91,16 @@ def extract_audio(
     device: str = "cpu",
     data_home: str | Path | None = None,
     force: bool = False,
+    track_timeout: float | None = None,
+    track_memory: int | str | None = None,
 ) -> StageResult:
     """Compute audio features into ``features.h5:/audio/<feature>`` (or a shard store).
 
     ``options`` maps a feature name to its options (``{"vggish": {"weights": "vggish.pth"}}``); they are
-    part of the feature's parameters, so changing them (or the weights file) recomputes.
+    part of the feature's parameters, so changing them (or the weights file) recomputes. ``track_timeout``
+    (seconds) and ``track_memory`` (bytes or ``"4G"``) bound each track's worker (None: the defaults of
+    :func:`genrecli.pipeline.workers.track_bounds`); a track over a bound is a recorded per-track failure.
+    They are not part of the parameters: after raising a bound, rerun with ``force`` to retry such tracks.
     """
     from genrecli.audio.features import resolve_features
     from genrecli.device import resolve_device
@@ -102,6 +108,7 @@ def extract_audio(
     # Unknown names, options or missing weights stop the stage here, not once per track.
     if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not (math.isfinite(max_seconds) and max_seconds > 0):
         raise UsageError(f"max_seconds must be a positive, finite number of seconds (got {max_seconds!r})")
+    bounds = track_bounds(track_timeout, track_memory)
     options = absolute_options(options)
     configured = {f.name: f for f in resolve_features(list(features), options)}
     device_type = resolve_device(device).type
@@ -137,7 +144,8 @@ def extract_audio(
     func = functools.partial(_extract_one, features=tuple(configured[n] for n in wanted), max_seconds=max_seconds,
                              soundfont=soundfont, device=device)
     done, failed = run_per_track(
-        func, items, checkpoint=checkpoint, jobs=jobs, description=f"audio {','.join(wanted)}", ids=manifest.ids
+        func, items, checkpoint=checkpoint, jobs=jobs, description=f"audio {','.join(wanted)}", ids=manifest.ids,
+        track_timeout=bounds.timeout, track_memory=bounds.memory,
     )
     failures = {manifest.ids[r]: msg for r, msg in failed.items()}
     assembled = {name: assemble(len(manifest), done, name, configured[name].shape) for name in wanted}

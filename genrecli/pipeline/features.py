@@ -6,7 +6,6 @@ failed tracks) and ``valid`` (bool, n). Failed tracks are recorded in ``/failed`
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 from genrecli import store, ui
 from genrecli.errors import GenreError, InputError, UsageError
 from genrecli.layout import DatasetPaths
+from genrecli.pipeline.workers import TracksUndone, run_workers, track_bounds
 
 CHECKPOINT_EVERY = 32  # tracks per checkpoint chunk: a kill loses at most this much work
 
@@ -69,17 +69,29 @@ def run_per_track(
     jobs: int = 1,
     description: str,
     ids: list[str],
+    track_timeout: float | None = None,
+    track_memory: int | float | str | None = None,
 ) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, str]]:
     """Apply ``func(item) -> {name: array}`` to every row, resuming from and saving to ``checkpoint``.
 
-    An :class:`InputError` (see :func:`is_track_failure`) from one track is recorded as that track's failure
-    (one line) and the loop goes on. A :class:`UsageError` is re-raised, and any other exception is re-raised
-    as :class:`TrackInternalError` naming the stage (``description``) and the track: a bug in our code must
-    not turn into N "failed tracks". Either way the tracks finished so far are saved to the checkpoint
-    first (also on Ctrl-C), so a rerun resumes; with ``jobs > 1`` the tracks not yet started are cancelled.
+    The rows run in ``jobs`` worker processes (one also for ``jobs=1``; see :mod:`genrecli.pipeline.workers`),
+    so ``func`` and the items must be picklable and ``func`` importable by a fresh interpreter. An
+    :class:`InputError` (see :func:`is_track_failure`) from one track is recorded as that track's failure
+    (one line) and the loop goes on; so is a track that runs longer than ``track_timeout`` seconds or whose
+    worker holds more than ``track_memory`` (bytes or a size such as ``"4G"``; None: the defaults of
+    :func:`~genrecli.pipeline.workers.track_bounds`). A :class:`UsageError` is re-raised, and any other
+    exception is re-raised as :class:`TrackInternalError` naming the stage (``description``) and the track:
+    a bug in our code must not turn into N "failed tracks". Either way the tracks finished so far are saved to
+    the checkpoint first (also on Ctrl-C), so a rerun resumes, and the tracks not yet started are cancelled.
+
+    A track whose worker dies (killed from outside, a crash, the OOM killer) is retried on a fresh worker; if
+    it keeps dying it is recorded nowhere, and after every other track is done
+    :class:`~genrecli.pipeline.workers.TracksUndone` is raised: the stage writes nothing, the rerun resumes
+    from the checkpoint and computes only those tracks, never "up to date" with them missing.
     """
     if jobs < 1:
         raise UsageError(f"--jobs must be >= 1 (got {jobs})")
+    bounds = track_bounds(track_timeout, track_memory)
     done, failed = checkpoint.load()
     todo = [r for r in items if r not in done and r not in failed]
     if done or failed:
@@ -108,54 +120,13 @@ def run_per_track(
 
     try:
         with ui.progress(len(todo), description) as advance:
-            if jobs <= 1 or len(todo) <= 1:
-                for row in todo:
-                    try:
-                        outcome = func(items[row])
-                    except Exception as exc:  # noqa: BLE001 - sorted out by finish(): track failure or bug
-                        outcome = exc
-                    finish(row, outcome)
-                    advance(1)
-            else:
-                _run_pool(func, items, todo, jobs, finish, advance)
+            undone = run_workers(func, items, todo, jobs=jobs, bounds=bounds, finish=finish, advance=advance,
+                                 ids=ids) if todo else {}
     finally:  # a bug, a usage error or Ctrl-C keeps every finished track
         checkpoint.save(pending_values, pending_failed)
+    if undone:
+        raise TracksUndone(description, {ids[r]: why for r, why in undone.items()}, len(done) + len(failed))
     return done, failed
-
-
-def _run_pool(func: Callable, items: Mapping[int, object], todo: list[int], jobs: int, finish: Callable, advance: Callable) -> None:
-    """``finish(row, outcome)`` for each row computed by ``jobs`` worker processes; the first error finish()
-    raises cancels the rows not yet started, the running ones are still recorded, then it is re-raised."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)  # N workers x all-core BLAS would oversubscribe
-    stop: BaseException | None = None
-    with cf.ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads,)) as pool:
-        futures = {pool.submit(func, items[row]): row for row in todo}
-        try:
-            for fut in cf.as_completed(futures):
-                if fut.cancelled():
-                    continue
-                row = futures[fut]
-                exc = fut.exception()
-                try:
-                    finish(row, exc if exc is not None else fut.result())
-                except Exception as err:  # noqa: BLE001 - keep the first, record what is already running
-                    if stop is None:
-                        stop = err
-                        for other in futures:
-                            other.cancel()
-                advance(1)
-        except BaseException:  # Ctrl-C: do not wait for the whole queue on the way out
-            for other in futures:
-                other.cancel()
-            raise
-    if stop is not None:
-        raise stop
-
-
-def _limit_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)
 
 
 def assemble(n: int, rows_done: Mapping[int, Mapping[str, np.ndarray]], name: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

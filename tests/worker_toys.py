@@ -1,0 +1,59 @@
+"""Per-track toy functions for tests/test_faults_workers.py: module-level, so the spawned workers import them.
+
+Items are ``(x, folder)``: ``x`` picks the behaviour, ``folder`` is where a function leaves its marks.
+"""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def square(item):
+    x = item[0] if isinstance(item, tuple) else item
+    return {"v": np.array([x * x], dtype=np.float32)}
+
+
+def die_once_on_2(item):
+    """Row 2 kills its own worker the first time (a worker killed from outside), then works."""
+    x, folder = item
+    marker = Path(folder) / "died-once"
+    if x == 2 and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return square(item)
+
+
+def always_die_on_2(item):
+    """Row 2 kills its worker every time; counts the attempts in ``folder``."""
+    x, folder = item
+    if x == 2:
+        with open(Path(folder) / "attempts", "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return square(item)
+
+
+def record_pid_and_sleep(item):
+    """Leave ``pid-<pid>`` in ``folder``, then run far longer than the test waits."""
+    _, folder = item
+    (Path(folder) / f"pid-{os.getpid()}").write_text("")
+    time.sleep(120)
+    return square(item)
+
+
+def slow_on_1(item):
+    if item[0] == 1:
+        time.sleep(120)
+    return square(item)
+
+
+def hog_on_1(item):
+    """Row 1 holds about 1.2 GB (every page touched) for a long time."""
+    if item[0] == 1:
+        block = np.ones(150_000_000)  # float64: 1.2 GB, written, so resident
+        time.sleep(120)
+        return {"v": np.array([block[0]], dtype=np.float32)}
+    return square(item)
