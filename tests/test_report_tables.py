@@ -63,4 +63,4 @@ def test_protocol_table_marks_the_best_the_tied_the_floor_and_fusion():
     lo, hi = rows["dkn|audio/x, text/t"][4].split("[")[1].rstrip("]").split(", ")
     assert float(lo) < 100 * (best == y).mean() < float(hi)
     assert rows["majority|audio/x"][5] == "1.0" and rows["majority|audio/x"][6] == "—"
-    assert len(per_class_rows(table)) == 6 and per_class_rows(table)[0][2].startswith("a (n=")
+    assert len(per_class_rows(table)) == 6 and per_class_rows(table)[0][3].startswith("a (n=")

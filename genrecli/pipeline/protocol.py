@@ -240,12 +240,13 @@ def per_class_rows(table: dict) -> list[list[str]]:
     labels = table["labels"]
     ref = table["best"] or table["systems"][0]
     support = np.bincount(ref["pooled"]["y_true"], minlength=len(labels))  # the best system's test items
-    rows = [["system", "inputs", *[f"{lab} (n={int(support[i])})" for i, lab in enumerate(labels)]]]
+    rows = [["system", "inputs", "kernels", *[f"{lab} (n={int(support[i])})" for i, lab in enumerate(labels)]]]
     for s in table["systems"]:
         pooled = s["pooled"]
         f1 = _per_class_f1(pooled["y_true"], pooled["y_pred"], len(labels))
         rows.append([s["name"] + (" (computed)" if s["m"].get("computed_floor") else ""),
-                     ", ".join(inputs_of(s["m"]["config"])) or "—", *[_pct(v) for v in f1]])
+                     ", ".join(inputs_of(s["m"]["config"])) or "—", ", ".join(kernels_of(s["m"]["config"])) or "—",
+                     *[_pct(v) for v in f1]])
     return rows
 
 
