@@ -35,16 +35,11 @@ $(STAMP): pyproject.toml
 # the pipeline goes on with the others. Exit code 1 (a usage or input error) stops it.
 PARTIAL_OK := || [ $$? -eq 2 ]
 
-# The demo: folk-dance tunes bundled with music21, both modalities, four kernels, SVMs, report.
+# The demo: 400 folk-dance tunes bundled with music21, both modalities, SVMs, DKN and DM2KMN side by side under
+# a grouped 5-fold CV, with intervals, the majority floor and paired tests in the report (experiments/demo.toml).
 DEMO := folk-demo
 demo: install
-	$(GENRE) ingest folk-dances --name $(DEMO) --limit 400 --seed 0
-	$(GENRE) extract-audio --data $(DEMO) --features mfcc --jobs $(JOBS) $(PARTIAL_OK)
-	$(GENRE) extract-text --data $(DEMO) --encoder minilm $(PARTIAL_OK)
-	$(GENRE) kernels --data $(DEMO) --inputs audio/mfcc,text/minilm
-	$(GENRE) train --data $(DEMO) --model svm --inputs audio/mfcc,text/minilm --seeds 3
-	$(GENRE) evaluate --data $(DEMO)
-	$(GENRE) report --data $(DEMO)
+	$(GENRE) run experiments/demo.toml $(PARTIAL_OK)
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -52,29 +47,14 @@ test: install
 bench: install
 	$(BIN)/python bench/run_all.py --out BENCHMARKS.md
 
-# Every experiment: the piano eras (kern-eras stand-in) with composer- and work-grouped splits, and the
-# full folk-dance set.
+# Every experiment: the experiment files (experiments/piano.toml: the piano eras, kern-eras stand-in, with
+# composer- and work-grouped splits; experiments/folk.toml: the full folk-dance set), then the feature suite and
+# the scaling comparison on their stores. `genre run` is cache-aware: what is up to date is not recomputed.
 all: piano piano-features folk scaling oramas oramas-mumu
 
 PIANO_SPLITS := group:composer:0.7 group:work:0.7
-# The comparison systems and first baselines of the DM2KMN paper (MFCC + MiniLM inputs).
-BASELINES := svm-concat svm-late mkl-average easymkl cnn-bow dcn fusion-concat fusion-decision fusion-hybrid
-PIANO_INPUTS := audio/mfcc,text/minilm
 piano: install
-	$(GENRE) ingest piano --root $(KERN_ERAS) $(foreach s,$(PIANO_SPLITS),--split $(s))
-	$(GENRE) extract-audio --data piano --features mfcc,timbre,rhythm,mel --jobs $(JOBS) $(PARTIAL_OK)
-	$(GENRE) extract-text --data piano --encoder minilm --max-clips 8 $(PARTIAL_OK)
-	$(foreach s,$(PIANO_SPLITS),$(GENRE) kernels --data piano --inputs $(PIANO_INPUTS) --split $(s) &&) true
-	$(foreach s,$(PIANO_SPLITS),$(GENRE) train --data piano --model majority --inputs $(PIANO_INPUTS) --split $(s) --seeds 1 &&) true
-	$(foreach s,$(PIANO_SPLITS),$(GENRE) train --data piano --model svm --inputs $(PIANO_INPUTS) --split $(s) --seeds 3 &&) true
-	$(foreach s,$(PIANO_SPLITS),$(foreach i,audio/mfcc text/minilm,$(GENRE) train --data piano --model dkn --inputs $(i) --split $(s) --seeds 3 &&)) true
-	$(foreach s,$(PIANO_SPLITS),$(foreach m,dkn dm2kmn-init dm2kmn,$(GENRE) train --data piano --model $(m) --inputs $(PIANO_INPUTS) --split $(s) --seeds 3 -o hidden=16 &&)) true
-	$(foreach s,$(PIANO_SPLITS),$(GENRE) train --data piano --model mlp --inputs $(PIANO_INPUTS) --split $(s) --seeds 3 &&) true
-	$(foreach s,$(PIANO_SPLITS),$(GENRE) train --data piano --model cnn --inputs audio/mel --split $(s) --seeds 3 &&) true
-	$(foreach s,$(PIANO_SPLITS),$(GENRE) train --data piano --model cnn-bow --inputs audio/mel,text/minilm --split $(s) --seeds 3 &&) true
-	$(foreach s,$(PIANO_SPLITS),$(foreach m,$(BASELINES),$(GENRE) train --data piano --model $(m) --inputs $(PIANO_INPUTS) --split $(s) --seeds 3 &&)) true
-	$(GENRE) evaluate --data piano
-	$(GENRE) report --data piano
+	KERN_ERAS=$(abspath $(KERN_ERAS)) $(GENRE) run experiments/piano.toml $(PARTIAL_OK)
 
 # The feature suite as SVM inputs on the piano eras (issue 4's table); needs `make piano` first.
 PIANO_FEATURES := mfcc-image,musicnn,musicnn-tags,timbre,rhythm,mel,cqt  # mfcc,timbre,rhythm,mel are cached by `make piano`
@@ -86,16 +66,7 @@ piano-features: piano
 	$(GENRE) report --data piano
 
 folk: install
-	$(GENRE) ingest folk-dances
-	$(GENRE) extract-audio --data folk-dances --features mfcc --jobs $(JOBS) $(PARTIAL_OK)
-	$(GENRE) extract-text --data folk-dances --encoder minilm $(PARTIAL_OK)
-	$(GENRE) kernels --data folk-dances --inputs audio/mfcc,text/minilm
-	$(GENRE) train --data folk-dances --model majority --inputs audio/mfcc,text/minilm --seeds 1
-	$(GENRE) train --data folk-dances --model svm --inputs audio/mfcc,text/minilm --seeds 3
-	$(foreach m,dkn dm2kmn-init dm2kmn,$(GENRE) train --data folk-dances --model $(m) --inputs audio/mfcc,text/minilm --seeds 3 -o hidden=16 &&) true
-	$(foreach m,mlp $(BASELINES),$(GENRE) train --data folk-dances --model $(m) --inputs audio/mfcc,text/minilm --seeds 3 &&) true
-	$(GENRE) evaluate --data folk-dances
-	$(GENRE) report --data folk-dances
+	$(GENRE) run experiments/folk.toml $(PARTIAL_OK)
 
 # Issue 17's scaling comparison: every input kind with the default (scale=auto: z-score for descriptor
 # vectors, none for embeddings) and with the other choice; needs `make piano folk` first. DM2KMN: one seed.
@@ -117,16 +88,9 @@ scaling: piano folk
 
 # Oramas et al. 2018 (issue 10), single-label: the log-CQT audio CNN, the TF-IDF text network and their
 # fusion on the piano eras (both splits) and the folk dances, beside the runs of `make piano` / `make folk`.
-ORAMAS_RUNS := oramas-audio:audio/logcqt-oramas oramas-text:text/tfidf oramas-fusion:audio/logcqt-oramas,text/tfidf
-oramas_train = $(foreach r,$(ORAMAS_RUNS),$(GENRE) train --data $(1) --model $(word 1,$(subst :, ,$(r))) --inputs $(word 2,$(subst :, ,$(r))) $(2) --seeds 3 &&)
 oramas: piano folk
-	$(foreach d,piano folk-dances,$(GENRE) extract-audio --data $(d) --features logcqt-oramas --jobs $(JOBS) $(PARTIAL_OK) && $(GENRE) extract-text --data $(d) --encoder tfidf $(PARTIAL_OK) &&) true
-	$(foreach s,$(PIANO_SPLITS),$(call oramas_train,piano,--split $(s))) true
-	$(call oramas_train,folk-dances,) true
-	$(GENRE) evaluate --data piano
-	$(GENRE) report --data piano
-	$(GENRE) evaluate --data folk-dances
-	$(GENRE) report --data folk-dances
+	KERN_ERAS=$(abspath $(KERN_ERAS)) $(GENRE) run experiments/oramas-piano.toml $(PARTIAL_OK)
+	$(GENRE) run experiments/oramas-folk.toml $(PARTIAL_OK)
 
 # Oramas et al., multi-label: every model x LOGISTIC / COSINE on the synthetic MuMu fixture (a data home of its own).
 oramas-mumu: install

@@ -169,7 +169,7 @@ def ingest_cmd(
     dataset: Annotated[str, typer.Argument(help="corpus loader: see `genre list datasets`")],
     root: Annotated[Optional[Path], typer.Option("--root", help="folder holding the corpus")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="dataset name (default: the loader's name)")] = None,
-    split: Annotated[Optional[list[str]], typer.Option("--split", help="split spec(s): standard, random:F, group:KEY:F, kfold:K, groupkfold:KEY:K, file:DIR")] = None,
+    split: Annotated[Optional[list[str]], typer.Option("--split", help="split spec(s): standard, random:F, group:KEY:F, kfold:K[:R], groupkfold:KEY:K[:R] (R repeats), file:DIR")] = None,
     seed: Annotated[int, typer.Option("--seed", help="seed of the splits and of --limit")] = 0,
     limit: Annotated[Optional[int], typer.Option("--limit", help="keep a stratified sample of N tracks")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="loader option KEY=VALUE (repeatable; see data/README.md)")] = None,
@@ -191,7 +191,7 @@ def ingest_cmd(
 @command("split")
 def split_cmd(
     data: DataOpt,
-    spec: Annotated[str, typer.Argument(help="split spec: standard, random:F[:V], group:KEY:F[:V], kfold:K, groupkfold:KEY:K, given:KEY, file:DIR")],
+    spec: Annotated[str, typer.Argument(help="split spec: standard, random:F[:V], group:KEY:F[:V], kfold:K[:R], groupkfold:KEY:K[:R], given:KEY, file:DIR")],
     seed: Annotated[int, typer.Option("--seed", help="seed of the split")] = 0,
     force: Annotated[bool, typer.Option("--force", help="replace a stored split of that name whose parts differ")] = False,
 ) -> None:
@@ -463,11 +463,39 @@ def predict_cmd(
 
 
 @command("report")
-def report_cmd(data: DataOpt, force: ForceOpt = False) -> None:
-    """Write report/results.md, report/index.html and figures, and print the tables."""
+def report_cmd(
+    data: DataOpt,
+    resamples: Annotated[int, typer.Option("--resamples", help="bootstrap resamples of the test items")] = 2000,
+    level: Annotated[float, typer.Option("--level", help="confidence level of the intervals")] = 0.95,
+    test: Annotated[str, typer.Option("--test", help="paired test against the best system: bootstrap or mcnemar")] = "bootstrap",
+    metric: Annotated[str, typer.Option("--metric", help="primary metric (best system, paired tests): accuracy or macro_f1")] = "accuracy",
+    alpha: Annotated[float, typer.Option("--alpha", help="significance level of the marks")] = 0.05,
+    unit: Annotated[str, typer.Option("--unit", help="bootstrap unit: item, or group (the split's group key)")] = "item",
+    seed: Annotated[int, typer.Option("--seed", help="seed of the bootstrap")] = 0,
+    force: ForceOpt = False,
+) -> None:
+    """Write report/results.md, results.csv, index.html and figures, and print the tables."""
     from genrecli.pipeline.report import report
 
-    _finish(report(data, data_home=_globals["data_home"], force=force))
+    _finish(report(data, data_home=_globals["data_home"], force=force, resamples=resamples, level=level, test=test,
+                   metric=metric, alpha=alpha, unit=unit, seed=seed))
+
+
+@command("run")
+def run_cmd(
+    experiment: Annotated[Path, typer.Argument(help="an experiment file (TOML; see experiments/*.toml)")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate the file and list the stages, run nothing")] = False,
+    force: ForceOpt = False,
+) -> None:
+    """Run a declared grid (corpus, splits, features, models, options, seeds) stage by stage, cache-aware."""
+    from genrecli.pipeline.experiment import load_experiment, run_experiment
+
+    exp = load_experiment(experiment)
+    if dry_run:
+        for line in exp.plan():
+            print(line)
+        return
+    _finish(run_experiment(exp, data_home=_globals["data_home"], force=force))
 
 
 @command("validate")

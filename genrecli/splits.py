@@ -7,12 +7,19 @@ or ``UNUSED`` (see :mod:`genrecli.manifest`). Specs:
                         of all tracks is set aside for validation, e.g. ``random:0.8:0.1`` for 8:1:1)
 ``group:KEY:F[:V]``     about F of the tracks for training, no value of group KEY in two parts, stratified as far as
                         the groups allow
-``kfold:K``             stratified K-fold cross-validation (K folds)
-``groupkfold:KEY:K``    stratified group K-fold (no group in two parts of a fold)
+``kfold:K[:R]``         stratified K-fold cross-validation (K folds), repeated R times (default 1)
+``groupkfold:KEY:K[:R]`` stratified group K-fold (no group in two parts of a fold), repeated R times (default 1):
+                        the protocol of the bundled corpora's experiments (e.g. ``groupkfold:title:5:3``)
 ``given:KEY``           the corpus's own parts, recorded per track in group KEY (train / valid / test)
 ``file:DIR``            DIR holds ``train.txt``, ``test.txt`` and optionally ``valid.txt`` (or the published
                         ``<part>_filtered.txt`` of the fault-filtered GTZAN split): one track id or file name per line
 ``standard``            the dataset's own protocol (resolved by the dataset loader)
+
+Repeated K-fold: repeat ``r`` (0-based) is a fresh K-fold partition made with seed ``seed + r`` (repeat 0 is
+exactly the unrepeated ``kfold:K`` / ``groupkfold:KEY:K`` of the same seed), and its folds are stored one after
+the other: row ``f`` of the assignment is fold ``f % K`` of repeat ``f // K`` (:func:`fold_layout` gives K and
+R of a spec). Every track is tested exactly once per repeat; group folds are group-disjoint in every repeat and
+stratified as far as the groups allow (scikit-learn's ``StratifiedGroupKFold``, shuffled per repeat).
 """
 
 from __future__ import annotations
@@ -51,6 +58,36 @@ def _folds(text: str, spec: str) -> int:
     return int(text)
 
 
+def _repeats(parts: list[str], spec: str) -> int:
+    if not parts:
+        return 1
+    if not parts[0].isdigit() or int(parts[0]) < 1:
+        raise UsageError(f"split '{spec}': the number of repeats must be an integer >= 1, got '{parts[0]}'")
+    return int(parts[0])
+
+
+def fold_layout(spec: str, n_folds: int) -> tuple[int, int]:
+    """(folds per repeat K, repeats R) of a stored split with ``n_folds`` rows made from ``spec``.
+
+    ``kfold:K[:R]`` and ``groupkfold:KEY:K[:R]`` give (K, R) (row f is fold f % K of repeat f // K); every
+    other spec, or a spec that does not match the rows (a split of another version), is one repeat of
+    ``n_folds`` folds. ``spec`` may also be a split's stored name (``groupkfold-title-5-3``).
+    """
+    parts = re.split(r"[:-]", spec) if spec.startswith(("kfold", "groupkfold")) else []
+    try:
+        if parts and parts[0] == "kfold" and len(parts) in (2, 3):
+            k, r = int(parts[1]), int(parts[2]) if len(parts) == 3 else 1
+        elif parts and parts[0] == "groupkfold" and len(parts) >= 3:
+            # a group key may itself hold '-' in a stored name: K and R are the trailing integers
+            nums = [p for p in parts[-2:] if p.isdigit()]
+            k, r = (int(nums[0]), int(nums[1])) if len(nums) == 2 and len(parts) >= 4 else (int(parts[-1]), 1)
+        else:
+            return n_folds, 1
+    except ValueError:
+        return n_folds, 1
+    return (k, r) if k * r == n_folds else (n_folds, 1)
+
+
 def make_split(spec: str, manifest: Manifest, *, seed: int = 0) -> np.ndarray:
     """Compute the ``(n_folds, n)`` assignment of a split spec over a manifest's tracks."""
     with warnings.catch_warnings():
@@ -74,24 +111,29 @@ def _make_split(spec: str, manifest: Manifest, seed: int) -> np.ndarray:
         frac, valid = _fractions(parts[2:], spec)
         out = _group_split(np.arange(n), y, groups, frac, seed, spec)
         return _with_validation(out, y, groups, frac, valid, seed, spec)
-    if kind == "kfold" and len(parts) == 2:
+    if kind == "kfold" and len(parts) in (2, 3):
         k = _folds(parts[1], spec)
+        repeats = _repeats(parts[2:], spec)
         _check_folds(y, k, spec)
-        cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-        return _assign_folds(cv.split(np.zeros(n), y), n, k)
-    if kind == "groupkfold" and len(parts) == 3:
+        return np.concatenate([
+            _assign_folds(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed + r).split(np.zeros(n), y), n, k)
+            for r in range(repeats)])
+    if kind == "groupkfold" and len(parts) in (3, 4):
         groups = manifest.group_values(parts[1])
         k = _folds(parts[2], spec)
+        repeats = _repeats(parts[3:], spec)
         if len(set(groups)) < k:
             raise UsageError(f"split '{spec}': only {len(set(groups))} distinct '{parts[1]}' groups for {k} folds")
-        cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        return _assign_folds(_stratified_group_folds(cv, y, groups, spec), n, k)
+        return np.concatenate([
+            _assign_folds(_stratified_group_folds(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed + r),
+                                                  y, groups, spec), n, k)
+            for r in range(repeats)])
     if kind == "given" and len(parts) == 2:
         return _given_split(manifest, parts[1], spec)
     if kind == "file" and len(parts) >= 2:
         return _file_split(Path(spec[5:]), manifest, spec)
     raise UsageError(
-        f"unknown split spec '{spec}' (expected random:F[:V], group:KEY:F[:V], kfold:K, groupkfold:KEY:K, "
+        f"unknown split spec '{spec}' (expected random:F[:V], group:KEY:F[:V], kfold:K[:R], groupkfold:KEY:K[:R], "
         "given:KEY, file:DIR or standard)"
     )
 

@@ -21,3 +21,46 @@ def test_runs_with_other_options_get_their_own_column_and_row():
     rows = model_table(runs, "s")
     assert sorted(r[0] for r in rows[1:]) == ["dkn", "dkn [scale=none]"]
     assert {r[0]: r[2] for r in rows[1:]} == {"dkn": "50.0 ± 0.0", "dkn [scale=none]": "20.0 ± 0.0"}
+
+
+# ------------------------------------------------------------------------------ the protocol table (issue 13)
+def _pooled_run(name, model, inputs, y, pred, split="s"):
+    import numpy as np
+
+    pred = np.atleast_2d(pred)
+    return {"run": name, "config": {"model": model, "inputs": inputs, "kernels": [], "split": split, "options": {},
+                                    "labels": ["a", "b", "c"], "multilabel": False},
+            "pooled": {"index": list(range(len(y))), "y_true": list(map(int, y)), "y_pred": pred.tolist(),
+                       "sets": [[0, s] for s in range(len(pred))]},
+            "spread": {"accuracy": {"std_seeds": 0.01, "std_folds": None, "std_repeats": None}}}
+
+
+def test_protocol_table_marks_the_best_the_tied_the_floor_and_fusion():
+    import numpy as np
+
+    from genrecli.pipeline.protocol import StatsOptions, main_rows, per_class_rows, protocol_table
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    noisy = lambda acc: np.where(rng.random(300) < acc, y, (y + 1) % 3)  # noqa: E731
+    best = noisy(0.85)
+    tied = best.copy()  # 7 of the best's right items made wrong, 5 of its wrong ones right: 2 items behind
+    right, wrong = np.flatnonzero(best == y), np.flatnonzero(best != y)
+    tied[right[:7]] = (y[right[:7]] + 2) % 3
+    tied[wrong[:5]] = y[wrong[:5]]
+    runs = [_pooled_run("maj", "majority", ["audio/x"], y, np.zeros(300, int)),
+            _pooled_run("fused", "dkn", ["audio/x", "text/t"], y, best),
+            _pooled_run("tied", "svm", ["text/t"], y, tied),
+            _pooled_run("audio", "dkn", ["audio/x"], y, noisy(0.5)),
+            _pooled_run("text", "dkn", ["text/t"], y, noisy(0.6))]
+    table = protocol_table(runs, "s", None, StatsOptions(resamples=500))
+    rows = {r[1] + "|" + r[2]: r for r in main_rows(table)[1:]}
+    assert main_rows(table)[1][0] == "floor"  # the floor row comes first
+    assert rows["dkn|audio/x, text/t"][0] == "★"
+    assert rows["svm|text/t"][0] == "†"  # not significantly different from the best
+    assert rows["dkn|audio/x"][0] == "" and rows["dkn|text/t"][0] == ""
+    assert rows["dkn|audio/x, text/t"][-1].startswith("▲") and "vs dkn on text/t" in rows["dkn|audio/x, text/t"][-1]
+    lo, hi = rows["dkn|audio/x, text/t"][4].split("[")[1].rstrip("]").split(", ")
+    assert float(lo) < 100 * (best == y).mean() < float(hi)
+    assert rows["majority|audio/x"][5] == "1.0" and rows["majority|audio/x"][6] == "—"
+    assert len(per_class_rows(table)) == 6 and per_class_rows(table)[0][3].startswith("a (n=")

@@ -7,7 +7,7 @@ from corpus_fixtures import make_table
 from genrecli.errors import UsageError
 from genrecli.layout import DatasetPaths
 from genrecli.manifest import TEST, TRAIN, VALID, Manifest, Track
-from genrecli.splits import make_split, split_name, train_test_indices
+from genrecli.splits import fold_layout, make_split, split_name, train_test_indices
 
 
 def _manifest(n_per_class=(30, 20, 10), groups_per_class=5):
@@ -52,6 +52,28 @@ def test_kfold_every_track_tested_once():
         assert not set(comp[tr]) & set(comp[te])
 
 
+def test_repeated_group_kfold_is_disjoint_per_repeat_and_repeats_differ():
+    m = _manifest(groups_per_class=8)
+    a = make_split("groupkfold:composer:4:3", m, seed=5)
+    assert a.shape == (12, len(m))
+    assert fold_layout("groupkfold:composer:4:3", 12) == (4, 3) and fold_layout("groupkfold-composer-4-3", 12) == (4, 3)
+    comp = m.group_values("composer")
+    for r in range(3):
+        block = a[r * 4:(r + 1) * 4]
+        assert np.array_equal((block == TEST).sum(0), np.ones(len(m)))  # every track tested once per repeat
+        for f in range(4):
+            tr, te = train_test_indices(a, r * 4 + f)
+            assert not set(comp[tr]) & set(comp[te])
+            assert len(set(m.y[te])) == 3  # stratified as far as the groups allow
+    assert not np.array_equal(a[:4], a[4:8])  # repeats are fresh partitions (seed + r)
+    assert np.array_equal(a[:4], make_split("groupkfold:composer:4", m, seed=5))  # repeat 0 = the unrepeated split
+    assert np.array_equal(a, make_split("groupkfold:composer:4:3", m, seed=5))
+    k = make_split("kfold:5:2", m, seed=0)
+    assert k.shape == (10, len(m)) and np.array_equal((k == TEST).sum(0), np.full(len(m), 2))
+    assert fold_layout("kfold:5:2", 10) == (5, 2) and fold_layout("kfold-5", 5) == (5, 1)
+    assert fold_layout("group:composer:0.7", 1) == (1, 1) and fold_layout("kfold:5:2", 5) == (5, 1)
+
+
 def test_file_split(tmp_path):
     m = _manifest()
     (tmp_path / "train.txt").write_text("c0-0\nc0-1\n")
@@ -63,7 +85,8 @@ def test_file_split(tmp_path):
         make_split(f"file:{tmp_path}", m)
 
 
-@pytest.mark.parametrize("spec", ["random:1.5", "random:x", "kfold:1", "kfold:50", "group:artist:0.7", "bogus:3"])
+@pytest.mark.parametrize("spec", ["random:1.5", "random:x", "kfold:1", "kfold:50", "group:artist:0.7", "bogus:3",
+                                  "kfold:5:0", "groupkfold:composer:3:x", "kfold:5:2:1"])
 def test_bad_specs_are_usage_errors(spec):
     with pytest.raises(UsageError):
         make_split(spec, _manifest())

@@ -1,4 +1,19 @@
-"""``genre evaluate``: metrics of every run (mean ± std over folds and seeds) into ``metrics.json``."""
+"""``genre evaluate``: metrics of every run (mean ± std over folds and seeds) into ``metrics.json``.
+
+``metrics.json`` of a single-label run holds, besides the per fold x seed ``entries`` and their ``summary``:
+
+* ``layout`` -- folds per repeat, repeats and seeds of the run (:func:`genrecli.splits.fold_layout`); every entry
+  carries its ``repeat``, ``fold_in_repeat`` and ``seed_index``;
+* ``spread`` -- per metric, the std over seeds (within a fold, averaged over folds), over folds (of the
+  seed-averaged fold metric, all folds of all repeats; null with one fold) and over repeats (of the
+  seed-averaged metric of each repeat's pooled predictions; null with one repeat);
+* ``pooled`` -- the test predictions pooled per (repeat, seed) (:func:`genrecli.stats.pool_predictions`): what
+  the report's bootstrap intervals and paired tests resample;
+* ``per_class`` -- precision, recall, F1 (from the confusion summed over every fold x seed) and support (the
+  number of distinct test items of each class); ``confusion`` -- counts summed over every fold x seed.
+
+Metrics written by an older version (``metrics_version`` below :data:`METRICS_VERSION`) are recomputed.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +33,7 @@ from genrecli.pipeline import StageResult
 SCALARS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
 MULTI_SCALARS = ("auc_roc", "example_f", "micro_f1", "macro_f1", "adiv@1", "adiv@3", "adiv@5")
 CONFIG_KEYS = ("model", "split", "labels")  # what evaluate and report read of a run's config.json
+METRICS_VERSION = 2  # 2: layout, spread, pooled predictions, per-class table
 
 
 def list_runs(paths: DatasetPaths) -> list[Path]:
@@ -101,7 +117,8 @@ def _evaluate_run(run_dir: Path, *, force: bool, result: StageResult) -> None:
     out = run_dir / "metrics.json"
     if not force and out.exists():
         try:
-            fresh = read_json(out, "metrics").get("predictions_sha256") == digest
+            old = read_json(out, "metrics")
+            fresh = old.get("predictions_sha256") == digest and old.get("metrics_version") == METRICS_VERSION
         except InputError:  # our own output, truncated: recomputed below
             fresh = False
         if fresh:
@@ -109,6 +126,7 @@ def _evaluate_run(run_dir: Path, *, force: bool, result: StageResult) -> None:
             return
     metrics = run_metrics(run_dir)
     metrics["predictions_sha256"] = digest
+    metrics["metrics_version"] = METRICS_VERSION
     write_text_atomic(out, json.dumps(metrics, indent=2))
     key = "auc_roc" if metrics["config"].get("multilabel") else "accuracy"
     stat = metrics["summary"][key]
@@ -128,7 +146,7 @@ def read_config(run_dir: Path) -> dict:
 def read_predictions(run_dir: Path, multilabel: bool) -> list[dict]:
     """Every fold x seed of a run's ``predictions.h5``, read into memory (arrays and timings)."""
     path = run_dir / "predictions.h5"
-    names = ("y_true", "y_pred", "scores") if multilabel else ("y_true", "y_pred")
+    names = ("y_true", "y_pred", "scores") if multilabel else ("y_true", "y_pred", "test_index")
     out = []
     try:
         with h5py.File(path, "r") as h5:
@@ -147,26 +165,77 @@ def read_predictions(run_dir: Path, multilabel: bool) -> list[dict]:
     return out
 
 
+def _index(name: str) -> int:
+    """``fold3`` / ``seed1`` -> 3 / 1."""
+    return int("".join(ch for ch in name if ch.isdigit()) or 0)
+
+
 def run_metrics(run_dir: Path) -> dict:
+    from genrecli.splits import fold_layout
+    from genrecli.stats import pool_predictions
+
     config = read_config(run_dir)
     n_classes = len(config["labels"])
     multilabel = bool(config.get("multilabel"))
     entries, confusion = [], np.zeros((n_classes, n_classes), dtype=np.int64)
-    for p in read_predictions(run_dir, multilabel):
+    predictions = read_predictions(run_dir, multilabel)
+    n_folds = len({p["fold"] for p in predictions})
+    k, repeats = fold_layout(str(config.get("split_spec") or config["split"]), n_folds)
+    for p in predictions:
         if multilabel:
             m = multi_label_metrics(p["y_true"], p["y_pred"], p["scores"])
         else:
             m = single_label_metrics(p["y_true"], p["y_pred"], n_classes)
             confusion += np.asarray(m["confusion"])
-        m.update(fold=p["fold"], seed=p["seed"], fit_seconds=p["fit_seconds"], predict_seconds=p["predict_seconds"],
+        f = _index(p["fold"])
+        m.update(fold=p["fold"], seed=p["seed"], fold_index=f, seed_index=_index(p["seed"]), repeat=f // k,
+                 fold_in_repeat=f % k, fit_seconds=p["fit_seconds"], predict_seconds=p["predict_seconds"],
                  n_test=int(len(p["y_true"])), extra=p["extra"])
         entries.append(m)
     scalars = [k for k in MULTI_SCALARS if k in entries[0]] if multilabel else list(SCALARS)
     summary = {k: mean_std(e[k] for e in entries) for k in (*scalars, "fit_seconds", "predict_seconds")}
     summary["extra"] = _aggregate_extra([e["extra"] for e in entries])
-    out = {"run": run_dir.name, "config": config, "summary": summary, "entries": entries}
+    out = {"run": run_dir.name, "config": config, "summary": summary, "entries": entries,
+           "layout": {"folds_per_repeat": k, "repeats": repeats, "folds": n_folds,
+                      "seeds": len({p["seed"] for p in predictions})}}
     if not multilabel:
         out["confusion"] = confusion.tolist()
+        pooled = pool_predictions([{**p, "fold": _index(p["fold"]), "seed": _index(p["seed"])} for p in predictions], k)
+        out["pooled"] = {key: np.asarray(v).tolist() for key, v in pooled.items()}
+        out["per_class"] = per_class_table(confusion, pooled["y_true"], config["labels"])
+        out["spread"] = _spread(entries, pooled, scalars)
+    return out
+
+
+def per_class_table(confusion: np.ndarray, y_true: np.ndarray, labels: list[str]) -> dict:
+    """Per class: precision, recall and F1 of the summed confusion (0 where undefined) and the support
+    (distinct test items of the class)."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(cm)
+    predicted, true = cm.sum(0), cm.sum(1)
+    precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
+    recall = np.where(true > 0, tp / np.maximum(true, 1), 0.0)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
+    support = np.bincount(np.asarray(y_true, dtype=np.int64), minlength=len(labels))[:len(labels)]
+    return {"labels": list(labels), "precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+            "support": support.tolist()}
+
+
+def _spread(entries: list[dict], pooled: dict, scalars: list[str]) -> dict:
+    """Per metric: std over seeds (within a fold, averaged over folds), over folds and over repeats (see above)."""
+    from genrecli.stats import metric as pooled_metric
+
+    out = {}
+    folds = sorted({e["fold_index"] for e in entries})
+    for key in scalars:
+        per_fold = [[e[key] for e in entries if e["fold_index"] == f] for f in folds]
+        std_seeds = float(np.mean([np.std(v) for v in per_fold]))
+        std_folds = float(np.std([np.mean(v) for v in per_fold])) if len(per_fold) > 1 else None
+        out[key] = {"std_seeds": std_seeds, "std_folds": std_folds}
+    sets = np.asarray(pooled["sets"]).reshape(-1, 2)
+    for key in ("accuracy", "macro_f1"):
+        per_repeat = [pooled_metric(pooled["y_true"], pooled["y_pred"][sets[:, 0] == r], key) for r in np.unique(sets[:, 0])]
+        out[key]["std_repeats"] = float(np.std(per_repeat)) if len(per_repeat) > 1 else None
     return out
 
 

@@ -1,13 +1,36 @@
 """``genre report``: paper-style tables (mean ± std over seeds and folds), confusion matrices, RI plots.
 
-Writes ``<data>/report/results.md``, ``index.html`` and PNG figures from every evaluated run. A run whose
-metrics are unreadable is reported in one line (a failure: exit 2) and left out; a run not evaluated since
-its last training is named and left out; the others are reported.
+Writes ``<data>/report/results.md``, ``index.html``, ``results.csv`` and PNG figures from every evaluated run.
+A run whose metrics are unreadable is reported in one line (a failure: exit 2) and left out; a run not
+evaluated since its last training (or evaluated by an older version) is named and left out; the others are
+reported.
+
+Per split of the corpus (single-label runs; the statistics are those of :mod:`genrecli.stats`):
+
+* **Main table** -- every system (run) with its pooled accuracy and macro F1, each with a 95 % bootstrap
+  interval over the test items, the std over seeds and the std over folds (and over repeats under a repeated
+  K-fold); the ``majority`` floor row first (the ``majority`` run of that split, or, when there is none, the
+  majority class of each fold's training part computed from the manifest). Marks: ``★`` the best system by the
+  primary metric (``metric``, accuracy by default; the floor never counts); ``†`` a system not significantly
+  different from the best (paired test on the common test items, Holm-adjusted over the comparisons with the
+  best, adjusted p >= ``alpha``). Fusion rows (inputs of two or more modalities) are compared with the best
+  single-modality run of the same model family (``FAMILY``: the SVM fusions and the MKL models are of the
+  ``svm`` family, ``dm2kmn-init`` of ``dm2kmn``; any model when the family has no single-modality run):
+  ``▲`` significantly better, ``▼`` significantly worse, ``≈`` not different (p >= alpha, not adjusted).
+* **Per-class F1** of every system, with the support of every class; per-run precision / recall / F1 /
+  support tables and count confusion matrices (summed over folds x seeds) in the per-run section.
+* **Dataset and split statistics** from the manifest: class counts per part of every fold, groups per part.
+* **Provenance** of every run: toolkit version and training date (for runs trained before these were
+  recorded: the date of config.json), split spec and seed, seeds, options, the model's full parameters
+  (hash), and every input's feature parameters with their hash and content key.
+
+``results.csv`` is tidy: one row per run x fold x repeat x seed x metric.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import os
 from pathlib import Path
 
@@ -19,7 +42,7 @@ from genrecli.errors import InputError, UsageError
 from genrecli.kernels import KERNEL_NAMES
 from genrecli.layout import DatasetPaths
 from genrecli.pipeline import StageResult
-from genrecli.pipeline.evaluate import damaged_runs, list_runs, read_json, write_text_atomic
+from genrecli.pipeline.evaluate import METRICS_VERSION, damaged_runs, list_runs, read_json, write_text_atomic
 
 KERNEL_ORDER = list(KERNEL_NAMES)
 
@@ -69,6 +92,10 @@ def load_metrics(paths: DatasetPaths) -> tuple[list[dict], dict[str, str], dict[
             pending[run_dir.name] = (f"{run_dir.name}: its predictions changed (retrained) since it was evaluated; "
                                      f"run `genre evaluate --data {paths.name}`")
             continue
+        if m.get("metrics_version") != METRICS_VERSION:
+            pending[run_dir.name] = (f"{run_dir.name}: evaluated by an older version (no pooled predictions); "
+                                     f"run `genre evaluate --data {paths.name}`")
+            continue
         m["run"] = run_dir.name  # a run folder copied or renamed is reported (and keyed) under its folder name
         metrics.append(m)
     return metrics, failed, pending
@@ -85,12 +112,17 @@ def _checked_metrics(m: dict, path: Path) -> dict:
     return m
 
 
-def _content_key(paths: DatasetPaths, metrics: list[dict], failed: dict, pending: dict) -> str:
+def _content_key(paths: DatasetPaths, metrics: list[dict], failed: dict, pending: dict, options: dict | None = None) -> str:
     """What the report is made of: the bytes of every metrics.json it reads (they carry the hash of their
-    run's predictions), the runs it leaves out, and the toolkit version (which renders them)."""
+    run's predictions), the runs it leaves out, the manifest, the statistics options and the toolkit version
+    (which renders them)."""
     read = {m["run"]: store.file_sha256(paths.runs / m["run"] / "metrics.json") for m in metrics}
+    from genrecli.pipeline.experiment import recorded_experiments
+
+    manifest = store.file_sha256(paths.manifest) if paths.manifest.exists() else None
     return store.params_hash({"metrics": read, "failed": sorted(failed), "pending": sorted(pending),
-                              "version": genrecli.__version__})
+                              "version": genrecli.__version__, "options": options or {}, "manifest": manifest,
+                              "experiments": recorded_experiments(paths.root)})
 
 
 def multilabel_table(metrics: list[dict]) -> list[list[str]]:
@@ -204,10 +236,11 @@ def _confusion_png(m: dict, path: Path) -> None:
     ax.set_yticks(range(len(labels)), labels)
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, f"{norm[i, j]:.0%}", ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(m["run"].replace("__", "\n"), fontsize=7)
+    ax.set_title(m["run"].replace("__", "\n") + "\n(counts summed over folds x seeds; row %)", fontsize=7)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     _save_png(fig, path)
@@ -255,7 +288,42 @@ def _importance_png(m: dict, path: Path) -> bool:
     return True
 
 
-def report(data: str, *, data_home: str | Path | None = None, force: bool = False) -> StageResult:
+def _manifest(paths: DatasetPaths):
+    """The dataset's manifest (for the split statistics and the computed floor), or None when unreadable."""
+    from genrecli.errors import GenreError
+    from genrecli.manifest import read_manifest
+
+    try:
+        return read_manifest(paths.manifest)
+    except (GenreError, OSError, KeyError, ValueError) as exc:
+        ui.warn(f"{paths.manifest}: {exc} (the report goes on without split statistics or a computed floor)")
+        return None
+
+
+def report(data: str, *, data_home: str | Path | None = None, force: bool = False, resamples: int = 2000,
+           level: float = 0.95, test: str = "bootstrap", metric: str = "accuracy", alpha: float = 0.05,
+           unit: str = "item", seed: int = 0) -> StageResult:
+    """Write the report of every evaluated run of ``data`` (see the module docstring).
+
+    ``resamples``, ``level``, ``unit`` (item or group) and ``seed``: the bootstrap; ``test`` (bootstrap or
+    mcnemar), ``metric`` (accuracy or macro_f1) and ``alpha``: the paired tests and the marks.
+    """
+    from genrecli.pipeline import protocol
+    from genrecli.stats import METRICS
+
+    if test not in protocol.TEST_NAMES:
+        raise UsageError(f"--test {test}: expected one of {', '.join(protocol.TEST_NAMES)}")
+    if metric not in METRICS:
+        raise UsageError(f"--metric {metric}: expected one of {', '.join(METRICS)}")
+    if test == "mcnemar" and metric != "accuracy":
+        raise UsageError("--test mcnemar compares per-item correctness: use it with --metric accuracy")
+    if unit not in protocol.UNITS:
+        raise UsageError(f"--unit {unit}: expected one of {', '.join(protocol.UNITS)}")
+    if resamples < 100:
+        raise UsageError(f"--resamples {resamples}: use at least 100 bootstrap resamples")
+    if not 0.5 <= level < 1.0 or not 0.0 < alpha < 1.0:
+        raise UsageError(f"--level {level} / --alpha {alpha}: expected 0.5 <= level < 1 and 0 < alpha < 1")
+    opts = protocol.StatsOptions(resamples=resamples, level=level, test=test, metric=metric, alpha=alpha, unit=unit, seed=seed)
     paths = DatasetPaths.of(data, data_home)
     metrics, failed, pending = load_metrics(paths)
     for message in (*failed.values(), *pending.values()):
@@ -263,7 +331,7 @@ def report(data: str, *, data_home: str | Path | None = None, force: bool = Fals
     if not metrics:
         raise UsageError(f"{paths.runs}: no evaluated runs — run `genre train` and `genre evaluate` first")
     result = StageResult(failures=dict(failed))
-    digest = _content_key(paths, metrics, failed, pending)
+    digest = _content_key(paths, metrics, failed, pending, opts.as_dict())
     stamp = paths.report / ".params_hash"
     if not force and stamp.exists() and stamp.read_text().strip() == digest and (paths.report / "results.md").exists():
         ui.info(f"{paths.report}: up to date ({len(metrics)} runs); nothing to do")
@@ -271,35 +339,72 @@ def report(data: str, *, data_home: str | Path | None = None, force: bool = Fals
         print((paths.report / "results.md").read_text())
         return result
     paths.report.mkdir(parents=True, exist_ok=True)
+    manifest = _manifest(paths)
     md = [f"# Results: {paths.name}", ""]
     body = [f"<h1>Results: {html.escape(paths.name)}</h1>"]
-    for split in sorted({m["config"]["split"] for m in metrics}):
+
+    def section(title: str, rows: list[list[str]], note: str = "", level_: int = 2) -> None:
+        if not rows:
+            return
+        md.extend([f"{'#' * level_} {title}", ""] + ([note, ""] if note else []) + [markdown(rows), ""])
+        body.extend([f"<h{level_}>{html.escape(title)}</h{level_}>"] + ([f"<p>{html.escape(note)}</p>"] if note else [])
+                    + [html_table(rows)])
+
+    from genrecli.pipeline.experiment import recorded_experiments
+
+    experiments = recorded_experiments(paths.root)
+    if experiments:
+        section("Experiments", [["experiment file", "description", "sha256"], *[list(e) for e in experiments]],
+                f"Recorded by `genre run` under {paths.root / 'experiments'}.")
+    splits = sorted({m["config"]["split"] for m in metrics})
+    for split in splits:
+        table = protocol.protocol_table(metrics, split, manifest, opts)
+        if table:
+            section(f"Every system — split {split}", protocol.main_rows(table), protocol.legend(table))
+            section(f"Per-class F1 % — split {split}", protocol.per_class_rows(table),
+                    "F1 of each class from the pooled predictions (all folds, repeats and seeds); n = distinct test items "
+                    "of the best system (runs whose features failed on a few tracks have a few less).")
+        rows, summary = protocol.split_rows(manifest, split)
+        section(f"Dataset and split statistics — split {split}", rows, summary)
+    for split in splits:
         pivot = svm_pivot(metrics, split)
         if pivot:
-            md += [f"## SVM accuracy % per elementary kernel and input — split {split}", "", markdown(pivot), ""]
-            body += [f"<h2>SVM accuracy % per kernel and input — split {html.escape(split)}</h2>", html_table(pivot)]
+            section(f"SVM accuracy % per elementary kernel and input — split {split}", pivot)
         models = model_table(metrics, split)
         if models:
-            md += [f"## Models on all their inputs (Table-5 analogue) — split {split}", "", markdown(models), ""]
-            body += [f"<h2>Models on all their inputs (Table-5 analogue) — split {html.escape(split)}</h2>", html_table(models)]
+            section(f"Models on all their inputs (Table-5 analogue) — split {split}", models)
     runs = runs_table(metrics)
     if len(runs) > 1:
-        md += ["## All runs (mean ± std over folds × seeds)", "", markdown(runs), ""]
-        body += ["<h2>All runs (mean ± std over folds × seeds)</h2>", html_table(runs)]
+        section("All runs (mean ± std over folds × seeds)", runs)
     multi = multilabel_table(metrics)
     if multi:
-        md += ["## Multi-label runs (mean ± std over folds × seeds)", "", markdown(multi), ""]
-        body += ["<h2>Multi-label runs (mean ± std over folds × seeds)</h2>", html_table(multi)]
-    body.append("<h2>Figures</h2>")
+        section("Multi-label runs (mean ± std over folds × seeds)", multi)
+    md += ["## Per run: classes, confusion counts, provenance", ""]
+    body.append("<h2>Per run: classes, confusion counts, provenance</h2>")
+    figures = []
     for m in metrics:
+        prov = protocol.provenance(m, paths.runs / m["run"], manifest)
+        md += [f"### {m['run']}", "", protocol.provenance_markdown(prov), ""]
+        body += [f"<h3>{html.escape(m['run'])}</h3>", f"<p>{html.escape(protocol.provenance_markdown(prov)[2:])}</p>",
+                 f"<details><summary>full provenance (JSON)</summary><pre>{html.escape(json.dumps({**prov, 'model_params': m['config'].get('model_params')}, indent=1, sort_keys=True))}</pre></details>"]
+        for rows, caption in ((protocol.run_class_rows(m), "per class (precision and recall of the confusion summed over folds × seeds; support: distinct test items)"),
+                              (protocol.confusion_rows(m), "confusion counts, summed over folds × seeds (each test item counted once per repeat and seed)")):
+            if rows:
+                md += [caption + ":", "", markdown(rows), ""]
+                body += [f"<p>{html.escape(caption)}</p>", html_table(rows)]
         if "confusion" in m:
             png = f"confusion-{m['run']}.png"
             _confusion_png(m, paths.report / png)
-            body.append(f"<figure><img src='{html.escape(png)}' alt='confusion matrix'><figcaption>{html.escape(m['run'])}</figcaption></figure>")
+            figures.append(f"<figure><img src='{html.escape(png)}' alt='confusion matrix'><figcaption>{html.escape(m['run'])}</figcaption></figure>")
+            md.append(f"![confusion counts]({png})")
+            md.append("")
         ri_png = f"importance-{m['run']}.png"
         if _importance_png(m, paths.report / ri_png):
-            body.append(f"<figure><img src='{html.escape(ri_png)}' alt='relative importance'></figure>")
-            md.append(f"![relative importance]({ri_png})")
+            figures.append(f"<figure><img src='{html.escape(ri_png)}' alt='relative importance'></figure>")
+            md += [f"![relative importance]({ri_png})", ""]
+    body.append("<h2>Figures</h2>")
+    body += figures
+    write_text_atomic(paths.report / "results.csv", protocol.tidy_csv(paths.name, metrics))
     write_text_atomic(paths.report / "results.md", "\n".join(md) + "\n")
     style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;font-size:13px}figure{display:inline-block;margin:8px}"
     write_text_atomic(
@@ -308,7 +413,7 @@ def report(data: str, *, data_home: str | Path | None = None, force: bool = Fals
         f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
     write_text_atomic(stamp, digest)  # last: a report killed before here is rebuilt next time
-    ui.info(f"{paths.report}: results.md, index.html and figures of {len(metrics)} runs")
+    ui.info(f"{paths.report}: results.md, results.csv, index.html and figures of {len(metrics)} runs")
     print("\n".join(md))
     result.written.append("report")
     return result

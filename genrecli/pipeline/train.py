@@ -4,7 +4,8 @@
 
 * ``config.json`` -- model, inputs, kernels, split, options, the model's full parameters, and for each input
   its feature parameters, their hash and the group's content key (a changed feature, even one recomputed
-  with the same parameters, or a changed option retrains), and the sha256 of ``predictions.h5``;
+  with the same parameters, or a changed option retrains), and the sha256 of ``predictions.h5``; outside the
+  params hash (provenance only): the split's spec and seed, the toolkit version and the training date;
 * ``fold<k>-seed<s>/`` -- one self-contained model artifact per fold x seed (``model.safetensors`` +
   ``model.json`` with every input's feature parameters, the label names and the toolkit version, and
   ``features.safetensors`` for fitted feature extractors such as TF-IDF), enough for ``genre predict``;
@@ -38,6 +39,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+import genrecli
 from genrecli import store, ui
 from genrecli.errors import UsageError
 from genrecli.layout import DatasetPaths
@@ -162,8 +164,13 @@ def train(
             _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, options, device, run_dir)
             # The predictions' digest is the run's content key: what `evaluate` and `report` compare with the
             # predictions_sha256 they recorded, to see a retrain (the params hash stays the same under --force).
+            # Provenance outside the params hash (a new toolkit version or date alone does not retrain).
             final = {**config, "params_hash": digest, "device": device,
-                     "predictions_sha256": store.file_sha256(run_dir / "predictions.h5")}
+                     "predictions_sha256": store.file_sha256(run_dir / "predictions.h5"),
+                     "split_spec": manifest.split_specs.get(split_id, split_id),
+                     "split_seed": manifest.split_seeds.get(split_id),
+                     "toolkit_version": genrecli.__version__,
+                     "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             _atomic_write_text(cfg_path, json.dumps(final, indent=2))
             (run_dir / ".config.partial.json").unlink(missing_ok=True)
         result.written.append(rid)
