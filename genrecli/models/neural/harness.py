@@ -174,6 +174,22 @@ class _Moments:
         return np.atleast_1d(np.asarray(self.mean, np.float32)), np.atleast_1d(std.astype(np.float32))
 
 
+def make_adam(params, *, lr: float, weight_decay: float = 0.0, decoupled: bool = False) -> torch.optim.Optimizer:
+    """Adam (AdamW with ``decoupled``), with torch's fused kernel where it runs (CPU and CUDA float tensors).
+
+    Why fused: the default single-tensor Adam step is several elementwise passes over every parameter (a sqrt,
+    lerp, addcmul, addcdiv each); on a 2048 x 10000 layer (the TF-IDF network) it took 1.1 s per step against
+    0.22 s fused, two thirds of the epoch. Fused and single-tensor Adam compute the same update up to float
+    rounding. Falls back to the default implementation where the fused kernel is unavailable.
+    """
+    params = list(params)
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    try:
+        return cls(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # e.g. a device or dtype the fused kernel does not support
+        return cls(params, lr=lr, weight_decay=weight_decay)
+
+
 class NeuralModel(GenreModel):
     """Base of the neural models: the shared training loop (see the module docstring).
 
@@ -508,10 +524,8 @@ class NeuralModel(GenreModel):
 
     def _make_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
         params, lr, wd = net.parameters(), float(self.lr), float(self.weight_decay)
-        if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-        if self.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        if self.optimizer in ("adam", "adamw"):
+            return make_adam(params, lr=lr, weight_decay=wd, decoupled=self.optimizer == "adamw")
         if self.optimizer == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=float(self.momentum), weight_decay=wd)
         return torch.optim.RMSprop(params, lr=lr, momentum=float(self.momentum), weight_decay=wd)

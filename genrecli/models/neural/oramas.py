@@ -98,7 +98,7 @@ from genrecli import ui
 from genrecli.device import resolve_device
 from genrecli.errors import UsageError
 from genrecli.models.base import GenreModel, params_from_json, params_to_json
-from genrecli.models.neural.harness import HARNESS_DEFAULTS, _row_shape, take_rows
+from genrecli.models.neural.harness import HARNESS_DEFAULTS, _row_shape, make_adam, take_rows
 from genrecli.models.neural.oramas_branches import (
     AudioNet, FusionNet, ImageHeadNet, OramasNet, TextNet, resolve_target,
 )
@@ -170,7 +170,7 @@ class JointSpace:
             val = (self._unit(A_val).to(device), self._unit(V_val).to(device), vrows,
                    self._negatives(vrows, len(vrows), vrng), self._negatives(vrows, len(vrows), vrng))
         params = [*self.audio_net.parameters(), *self.image_net.parameters()]
-        opt = torch.optim.Adam(params, lr=self.lr)
+        opt = make_adam(params, lr=self.lr)
         best, best_state, bad, self.history_ = math.inf, None, 0, []
         for epoch in range(1, self.max_epochs + 1):
             self.audio_net.train(), self.image_net.train()
