@@ -131,6 +131,12 @@ def measure(names, files, jobs, options, cores, device="cpu") -> float:
     return sum(_duration(f) for f in files) / wall
 
 
+def _pool_mfcc(source):
+    from genrecli.audio.features import extract_track
+
+    return extract_track(source, ["mfcc"], max_seconds=SECONDS)
+
+
 def _sleep(_):
     time.sleep(0.2)
 
@@ -166,6 +172,69 @@ def frontend_timing() -> dict:
 BASELINES = {"mel": "mel", "cqt": "cqt", "harmonic+percussive": "hpss", "mfcc": "mfcc"}
 
 
+def synthesis_timing(n: int, rounds: int = 2) -> dict:
+    """CPU seconds per kern-eras piece, score -> 30 s of audio at 22.05 kHz, three ways, alternated per piece:
+
+    before: music21 conversion + a fresh TinySoundFont synth (the SoundFont parsed per render, as before);
+    first run: music21 conversion + the per-process loaded synth; cached: rendering the MIDI from the
+    store's /synth/midi cache (no music21). Also the split of the first run into parse / MIDI / render.
+    """
+    import contextlib
+    import io
+
+    from music21 import converter
+
+    from genrecli.audio import synth
+
+    root = ROOT.parent / "shared" / "data" / "kern-eras"
+    if not root.is_dir():
+        root = pathlib.Path("/work/shared/data/kern-eras")
+    pieces = sorted(root.rglob("*.krn"))
+    pieces = pieces[:: max(1, len(pieces) // n)][:n]
+    cpu = time.process_time
+    totals = {"before": 0.0, "first_run": 0.0, "cached": 0.0, "parse": 0.0, "midi": 0.0, "render": 0.0}
+    synth.render_midi(synth.score_to_midi(path=pieces[0], max_seconds=SECONDS), sr=22050)  # imports, warm-up
+    with contextlib.redirect_stderr(io.StringIO()):
+        for _ in range(rounds):
+            for path in pieces:
+                t = cpu()
+                synth._synth_for.cache_clear()
+                synth.render_midi(synth.score_to_midi(path=path, max_seconds=SECONDS), sr=22050)
+                totals["before"] += cpu() - t
+                t = cpu()
+                midi = synth.score_to_midi(path=path, max_seconds=SECONDS)
+                synth.render_midi(midi, sr=22050)
+                totals["first_run"] += cpu() - t
+                t = cpu()
+                synth.render_midi(midi, sr=22050)
+                totals["cached"] += cpu() - t
+                t0 = cpu()
+                score = converter.parse(path, format="humdrum", forceSource=True, storePickle=False)
+                t1 = cpu()
+                midi = synth._midi_bytes(score, SECONDS)
+                t2 = cpu()
+                synth.render_midi(midi, sr=22050)
+                totals["parse"] += t1 - t0
+                totals["midi"] += t2 - t1
+                totals["render"] += cpu() - t2
+    per = {k: v / (rounds * len(pieces)) for k, v in totals.items()}
+    return {"pieces": len(pieces), "rounds": rounds, "cpu_seconds_per_piece": per,
+            "ratio_first_run": per["before"] / per["first_run"], "ratio_cached": per["before"] / per["cached"]}
+
+
+def end_to_end_wall(files, jobs: int) -> float:
+    """Wall seconds of extract_track(mfcc) over ``files`` in the stage's worker pool, start-up included."""
+    from genrecli import store
+    from genrecli.pipeline.features import run_per_track
+
+    items = {i: {"audio": str(f)} for i, f in enumerate(files)}
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        run_per_track(_pool_mfcc, items, checkpoint=store.RowCheckpoint(tmp, "x"), jobs=jobs,
+                      description="mfcc", ids=[str(f) for f in files])
+        return time.perf_counter() - start
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=pathlib.Path, help="write the results here")
@@ -175,6 +244,7 @@ def main(argv=None):
     parser.add_argument("--cache", type=pathlib.Path, default=pathlib.Path(tempfile.gettempdir()) / "genre-bench-audio")
     parser.add_argument("--jobs", default="1,2")
     parser.add_argument("--device", default="cpu", help="where neural encoders and torch front ends run")
+    parser.add_argument("--synthesis", type=int, default=10, help="kern-eras pieces for the synthesis case (0: none)")
     args = parser.parse_args(argv)
 
     cores = os.cpu_count() or 1
@@ -205,9 +275,15 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
+    wall = {}
+    if any(g == "mfcc" for g in groups):
+        for jobs in job_counts:
+            wall[jobs] = end_to_end_wall(files[: args.files], jobs)
+    synthesis = synthesis_timing(args.synthesis) if args.synthesis else None
     result = {"machine": {"cpus": cores, "python": platform.python_version(), "load_average": os.getloadavg()},
               "clip_seconds": SECONDS, "unit": "audio seconds per wall second", "features": rows,
-              "cpu_mel_frontend_seconds": frontend_timing()}
+              "cpu_mel_frontend_seconds": frontend_timing(), "mfcc_end_to_end_wall_seconds": wall,
+              "synthesis": synthesis}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     header = "| feature | files | " + " | ".join(f"jobs={j}" for j in job_counts) + " | librosa loop (1 proc) |"
@@ -220,6 +296,19 @@ def main(argv=None):
     fe = result["cpu_mel_frontend_seconds"]
     print(f"\nCPU mel spectrogram, 30 s @ 22.05 kHz: librosa {fe['librosa'] * 1000:.0f} ms, "
           f"torch front end {fe['torch'] * 1000:.0f} ms ({fe['torch_threads']} threads)")
+    for jobs, seconds in wall.items():
+        print(f"mfcc end to end, {args.files} files in the stage's worker pool, --jobs {jobs}: {seconds:.1f} s wall "
+              "(spawn start-up included)")
+    if synthesis:
+        per = synthesis["cpu_seconds_per_piece"]
+        print(f"\nSynthesis, score -> 30 s at 22.05 kHz, CPU s per piece ({synthesis['pieces']} kern-eras pieces x "
+              f"{synthesis['rounds']} rounds, alternated):\n")
+        print("| path | s per piece | speed-up |")
+        print("|---|---:|---:|")
+        print(f"| before (music21 + fresh synth) | {per['before']:.3f} | 1.0 |")
+        print(f"| first run (music21 + loaded synth) | {per['first_run']:.3f} | {synthesis['ratio_first_run']:.2f} |")
+        print(f"| cached MIDI (render only) | {per['cached']:.3f} | {synthesis['ratio_cached']:.1f} |")
+        print(f"\nfirst run split: parse {per['parse']:.3f} s, MIDI {per['midi']:.3f} s, render {per['render']:.3f} s")
     print(f"load average during the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

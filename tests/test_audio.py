@@ -360,3 +360,16 @@ def test_music21_token_warnings_stay_out_of_the_output(capfd):
         ui.configure()
     lines = capfd.readouterr().err.splitlines()
     assert len(lines) == 1 and "odd-clef.krn" in lines[0] and "WARNING" not in lines[0] and "music21 skipped 1 unreadable token" in lines[0] and "clefG6" in lines[0]
+
+
+def test_the_loaded_synth_renders_exactly_as_a_fresh_one():
+    """The SoundFont is parsed once per process; a reset synth must give the bytes a fresh one gives."""
+    from genrecli.audio import synth as synth_module
+
+    first = midi_bytes([(60, 0, 2), (64, 1, 3)], program=0)
+    second = midi_bytes([(48, 0, 4), (67, 0.5, 1)], program=19)
+    synth_module._synth_for.cache_clear()
+    fresh = render_midi(first, sr=SR)
+    render_midi(second, sr=SR, max_seconds=1.0)  # cut mid-note: voices still sounding when the next render starts
+    again = render_midi(first, sr=SR)
+    assert fresh.tobytes() == again.tobytes()

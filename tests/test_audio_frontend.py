@@ -63,3 +63,15 @@ def test_batched_stft_and_other_parameters(music):
     kw = dict(n_fft=1024, hop_length=256, win_length=800, n_mels=64, fmin=50.0, fmax=8000.0, htk=True, norm=None)
     np.testing.assert_allclose(frontend.melspectrogram(music, sr=SR, backend="torch", **kw),
                                librosa.feature.melspectrogram(y=music, sr=SR, **kw), rtol=1e-4)
+
+
+def test_auto_mfcc_on_cpu_takes_torch_for_a_prime_factor_fft_and_agrees_with_librosa(music):
+    assert frontend._slow_numpy_fft(662) and not frontend._slow_numpy_fft(2048) and not frontend._slow_numpy_fft(1470)
+    kw = dict(n_fft=662, hop_length=331, n_mels=40)
+    expected = librosa.feature.mfcc(y=music, sr=SR, n_mfcc=20, **kw)
+    got = frontend.mfcc(music, sr=SR, n_mfcc=20, device="cpu", **kw)
+    np.testing.assert_array_equal(got, frontend.mfcc(music, sr=SR, n_mfcc=20, backend="torch", **kw))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    # power-of-two FFTs keep librosa, bit for bit
+    np.testing.assert_array_equal(frontend.mfcc(music, sr=SR, n_mfcc=20, device="cpu"),
+                                  librosa.feature.mfcc(y=music, sr=SR, n_mfcc=20))

@@ -1,6 +1,7 @@
 """New files -> a run's exact features (genrecli.pipeline.featurize), against the extract stages."""
 
 import json
+import pathlib
 import shutil
 
 import h5py
@@ -246,3 +247,41 @@ def test_feature_identity_equal_across_corpora_with_the_same_settings(corpus):
     assert extract_text("two", encoder="minilm", pooling="mean", data_home=home).written == ["text/minilm"]
     mean = read_feature(two, "text/minilm")[2]
     assert feature_identity("text/minilm", mean) != feature_identity("text/minilm", p1["text/minilm"])
+
+
+def test_score_midi_is_cached_in_the_store_keyed_on_content_and_reused(corpus, tmp_path):
+    """extract-audio keeps each score's MIDI in /synth/midi: another feature or a shorter opening skips music21."""
+    from genrecli.audio.features import extract_track
+    from genrecli.manifest import read_manifest
+    from genrecli.pipeline.audio import MIDI_GROUP, MIDI_OUT_KEY, MidiCache
+
+    home = tmp_path / "home"
+    shutil.copytree(corpus["home"], home)
+    paths = DatasetPaths.of("one", home)
+    manifest = read_manifest(paths.manifest)
+    rows = [corpus["ids"].index(f"{label}/piece{n}") for n, label in enumerate("ab")]
+    with store.open_read(paths.features()) as h5:
+        keys = store.read_strings(h5[MIDI_GROUP]["key"])
+        assert "params_hash" in h5[MIDI_GROUP].attrs  # listed with its parameters by `genre info`
+    assert all(keys[r] for r in rows) and keys[corpus["ids"].index("a/tone")] == ""
+
+    cache = MidiCache(paths.features(), tmp_path / "staging", manifest)
+    source = manifest.tracks[rows[0]].source()
+    ready = cache.prepare(rows[0], source, 5.0)
+    assert isinstance(ready["midi"], bytes) and MIDI_OUT_KEY not in ready  # no music21 in the worker
+    assert isinstance(cache.prepare(rows[0], source, 2.0)["midi"], bytes)  # a shorter opening: reused
+    assert MIDI_OUT_KEY in cache.prepare(rows[0], source, 10.0)  # a longer one: converted again
+    edited = tmp_path / "edited.krn"
+    edited.write_text(pathlib.Path(source["score"]).read_text().replace("4G\t4g", "4A\t4a"))
+    assert MIDI_OUT_KEY in cache.prepare(rows[0], {**source, "score": str(edited)}, 5.0)  # new content: new key
+
+    # a second run with another feature renders the cached MIDI: the same values as converting the score afresh
+    extract_audio("one", features=("timbre",), max_seconds=5.0, data_home=home)
+    data, valid, _ = read_feature(paths, "audio/timbre")
+    for row in rows:
+        expected = extract_track(manifest.tracks[row].source(), ["timbre"], max_seconds=5.0)["timbre"]
+        np.testing.assert_array_equal(data[row], expected)
+    # and a shorter opening rendered from the 5 s MIDI equals the one converted for it
+    short = extract_track({**manifest.tracks[rows[1]].source(), "midi": cache.prepare(rows[1], manifest.tracks[rows[1]].source(), 5.0)["midi"]},
+                          ["mfcc"], max_seconds=2.0)["mfcc"]
+    np.testing.assert_array_equal(short, extract_track(manifest.tracks[rows[1]].source(), ["mfcc"], max_seconds=2.0)["mfcc"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +76,126 @@ def feature_params(feat, *, options: dict, max_seconds: float, renderer: dict, d
 
 
 def _extract_one(source: dict, *, features: tuple, max_seconds: float, soundfont: str | None, device: str) -> dict:
-    from genrecli.audio.features import extract_track
+    from genrecli.audio.features import _source_name, extract_track
 
+    source = dict(source)
+    midi_out = source.pop(MIDI_OUT_KEY, None)
+    if midi_out is not None:  # a score track whose MIDI is not cached: convert it here and stage it for the cache
+        from genrecli.audio.synth import score_to_midi
+
+        midi = score_to_midi(path=source.get("score"), text=source.get("score_text"), fmt=source.get("score_format"),
+                             name=_source_name(source), max_seconds=max_seconds)
+        tmp = Path(midi_out).with_name("." + Path(midi_out).name + f".{os.getpid()}.tmp")
+        tmp.write_bytes(midi)
+        os.replace(tmp, midi_out)
+        source["midi"] = midi
     return extract_track(source, list(features), max_seconds=max_seconds, soundfont=soundfont, device=device)
+
+
+# ------------------------------------------------------------------------------------------ MIDI cache
+MIDI_GROUP = "synth/midi"
+MIDI_OUT_KEY = "_midi_out"  # in a track's source: where its worker stages the MIDI it converted
+
+
+def conversion_params() -> dict:
+    """What turns a score into MIDI (the cache key's second half; music21's version included)."""
+    import music21
+
+    return {"converter": "music21", "music21": music21.__version__,
+            "score_to_midi": "genrecli.audio.synth.score_to_midi, opening bars that sound within max_seconds"}
+
+
+def _score_key(source: dict, conversion_digest: str) -> str | None:
+    """Content key of a score-only track (sha256 of format, score bytes and conversion), None for other tracks."""
+    if source.get("audio") is not None or source.get("midi") is not None:
+        return None
+    fmt = source.get("score_format")
+    if fmt in ("lyrics", "text"):
+        return None
+    import hashlib
+
+    h = hashlib.sha256(f"{fmt}\n{conversion_digest}\n".encode())
+    if source.get("score_text") is not None:
+        h.update(b"text\n" + source["score_text"].encode("utf-8", "surrogatepass"))
+    elif source.get("score") is not None:
+        try:
+            h.update(b"file\n" + Path(source["score"]).read_bytes())
+        except OSError:
+            return None  # the worker reports the missing file
+    else:
+        return None
+    return h.hexdigest()
+
+
+class MidiCache:
+    """Per-track MIDI of score tracks, kept in ``features.h5:/synth/midi`` so that music21 runs once per score.
+
+    The group has one row per manifest track: ``key`` (sha256 of the score's format, bytes and
+    :func:`conversion_params`; "" where none is cached), ``max_seconds`` (the opening the MIDI covers) and the
+    MIDI files back to back in ``midi`` (uint8) cut by ``offsets`` (int64, n + 1). A row is reused for a run
+    of the same score content with ``max_seconds`` at most the cached one: the opening cut by
+    :func:`~genrecli.audio.synth.score_to_midi` keeps every bar that can sound in time, so rendering the first
+    ``max_seconds`` of a longer opening gives the same audio (tested). An edited score, another music21 or
+    another conversion changes the key, and the row is converted again.
+    """
+
+    def __init__(self, target: Path, staging: Path, manifest):
+        self.target, self.staging, self.n = target, staging, len(manifest)
+        self.conversion = conversion_params()
+        self.digest = store.params_hash(self.conversion)
+        self.keys: dict[int, str] = {}
+        self.stored: dict[int, tuple[str, float, bytes]] = {}
+        self.staged: dict[int, Path] = {}
+        self.changed = False
+        if target.exists():
+            with store.open_read(target) as h5:
+                if MIDI_GROUP in h5 and len(h5[MIDI_GROUP]["offsets"]) == self.n + 1:
+                    grp = h5[MIDI_GROUP]
+                    keys, secs = store.read_strings(grp["key"]), grp["max_seconds"][()]
+                    blob, offsets = grp["midi"][()], grp["offsets"][()]
+                    self.stored = {r: (k, float(secs[r]), blob[offsets[r]:offsets[r + 1]].tobytes())
+                                   for r, k in enumerate(keys) if k}
+
+    def prepare(self, row: int, source: dict, max_seconds: float) -> dict:
+        """The source a worker gets: cached MIDI bytes, or a staging path for the MIDI it will convert."""
+        key = _score_key(source, self.digest)
+        if key is None:
+            return source
+        self.keys[row] = key
+        cached = self.stored.get(row)
+        if cached is not None and cached[0] == key and cached[1] >= max_seconds:
+            return {**source, "midi": cached[2]}
+        staged = self.staging / f"{key}-{max_seconds:g}.mid"
+        self.staged[row] = staged
+        if staged.is_file():  # converted by an earlier run that was killed or left tracks undone
+            return {**source, "midi": staged.read_bytes()}
+        self.staging.mkdir(parents=True, exist_ok=True)
+        return {**source, MIDI_OUT_KEY: str(staged)}
+
+    def collect(self, max_seconds: float) -> None:
+        """Take the MIDI the workers staged into the rows to write."""
+        for row, staged in self.staged.items():
+            if staged.is_file():
+                self.stored[row] = (self.keys[row], float(max_seconds), staged.read_bytes())
+                self.changed = True
+
+    def group(self) -> store.GroupData:
+        keys, secs, chunks = [""] * self.n, np.zeros(self.n), []
+        offsets = np.zeros(self.n + 1, dtype=np.int64)
+        for r in range(self.n):
+            entry = self.stored.get(r)
+            if entry is not None and self.keys.get(r, entry[0]) == entry[0]:
+                keys[r], secs[r] = entry[0], entry[1]
+                chunks.append(np.frombuffer(entry[2], dtype=np.uint8))
+            offsets[r + 1] = offsets[r] + (len(chunks[-1]) if keys[r] else 0)
+        blob = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint8)
+        params = {"what": "MIDI of each score track (row), keyed on the score's content and the conversion",
+                  "conversion": self.conversion, "tracks_cached": sum(1 for k in keys if k)}
+        return store.GroupData(params=params, arrays={"midi": blob, "offsets": offsets, "max_seconds": secs},
+                               strings={"key": keys})
+
+    def clear_staging(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def extract_audio(
@@ -138,7 +257,8 @@ def extract_audio(
     if not wanted:
         return result
     rows = shard_rows(len(manifest), shard_t)
-    items = {int(r): manifest.tracks[r].source() for r in rows}
+    midi_cache = MidiCache(target, paths.partial / "midi", manifest)
+    items = {int(r): midi_cache.prepare(int(r), manifest.tracks[r].source(), max_seconds) for r in rows}
     digest = store.params_hash({n: params_of[n] for n in wanted})
     checkpoint = store.RowCheckpoint(paths.partial / "audio", digest)
     func = functools.partial(_extract_one, features=tuple(configured[n] for n in wanted), max_seconds=max_seconds,
@@ -152,13 +272,18 @@ def extract_audio(
     stored = {name: _stored_ok(target, f"audio/{name}", manifest) for name in wanted}
     kept = [] if force else [n for n in wanted if stored[n] is not None and stored[n] > int(assembled[n][1].sum())]
     written = [name for name in wanted if name not in kept]
-    if written:
+    midi_cache.collect(max_seconds)
+    if written or midi_cache.changed:
         with store.write_transaction(target) as h5:
             for name in written:
                 data_arr, valid = assembled[name]
                 write_feature_group(h5, f"audio/{name}", data_arr, valid, params_of[name], failures)
                 result.written.append(f"audio/{name}")
-        ui.info(f"{target}: wrote {', '.join('audio/' + n for n in written)} ({len(done)} tracks ok, {len(failed)} failed)")
+            if midi_cache.changed:
+                store.write_group_data(store.replace_group(h5, MIDI_GROUP), midi_cache.group())
+        if written:
+            ui.info(f"{target}: wrote {', '.join('audio/' + n for n in written)} ({len(done)} tracks ok, {len(failed)} failed)")
+    midi_cache.clear_staging()
     checkpoint.clear()  # also when kept: a rerun must retry the failed tracks, not replay their failures
     if kept:
         groups = ", ".join(f"audio/{n} ({stored[n]} tracks ok, now {int(assembled[n][1].sum())})" for n in kept)
