@@ -1,12 +1,19 @@
 """Wall time and peak memory of genrecli.kernels against scikit-learn and NumPy references.
 
-    python bench/bench_kernels.py [--n 5000] [--d 1024] [--device cpu] [--json out.json] [--all-landmarks]
+    python bench/bench_kernels.py [--n 5000] [--d 1024] [--device cpu] [--repeat 5] [--cases a,b] [--json out.json]
+                                  [--all-landmarks]
 
-Every measurement runs in a fresh interpreter. Time covers the computation only (after imports, data and a small
-warm-up call, which compiles numba and starts the BLAS threads). Memory is the peak RSS of that interpreter,
-from os.wait4, minus the peak RSS of an interpreter that made the same imports and the same data and stopped.
-The data are n x d float32 non-negative features of a low-rank structure plus noise, rectified like pooled CNN
-activations. Prints a Markdown table and, with --json, writes the rows as JSON.
+Time: for each case one fresh interpreter makes the imports and the data, warms both sides up on 64 rows
+(numba compilation, BLAS and torch thread pools), then runs ours and the reference alternately, ``--repeat``
+times each (fewer for the slow NumPy histogram reference), on the same data; the table gives the best and the
+median of each side and their ratio (reference / ours: above 1, ours is faster), so a ratio is measured within
+one process whatever else the machine is doing. The largest difference between the two outputs, relative to
+the largest reference entry, is given for the exact Grams. Memory: the peak RSS of a fresh interpreter that
+makes one computation of one side, from os.wait4, minus the peak RSS of an interpreter that made the same
+imports, started both BLAS libraries (NumPy's OpenBLAS, and SciPy's, whose ssyrk ours calls; a one-time ~2 MiB
+per process) and made the same data, and stopped. The data are n x d float32 non-negative features of a low-rank structure
+plus noise, rectified like pooled CNN activations. Prints a Markdown table and, with --json, writes the rows as
+JSON.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +38,10 @@ CASES = {
     "hist map_gram (Q=10)": "NumPy unary map + matmul",
 }
 _BLOCK_BYTES = 64 << 20  # working set of the blocked NumPy references
+# Alternating runs per side at most, for cases whose reference takes tens of seconds.
+_MAX_REPEAT = {"hist gram": 2, "rbf map fit+transform, all landmarks": 1}
+# Cases whose two sides compute the same matrix (the maps are approximations of different constructions).
+_EXACT = {"linear gram", "poly2 gram", "rbf gram", "hist gram"}
 
 
 def _data(n: int, d: int):
@@ -107,37 +119,80 @@ def _run(case: str, side: str, X, device: str):
     }[case]()
 
 
-def _worker(case: str, side: str, n: int, d: int, device: str) -> None:
-    import numpy as np  # noqa: F401  (the baseline makes the same imports)
+def _imports() -> None:
+    """The libraries either side uses (the baseline makes the same imports, so their fixed cost is subtracted)."""
+    import numba  # noqa: F401  (genrecli's compiled CPU passes; its LLVM runtime is ~100 MiB of RSS)
+    import numpy as np  # noqa: F401
+    import scipy.linalg.blas  # noqa: F401
     import sklearn.kernel_approximation  # noqa: F401
     import sklearn.metrics.pairwise  # noqa: F401
     import torch  # noqa: F401
 
-    import genrecli.kernels  # noqa: F401
+    import genrecli.kernels.elementary  # noqa: F401
+    import genrecli.kernels.maps  # noqa: F401
 
+
+def _start_blas(d: int) -> None:
+    """Start both OpenBLAS libraries' thread pools and buffers (NumPy's, and SciPy's that ours calls for ssyrk)
+    with one mid-size product each, in every interpreter, the baseline too: their one-time ~2 MiB is a cost of
+    the process, like the imports, not of the computation measured."""
+    import scipy.linalg.blas
+
+    Z = _data(1500, d)
+    Z @ Z.T
+    scipy.linalg.blas.ssyrk(1.0, Z.T, trans=1)
+
+
+def _time_worker(case: str, n: int, d: int, device: str, repeat: int) -> None:
+    """Ours and the reference alternately on the same data, in this one process; prints their times as JSON."""
+    import numpy as np
+
+    _imports()
     X = _data(n, d)
-    result = {}
-    if case != "baseline":
-        _run(case, side, _data(64, d), device)  # warm-up: numba compilation, BLAS and torch thread pools
-        start = time.perf_counter()
-        out = _run(case, side, X, device)
-        result = {"seconds": time.perf_counter() - start, "shape": list(out.shape)}
+    small = _data(64, d)
+    for side in ("ours", "reference"):
+        _run(case, side, small, device)  # warm-up: numba compilation, BLAS and torch thread pools
+    times = {"ours": [], "reference": []}
+    last = {}
+    for round_ in range(repeat):
+        for side in ("ours", "reference") if round_ % 2 == 0 else ("reference", "ours"):
+            last.pop(side, None)  # free the previous output first: one result per side at a time
+            start = time.perf_counter()
+            last[side] = _run(case, side, X, device)
+            times[side].append(time.perf_counter() - start)
+    result = {"times": times, "shape": {side: list(out.shape) for side, out in last.items()}}
+    if case in _EXACT:
+        ours, reference = (np.asarray(last[side], dtype=np.float64) for side in ("ours", "reference"))
+        result["max_rel_diff"] = float(np.abs(ours - reference).max() / max(np.abs(reference).max(), 1e-30))
     print(json.dumps(result))
 
 
-def _measure(case: str, side: str, args) -> dict:
-    command = [sys.executable, __file__, "--worker", case, side, "--n", str(args.n), "--d", str(args.d)]
-    command += ["--device", args.device]
+def _memory_worker(case: str, side: str, n: int, d: int, device: str) -> None:
+    """One computation of one side (the parent reads this interpreter's peak RSS)."""
+    _imports()
+    _start_blas(d)
+    X = _data(n, d)
+    if case != "baseline":
+        _run(case, side, _data(64, d), device)
+        _run(case, side, X, device)
+    print(json.dumps({}))
+
+
+def _spawn(args: list[str]) -> tuple[dict, float]:
+    """Run this script with ``args`` in a fresh interpreter: its JSON result and its peak RSS in MiB."""
+    command = [sys.executable, __file__, *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     stdout = process.stdout.read()
     # wait4 gives this child's own rusage; RUSAGE_CHILDREN would be the maximum over all children so far.
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
-        raise SystemExit(f"{case} ({side}) failed with exit code {process.returncode}")
-    result = json.loads(stdout.strip().splitlines()[-1])
-    result["peak_mib"] = usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
-    return result
+        raise SystemExit(f"{' '.join(args)} failed with exit code {process.returncode}")
+    return json.loads(stdout.strip().splitlines()[-1]), usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main(argv=None) -> None:
@@ -145,43 +200,80 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--d", type=int, default=1024)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=5, help="alternating runs of each side per case")
     parser.add_argument("--json", type=Path)
     parser.add_argument(
         "--all-landmarks", action="store_true", help="also the rbf map on all n landmarks (an n x n eigensolve)"
     )
-    parser.add_argument("--worker", nargs=2, metavar=("CASE", "SIDE"), help=argparse.SUPPRESS)
+    parser.add_argument("--cases", help="comma-separated subset of the cases (default: all)")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        _worker(*args.worker, args.n, args.d, args.device)
+        kind, case, *side = args.worker
+        if kind == "time":
+            _time_worker(case, args.n, args.d, args.device, args.repeat)
+        else:
+            _memory_worker(case, side[0], args.n, args.d, args.device)
         return
 
-    baseline = _measure("baseline", "ours", args)["peak_mib"]
+    common = ["--n", str(args.n), "--d", str(args.d), "--device", args.device]
+    load_before = _load()
+    _, baseline = _spawn(["--worker", "memory", "baseline", "ours", *common])
+    wanted = set(args.cases.split(",")) if args.cases else set(CASES)
+    unknown = wanted - set(CASES)
+    if unknown:
+        raise SystemExit(f"unknown case(s) {', '.join(sorted(unknown))}: choose among {', '.join(CASES)}")
     rows = []
     for case, reference in CASES.items():
-        if case.endswith("all landmarks") and not args.all_landmarks:
+        if case not in wanted or (case.endswith("all landmarks") and not args.all_landmarks):
             continue
-        ours, theirs = _measure(case, "ours", args), _measure(case, "reference", args)
+        repeat = min(args.repeat, _MAX_REPEAT.get(case, args.repeat))
+        timed, _ = _spawn(["--worker", "time", case, *common, "--repeat", str(repeat)])
+        _, ours_mib = _spawn(["--worker", "memory", case, "ours", *common])
+        _, reference_mib = _spawn(["--worker", "memory", case, "reference", *common])
+        ours_t, reference_t = timed["times"]["ours"], timed["times"]["reference"]
         rows.append(
             {
                 "case": case,
                 "reference": reference,
-                "ours_s": ours["seconds"],
-                "ours_mib": ours["peak_mib"] - baseline,
-                "reference_s": theirs["seconds"],
-                "reference_mib": theirs["peak_mib"] - baseline,
-                "ours_shape": ours["shape"],
-                "reference_shape": theirs["shape"],
+                "repeat": repeat,
+                "ours_s": min(ours_t),
+                "ours_median_s": statistics.median(ours_t),
+                "reference_s": min(reference_t),
+                "reference_median_s": statistics.median(reference_t),
+                "speedup": min(reference_t) / min(ours_t),
+                "speedup_median": statistics.median(reference_t) / statistics.median(ours_t),
+                "ours_times_s": ours_t,
+                "reference_times_s": reference_t,
+                "ours_mib": ours_mib - baseline,
+                "reference_mib": reference_mib - baseline,
+                "max_rel_diff": timed.get("max_rel_diff"),
+                "ours_shape": timed["shape"]["ours"],
+                "reference_shape": timed["shape"]["reference"],
             }
         )
         print(f"done: {case}", file=sys.stderr)
 
-    print(f"n={args.n}, d={args.d}, device={args.device}, baseline peak RSS {baseline:.0f} MiB (subtracted)\n")
-    print("| case | ours s | ours MiB | sklearn s | sklearn MiB | reference |")
-    print("|---|---:|---:|---:|---:|---|")
+    import numba
+    import torch
+
+    print(
+        f"n={args.n}, d={args.d}, device={args.device}, float32; torch {torch.get_num_threads()} threads, numba "
+        f"{numba.config.NUMBA_NUM_THREADS} threads; baseline peak RSS {baseline:.0f} MiB (subtracted: the imports of "
+        "NumPy, SciPy, scikit-learn, torch, numba and genrecli.kernels, both BLAS thread pools started, and the data); "
+        f"load average {load_before} before, {_load()} after\n"
+    )
+    print("s: best of the alternating runs (median in brackets); speed-up: reference time / ours time "
+          "(above 1: ours is faster)\n")
+    print("| case | runs | ours s | reference s | speed-up | ours MiB | reference MiB | max rel. diff | reference |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for row in rows:
+        diff = "—" if row["max_rel_diff"] is None else f"{row['max_rel_diff']:.1e}"
         print(
-            f"| {row['case']} | {row['ours_s']:.2f} | {row['ours_mib']:.0f} | {row['reference_s']:.2f} | "
-            f"{row['reference_mib']:.0f} | {row['reference']} |"
+            f"| {row['case']} | {row['repeat']} | {row['ours_s']:.2f} ({row['ours_median_s']:.2f}) | "
+            f"{row['reference_s']:.2f} ({row['reference_median_s']:.2f}) | "
+            f"{row['speedup']:.2f}× ({row['speedup_median']:.2f}×) | {row['ours_mib']:.0f} | "
+            f"{row['reference_mib']:.0f} | {diff} | {row['reference']} |"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

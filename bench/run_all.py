@@ -22,6 +22,7 @@ BENCHES = {
     "scale": ("DM2KMN --landmarks 1000 through the CLI on a 50,000-row table", ["bench_scale.py", "--n", "50000", "--landmarks", "1000"]),
     "audio": ("Audio features: throughput", ["bench_audio.py"]),
     "text": ("Text encoders: throughput", ["bench_text.py"]),
+    "startup": ("Start-up: `genre --help` and the listings", ["bench_startup.py"]),
 }
 DEVICE_AWARE = {"kernels", "dm2kmn", "scale", "audio", "text"}
 

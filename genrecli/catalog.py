@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from genrecli import store
+
+# Listing imports nothing heavy (tests/test_startup.py): the stores (h5py) are imported by `genre info` alone.
 from genrecli.errors import UsageError
-from genrecli.layout import DatasetPaths
 
 
 def catalog(what: str) -> list[str]:
@@ -14,10 +14,9 @@ def catalog(what: str) -> list[str]:
 
         return [f"{d.name:18s} {d.description}\n{'':18s} layout: {d.layout}; standard split: {d.standard_split}" for d in DATASETS.values()]
     if what == "features":
-        from genrecli.audio.features import AUDIO_FEATURES
+        from genrecli.audio.features import describe_features
 
-        lines = [f"audio/{f.name:14s} shape {tuple(f.shape)} @ {f.sample_rate} Hz  {f.description}" for f in AUDIO_FEATURES.values()]
-        return lines + ["text/<encoder>      see `genre list encoders`",
+        return describe_features() + ["text/<encoder>      see `genre list encoders`",
                         "image/<backbone>    cover-art embedding (genre extract-image): efficientnet-lite0 (1280-d, offline "
                         "default) or a local Hugging Face ResNet directory (ResNet-101: 2048-d)"]
     if what == "encoders":
@@ -46,6 +45,8 @@ def _size(n: int) -> str:
 
 
 def _store_lines(store_path) -> list[str]:
+    from genrecli import store
+
     files = store.store_files(store_path)
     lines = [f"store {store_path} ({_size(store.store_size(store_path))} in {len(files)} file(s))"]
     for group, shapes, attrs in store.describe(store_path):
@@ -58,6 +59,9 @@ def _store_lines(store_path) -> list[str]:
 def dataset_info(data: str, *, data_home=None, problems: list[str] | None = None) -> list[str]:
     """The lines of ``genre info``. A store that cannot be read is one line here (and its message is appended
     to ``problems``, when given); the other stores and their recorded failures are still listed."""
+    from genrecli import store
+    from genrecli.layout import DatasetPaths
+
     paths = DatasetPaths.of(data, data_home)
     if not paths.manifest.exists():
         raise UsageError(f"{paths.root}: no dataset '{data}' here (run `genre ingest` first)")

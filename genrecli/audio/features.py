@@ -30,15 +30,24 @@ feature's ``params`` (with the sha256 of the weight files), so the store's param
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from genrecli.audio import encoders, handcrafted
+from genrecli.audio import handcrafted
 from genrecli.audio.base import SILENCE_RMS, AudioFeature
-from genrecli.audio.synth import track_audio
 from genrecli.errors import InputError, UsageError
 
-__all__ = ["AUDIO_FEATURES", "SILENCE_RMS", "AudioFeature", "configure_feature", "extract_track", "mfcc_summary"]
+__all__ = [
+    "AUDIO_FEATURES",
+    "SILENCE_RMS",
+    "AudioFeature",
+    "configure_feature",
+    "describe_features",
+    "extract_track",
+    "mfcc_summary",
+]
 _DELTA_WIDTH = 9  # librosa's default delta window, in frames
 _PLAIN_TEXT = ("lyrics", "text")  # manifest score formats that are plain text, not scores
 
@@ -133,14 +142,25 @@ def _mfcc_feature(*, sr=22050, n_mfcc=20, window_seconds=0.03, hop_seconds=0.015
     return AudioFeature("mfcc", sr, params, shape, description, function, device_aware=True)
 
 
-# name -> builder(**options) -> AudioFeature; the registry holds each builder's default feature
+def _encoder(builder: str, *args):
+    """A builder of :mod:`genrecli.audio.encoders` (which imports torch), imported when a feature is built."""
+
+    def build(**options) -> AudioFeature:
+        from genrecli.audio import encoders
+
+        return getattr(encoders, builder)(*args, **options)
+
+    return build
+
+
+# name -> builder(**options) -> AudioFeature; the registry holds each builder's default feature, built on first use
 _BUILDERS = {
     "mfcc": _mfcc_feature,
-    "mfcc-image": encoders.mfcc_image_feature,
-    "vggish": encoders.vggish_feature,
-    "musicnn": functools.partial(encoders.musicnn_feature, "musicnn", "penultimate"),
-    "musicnn-tags": functools.partial(encoders.musicnn_feature, "musicnn-tags", "taggram"),
-    "musicnn-pool": functools.partial(encoders.musicnn_feature, "musicnn-pool", "max_pool"),
+    "mfcc-image": _encoder("mfcc_image_feature"),
+    "vggish": _encoder("vggish_feature"),
+    "musicnn": _encoder("musicnn_feature", "musicnn", "penultimate"),
+    "musicnn-tags": _encoder("musicnn_feature", "musicnn-tags", "taggram"),
+    "musicnn-pool": _encoder("musicnn_feature", "musicnn-pool", "max_pool"),
     "mel": handcrafted.mel_feature,
     "cqt": handcrafted.cqt_feature,
     "harmonic": functools.partial(handcrafted.hpss_feature, "harmonic"),
@@ -160,7 +180,66 @@ _USER_OPTIONS = {
     "musicnn-pool": {"model"},
 }
 
-AUDIO_FEATURES: dict[str, AudioFeature] = {name: build() for name, build in _BUILDERS.items()}
+# What `genre list features` prints of the default features that are costly to build: (shape, sample rate,
+# description), so that listing builds no model (the neural encoders import torch, the scattering shape needs
+# kymatio). tests/test_startup.py checks every entry against the built feature.
+FEATURE_LISTING: dict[str, tuple[tuple[int, ...], int, str]] = {
+    "mfcc-image": ((1000,), 22050, "mfcc image (224x224 viridis) -> EfficientNet-Lite0 ImageNet logits (1000 values)"),
+    "vggish": ((128,), 16000, "VGGish 128-d embedding, mean over examples (128 values; needs --weights FILE)"),
+    "musicnn": ((200,), 16000, "musicnn MTT_musicnn: penultimate layer (200-d), mean over 3 s patches"),
+    "musicnn-tags": ((50,), 16000, "musicnn MTT_musicnn: tag probabilities (50), mean over 3 s patches"),
+    "musicnn-pool": (
+        (753,), 16000, "musicnn MTT_musicnn: temporal max-pool of the 753 mid-end channels, mean over 3 s patches",
+    ),
+    "scattering": ((299, 512), 22050, "log scattering transform (J=9, Q=8, orders 1-2), 299 x 512"),
+}
+
+
+class _LazyFeatures(Mapping):
+    """The registry of default features: every name known at import, each feature built on first access."""
+
+    def __init__(self, builders: Mapping):
+        self._builders = builders
+        self._built: dict[str, AudioFeature] = {}
+        self._lock = threading.RLock()
+
+    def __getitem__(self, name: str) -> AudioFeature:
+        feature = self._built.get(name)
+        if feature is None:
+            build = self._builders[name]  # KeyError for an unknown name, as a dict
+            with self._lock:
+                feature = self._built.get(name)
+                if feature is None:
+                    feature = self._built[name] = build()
+        return feature
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._builders)
+
+    def __len__(self) -> int:
+        return len(self._builders)
+
+    def __contains__(self, name) -> bool:
+        return name in self._builders
+
+    def __repr__(self) -> str:
+        return f"AUDIO_FEATURES({', '.join(self._builders)})"
+
+
+AUDIO_FEATURES: Mapping[str, AudioFeature] = _LazyFeatures(_BUILDERS)
+
+
+def describe_features() -> list[str]:
+    """``genre list features``: one line per default audio feature, building none of them."""
+    lines = []
+    for name in _BUILDERS:
+        if name in FEATURE_LISTING:
+            shape, sample_rate, description = FEATURE_LISTING[name]
+        else:  # building the other hand-crafted features imports nothing beyond NumPy
+            feature = AUDIO_FEATURES[name]
+            shape, sample_rate, description = feature.shape, feature.sample_rate, feature.description
+        lines.append(f"audio/{name:14s} shape {tuple(shape)} @ {sample_rate} Hz  {description}")
+    return lines
 
 
 def configure_feature(name: str, **options) -> AudioFeature:
@@ -239,6 +318,7 @@ def extract_track(
         the track's file.
     """
     features = resolve_features(feature_names, options)
+    from genrecli.audio.synth import track_audio
     from genrecli.device import resolve_device
 
     device = resolve_device(device)
