@@ -9,8 +9,8 @@ Data
     :class:`genrecli.pipeline.features.FeatureView`) by row indices, one batch at a time. A view of a group
     that fits the resident budget (:func:`genrecli.pipeline.features.resident_budget`) is read once, whole,
     and served from memory; a larger one is read per batch, so memory stays bounded by the budget. Every
-    input is standardised with statistics fitted on the training rows (computed in batches): per column (``_scaling = "column"``) or one mean/std per input
-    (``"global"``); they are part of the saved state.
+    input is standardised with statistics fitted on the training rows (computed in batches): per column
+    (``_scaling = "column"``) or one mean/std per input (``"global"``); they are part of the saved state.
 Patches
     For a model with a ``patch_frames`` parameter, every input of 2 or more axes per row (a mel-spectrogram
     (n_mels, frames), or (channels, n_mels, frames)) is cropped along its last (time) axis: in training one
