@@ -18,7 +18,9 @@ from genrecli.manifest import TEST, TRAIN, VALID
 
 FLOOR_MODEL = "majority"
 # Model families for the fusion comparison: a fusion run is compared with the best single-modality run of its family.
-FAMILY = {"svm-concat": "svm", "svm-late": "svm", "mkl-average": "svm", "easymkl": "svm", "dm2kmn-init": "dm2kmn"}
+FAMILY = {"svm-concat": "svm", "svm-late": "svm", "mkl-average": "svm", "easymkl": "svm", "dm2kmn-init": "dm2kmn",
+          # Oramas et al.: the fusion network against the best of its own single-modality branches
+          **{f"oramas-{m}": "oramas" for m in ("audio", "text", "image", "mm-audio", "fusion")}}
 TEST_NAMES = ("bootstrap", "mcnemar")
 UNITS = ("item", "group")
 MARK_BEST, MARK_TIED = "★", "†"
