@@ -373,3 +373,13 @@ def test_the_loaded_synth_renders_exactly_as_a_fresh_one():
     render_midi(second, sr=SR, max_seconds=1.0)  # cut mid-note: voices still sounding when the next render starts
     again = render_midi(first, sr=SR)
     assert fresh.tobytes() == again.tobytes()
+
+
+def test_an_abc_tune_sharing_one_time_signature_object_between_measures_converts():
+    """music21's ABC reader puts one TimeSignature into two measures of this reel-book strathspey; its MIDI writer
+    then failed ("already found in this Stream"): the retry with distinct objects converts it."""
+    path = corpus_path("ryansMammoth/StrathearnStrathspey.abc")
+    midi = score_to_midi(path=path, max_seconds=30.0)
+    assert midi[:4] == b"MThd" and midi == score_to_midi(path=path, max_seconds=30.0)
+    y = render_midi(midi, sr=SR, max_seconds=30.0)
+    assert rms(y) > 1e-3
