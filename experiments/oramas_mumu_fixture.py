@@ -35,13 +35,14 @@ MODELS = {  # model -> inputs
 }
 
 
-def genre(*args: str, home: pathlib.Path, ok=(0,)) -> None:
+def genre(*args: str, home: pathlib.Path, ok=(0,), show: bool = False) -> None:
+    """Run ``genre ARGS`` on ``home``, print the command with its wall time (and its output with ``show``)."""
     env = {**os.environ, "GENRE_DATA_HOME": str(home)}
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "genrecli", *args], env=env, text=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "genrecli", *args], env=env, text=True, capture_output=not show)
     print(f"$ genre {' '.join(args)}  [{time.perf_counter() - started:.0f} s, rc {proc.returncode}]", flush=True)
     if proc.returncode not in ok:
-        sys.exit(f"failed: {proc.stderr.strip()[-2000:]}")
+        sys.exit(f"failed: {(proc.stderr or '').strip()[-2000:]}")
 
 
 def build_fixture(root: pathlib.Path, n_artists: int) -> pathlib.Path:
@@ -69,8 +70,7 @@ def main() -> None:
             genre("train", "--data", "mumu", "--model", model, "--inputs", inputs, "-o", f"target={target}",
                   "--seeds", str(args.seeds), home=home)
     genre("evaluate", "--data", "mumu", home=home)
-    env = {**os.environ, "GENRE_DATA_HOME": str(home)}
-    subprocess.run([sys.executable, "-m", "genrecli", "report", "--data", "mumu"], env=env, check=True)
+    genre("report", "--data", "mumu", home=home, show=True)
 
 
 if __name__ == "__main__":

@@ -226,8 +226,9 @@ def _corrupt_deflate() -> bytes:
     return bytes(b)
 
 
-def _encrypted() -> bytes:
-    b = bytearray(mxl({"score.xml": musicxml().encode()}))
+def with_encrypted_flag(data: bytes) -> bytes:
+    """A zip ``data`` with the "encrypted" flag set on every member (zipfile then asks for a password)."""
+    b = bytearray(data)
     for sig, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
         k = b.find(sig)
         while k >= 0:
@@ -236,11 +237,20 @@ def _encrypted() -> bytes:
     return bytes(b)
 
 
+def with_declared_size(data: bytes, size: int) -> bytes:
+    """A one-member zip ``data`` whose central directory gives the member's uncompressed size as ``size``."""
+    b = bytearray(data)
+    struct.pack_into("<I", b, b.rfind(b"PK\x01\x02") + 24, size)
+    return bytes(b)
+
+
+def _encrypted() -> bytes:
+    return with_encrypted_flag(mxl({"score.xml": musicxml().encode()}))
+
+
 def _zip_bomb() -> bytes:
     """A one-member .mxl whose central directory says the score expands to 3 GiB."""
-    b = bytearray(mxl({"score.xml": b"<score-partwise/>" * 10}, container=False))
-    struct.pack_into("<I", b, b.rfind(b"PK\x01\x02") + 24, 3 << 30)
-    return bytes(b)
+    return with_declared_size(mxl({"score.xml": b"<score-partwise/>" * 10}, container=False), 3 << 30)
 
 
 BILLION_LAUGHS = ('<!DOCTYPE lolz [<!ENTITY lol "lol">'

@@ -64,8 +64,8 @@ FLOAT32_INVARIANCE_FAILURES = {
 }
 
 
-def run_cli(capsys, *args):
-    """Used as ``from conftest import run_cli``. ``genre ARGS`` in this process: (exit code, stdout, stderr)."""
+def invoke_cli(*args) -> int:
+    """``genre ARGS`` in this process; its exit code (its output goes to the current sys.stdout / sys.stderr)."""
     import sys
 
     from genrecli import cli
@@ -74,10 +74,15 @@ def run_cli(capsys, *args):
     sys.argv = ["genre", *map(str, args)]
     try:
         cli.main()
-        code = 0
+        return 0
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         sys.argv = argv
+
+
+def run_cli(capsys, *args):
+    """Used as ``from conftest import run_cli``. ``genre ARGS`` in this process: (exit code, stdout, stderr)."""
+    code = invoke_cli(*args)
     out = capsys.readouterr()
     return code, out.out, out.err

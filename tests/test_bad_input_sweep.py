@@ -17,7 +17,6 @@ import contextlib
 import io
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import pytest
 
 import bad_inputs as bi
+from conftest import invoke_cli
 from bad_inputs import Kind
 
 ALLOWED_EXIT = {"ingest": (0, 2), "extract-audio": (0, 2), "extract-text": (0, 2), "extract-image": (0, 2),
@@ -34,20 +34,11 @@ STAGE_GROUP = {"extract-audio": "audio/mfcc", "extract-text": "text/tfidf", "ext
 
 
 def cli(home: Path, *args) -> tuple[int, str, str]:
-    """``genre --data-home HOME ARGS`` in this process: (exit code, stdout, stderr)."""
-    from genrecli import cli as genre_cli
-
-    argv, out, err = sys.argv, io.StringIO(), io.StringIO()
-    sys.argv = ["genre", "--data-home", str(home), *map(str, args)]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                genre_cli.main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = argv
+    """``genre --data-home HOME ARGS`` in this process: (exit code, stdout, stderr); also outside pytest (the
+    bench script), so the output is captured by redirection rather than capsys."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = invoke_cli("--data-home", home, *args)
     return code, out.getvalue(), err.getvalue()
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import time
 import tracemalloc
 import zipfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bad_inputs import mxl, with_declared_size, with_encrypted_flag
 from conftest import one_line, write_kern
 from genrecli import store
 from genrecli.datasets import get_dataset
@@ -34,12 +34,7 @@ MUSICXML = ('<?xml version="1.0" encoding="UTF-8"?>\n<score-partwise><identifica
 
 
 def _mxl(score: bytes, *, container=True) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        if container:
-            zf.writestr("META-INF/container.xml", '<container><rootfiles><rootfile full-path="score.xml"/></rootfiles></container>')
-        zf.writestr("score.xml", score)
-    return buf.getvalue()
+    return mxl({"score.xml": score}, container=container)
 
 
 def _zip_bomb(n_bytes: int) -> bytes:
@@ -52,24 +47,6 @@ def _zip_bomb(n_bytes: int) -> bytes:
             fh.write(block)
         fh.write(b"</score-partwise>")
     return buf.getvalue()
-
-
-def _declared_size(data: bytes, size: int) -> bytes:
-    """``data`` (a one-member zip) with the member's uncompressed size in the central directory set to ``size``."""
-    b = bytearray(data)
-    struct.pack_into("<I", b, b.rfind(b"PK\x01\x02") + 24, size)
-    return bytes(b)
-
-
-def _encrypted(data: bytes) -> bytes:
-    """``data`` with the "encrypted" flag set on every member (zipfile then asks for a password)."""
-    b = bytearray(data)
-    for sig, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
-        k = b.find(sig)
-        while k >= 0:
-            b[k + offset] |= 1
-            k = b.find(sig, k + 4)
-    return bytes(b)
 
 
 def _bad_files() -> dict[str, tuple[bytes, str]]:
@@ -88,7 +65,7 @@ def _bad_files() -> dict[str, tuple[bytes, str]]:
         "random.txt": (random_bytes, "binary data, not text (NUL bytes"),
         "bom.txt": (b"\xff\xfe\x00\x00a\x00", "NUL characters after a utf-16 byte-order mark"),
         "corrupt.mxl": (bytes(corrupt), "broken .mxl archive"),
-        "encrypted.mxl": (_encrypted(_mxl(good_xml)), "encrypted"),
+        "encrypted.mxl": (with_encrypted_flag(_mxl(good_xml)), "encrypted"),
         "deep.musicxml": (deep, "XML nested deeper than"),
         "undefined.musicxml": (latin1_undefined, "declared encoding 'undefined'"),
         "bomb.mxl": (_zip_bomb(80 << 20), "over the 64 MiB limit"),
@@ -130,7 +107,7 @@ def test_extract_text_records_each_bad_file_and_encodes_the_good_ones(tmp_path, 
 def test_mxl_bounds_refuse_before_decompressing(tmp_path):
     """Class 2: a zip bomb is refused from its header, before decompressing, by size and by ratio."""
     bomb = tmp_path / "bomb.mxl"
-    bomb.write_bytes(_declared_size(_mxl(b"<score-partwise/>" * 10, container=False), 3 << 30))  # says 3 GiB
+    bomb.write_bytes(with_declared_size(_mxl(b"<score-partwise/>" * 10, container=False), 3 << 30))  # says 3 GiB
     with pytest.raises(InputError) as exc:
         score_to_text(path=bomb)
     one_line(exc, str(bomb), "score.xml expands to 3072 MiB, over the 64 MiB limit")

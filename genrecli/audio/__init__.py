@@ -6,7 +6,7 @@ features) imports neither torch nor librosa.
 
 from __future__ import annotations
 
-import importlib
+from genrecli._lazy import lazy_exports
 
 _LAZY = {
     "AUDIO_FEATURES": "features",
@@ -28,16 +28,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"genrecli.audio.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

@@ -18,6 +18,7 @@ import dataclasses
 import importlib
 from collections.abc import Callable, Iterable, Mapping
 
+from genrecli._lazy import lazy_exports
 from genrecli.errors import UsageError
 
 SIGMA_RULES = ("total-variance", "median", "mean")
@@ -146,16 +147,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"genrecli.kernels.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
