@@ -12,7 +12,7 @@ export GENRE_DATA_HOME := $(DATA_HOME)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench all piano piano-features folk scaling oramas oramas-mumu clean
+.PHONY: install demo test bench all piano piano-features folk scaling oramas oramas-mumu formats clean
 comma := ,
 
 install: $(STAMP)
@@ -50,7 +50,7 @@ bench: install
 # Every experiment: the experiment files (experiments/piano.toml: the piano eras, kern-eras stand-in, with
 # composer- and work-grouped splits; experiments/folk.toml: the full folk-dance set), then the feature suite and
 # the scaling comparison on their stores. `genre run` is cache-aware: what is up to date is not recomputed.
-all: piano piano-features folk scaling oramas oramas-mumu
+all: piano piano-features folk scaling oramas oramas-mumu formats
 
 PIANO_SPLITS := group:composer:0.7 group:work:0.7
 piano: install
@@ -96,6 +96,12 @@ oramas: piano folk
 oramas-mumu: install
 	rm -rf $(DATA_HOME)/../mumu-fixture-home $(DATA_HOME)/../mumu-fixture-home-mumu-fixture
 	$(BIN)/python experiments/oramas_mumu_fixture.py --home $(DATA_HOME)/../mumu-fixture-home --seeds 3
+
+# Issue 18: train on kern-eras (a balanced subset, work-grouped split), evaluate on the same test pieces written
+# as MusicXML and ABC, per --text-format, for svm, dkn and dm2kmn (a data home of its own).
+formats: install
+	GENRE_DATA_HOME=$(DATA_HOME)/../formats-home $(BIN)/python experiments/formats.py --root $(KERN_ERAS) \
+	  --work $(DATA_HOME)/../formats-work --per-era 30 --out experiments/formats-results.json
 
 clean:
 	rm -rf $(DATA_HOME)/$(DEMO) .pytest_cache

@@ -56,6 +56,55 @@ def _store_lines(store_path) -> list[str]:
     return lines
 
 
+FORMAT_LEAK_V = 0.3  # Cramér's V between source format and label above which `genre info` warns
+
+
+def track_source_format(track) -> str:
+    """What a track's text and audio come from: its score format (humdrum, musicxml, abc, lyrics, ...), else
+    ``midi`` or ``audio``."""
+    return track.score_format or ("midi" if track.midi else "audio")
+
+
+def format_association(formats: list[str], Y) -> float:
+    """Cramér's V between the tracks' source formats and their labels (0: independent, 1: one determines the
+    other); multi-label sets count a track once per label it carries. 0 when there is one format."""
+    import numpy as np
+
+    names = sorted(set(formats))
+    if len(names) < 2 or Y.shape[1] < 2:
+        return 0.0
+    table = np.zeros((len(names), Y.shape[1]))
+    for f, row in zip(formats, np.asarray(Y, dtype=float)):
+        table[names.index(f)] += row
+    table = table[:, table.sum(0) > 0]
+    total = table.sum()
+    if total == 0 or table.shape[1] < 2:
+        return 0.0
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / total
+    chi2 = float(((table - expected) ** 2 / np.where(expected > 0, expected, 1)).sum())
+    return float(np.sqrt(chi2 / (total * (min(table.shape) - 1))))
+
+
+def format_lines(manifest) -> list[str]:
+    """``genre info``'s source-format counts per class, and a warning when the format goes with the label
+    (a raw-text model can then learn the file format instead of the music: issue 18)."""
+    formats = [track_source_format(t) for t in manifest.tracks]
+    names = sorted(set(formats))
+    per_class = []
+    for j, label in enumerate(manifest.label_names):
+        counts = {f: 0 for f in names}
+        for f, row in zip(formats, manifest.Y):
+            if row[j]:
+                counts[f] += 1
+        per_class.append(f"{label} " + "/".join(str(counts[f]) for f in names))
+    lines = [f"  formats ({'/'.join(names)}) per class: " + ", ".join(per_class)]
+    v = format_association(formats, manifest.Y)
+    if v >= FORMAT_LEAK_V:
+        lines.append(f"  warning: the source format goes with the label (Cramér's V {v:.2f}): a model of raw score text "
+                     "can learn the file format instead of the music; extract text with --text-format tokens (or kern)")
+    return lines
+
+
 def dataset_info(data: str, *, data_home=None, problems: list[str] | None = None) -> list[str]:
     """The lines of ``genre info``. A store that cannot be read is one line here (and its message is appended
     to ``problems``, when given); the other stores and their recorded failures are still listed."""
@@ -72,6 +121,7 @@ def dataset_info(data: str, *, data_home=None, problems: list[str] | None = None
     kind = "multi-label" if manifest.multilabel else "labels"
     lines = [f"dataset {data}: {len(manifest)} tracks, {kind}: " + ", ".join(
         f"{n} ({c})" for n, c in zip(manifest.label_names, counts))]
+    lines += format_lines(manifest)
     lines.append(f"manifest {paths.manifest} ({_size(paths.manifest.stat().st_size)}), params {json.dumps(manifest.attrs)}")
     for name, assign in manifest.splits.items():
         lines.append(f"  split {name} [{manifest.split_specs.get(name)}]: {assign.shape[0]} fold(s), "

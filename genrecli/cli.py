@@ -269,11 +269,14 @@ def extract_text_cmd(
     sequence: Annotated[bool, typer.Option("--sequence", help="store the token outputs (T x d) in text/<encoder>-seq instead of pooled vectors")] = False,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="tokens per text with --sequence (default: --clip-tokens)")] = None,
     runtime: Annotated[str, typer.Option("--runtime", help="transformer arithmetic: bf16 (up to ~3x fp32 on CPUs with bf16 matmuls, cosine >= 0.9999 to fp32) or fp32 (the reference)")] = "bf16",
+    text_format: Annotated[str, typer.Option("--text-format", help="how scores are read: raw (each file's own syntax), kern, musicxml or tokens (one encoding for every format; group text/<encoder>-<format>); auto: raw, or tokens when the scores come in several formats")] = "auto",
+    jobs: Annotated[int, typer.Option("--jobs", help="worker processes converting scores to a canonical --text-format (music21: seconds per piece)")] = 1,
     device: DeviceOpt = "cpu",
     force: ForceOpt = False,
 ) -> None:
-    """Convert kern/MusicXML/ABC/lyrics to text (cached) and encode it into features.h5:/text/<encoder>."""
+    """Convert kern/MusicXML/ABC/lyrics to text (cached) and encode it into features.h5:/text/<encoder>[-<format>]."""
     from genrecli.pipeline.text import extract_text
+    from genrecli.text.symbolic import TEXT_FORMAT_CHOICES
 
     _at_least(max_clips, 1, "--max-clips")
     _at_least(clip_tokens, 3, "--clip-tokens")
@@ -281,9 +284,12 @@ def extract_text_cmd(
     _at_least(max_tokens, 1, "--max-tokens")
     _one_of(pooling, ("cls", "mean"), "--pooling")
     _one_of(runtime, ("fp32", "bf16"), "--runtime")
+    _one_of(text_format, TEXT_FORMAT_CHOICES, "--text-format")
+    _at_least(jobs, 1, "--jobs")
     _check_device(device)
     _finish(extract_text(data, encoder=encoder, keep_metadata=keep_metadata, device=device, clip_tokens=clip_tokens, pooling=pooling,
                          max_clips=max_clips, batch_size=batch_size, sequence=sequence, max_tokens=max_tokens, runtime=runtime,
+                         text_format=text_format, jobs=jobs,
                          data_home=_globals["data_home"], force=force))
 
 

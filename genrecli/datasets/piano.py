@@ -1,9 +1,12 @@
-"""``piano``: the DM2KMN piano set layout, ``<Era>/<id>.{krn,musicxml,xml,mxl,mid}``.
+"""``piano``: the DM2KMN piano set layout, ``<Era>/<id>.{krn,musicxml,xml,mxl,abc,mid}``.
 
-A track is a score (Humdrum **kern preferred, MusicXML when there is no kern) with, optionally, a MIDI
-file of the same stem; without one, the audio stage renders MIDI from the score. Labels are the era
-folder names. Groups: ``composer`` (from ``metadata.csv`` when present, else the kern ``!!!COM`` record or
-the MusicXML ``<creator type="composer">``) and ``work`` (movements and numbers of one work share it).
+A track is a score (Humdrum **kern preferred, then MusicXML, then ABC) with, optionally, a MIDI file of the
+same stem; without one, the audio stage renders MIDI from the score. An era folder may mix formats (real
+collections do); ``genre info`` then shows the format counts per era and warns when the format goes with the
+label, and ``genre extract-text`` reads every score in one canonical encoding by default (issue 18). Labels
+are the era folder names. Groups: ``composer`` (from ``metadata.csv`` when present, else the kern ``!!!COM``
+record, the MusicXML ``<creator type="composer">`` or the ABC ``C:`` field) and ``work`` (movements and
+numbers of one work share it).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from genrecli.errors import UsageError
 from genrecli.formats import MIDI_SUFFIXES, SCORE_FORMATS
 from genrecli.manifest import Track
 
-SCORE_PREFERENCE = (".krn", ".kern", ".musicxml", ".xml", ".mxl")  # kern first, as the paper's text is kern
+SCORE_PREFERENCE = (".krn", ".kern", ".musicxml", ".xml", ".mxl", ".abc")  # kern first, as the paper's text is kern
 FORMATS = {s: SCORE_FORMATS[s] for s in SCORE_PREFERENCE}
 
 
@@ -52,6 +55,26 @@ def _kern_composer(path: Path) -> str | None:
     return None
 
 
+def _abc_composer(path: Path) -> str | None:
+    """The first ``C:`` (composer) field of an ABC file's header."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if line.startswith("C:"):
+                return line[2:].strip() or None
+            if line.startswith("K:"):  # the header ends with the key field
+                break
+    return None
+
+
+def _score_composer(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    if suffix in (".krn", ".kern"):
+        return _kern_composer(path)
+    if suffix == ".abc":
+        return _abc_composer(path)
+    return _musicxml_composer(path)
+
+
 def _musicxml_composer(path: Path) -> str | None:
     """The ``<creator type="composer">`` of a MusicXML file; None when it has none or cannot be read (the
     text stage reports an unreadable score; ingest only loses its composer)."""
@@ -73,7 +96,7 @@ def list_tracks(root: Path | None) -> Listing:
     era_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not era_dirs:
         found = ", ".join(sorted(p.name for p in root.iterdir())[:8]) or "nothing"
-        raise UsageError(f"--root {root}: expected one folder per era (<Era>/<id>.krn|.musicxml|.mid), found {found}")
+        raise UsageError(f"--root {root}: expected one folder per era (<Era>/<id>.krn|.musicxml|.abc|.mid), found {found}")
     metadata, notes = {}, []
     if (root / "metadata.csv").exists():
         text, note = read_text_file(root / "metadata.csv")
@@ -90,7 +113,7 @@ def list_tracks(root: Path | None) -> Listing:
             if path.is_file() and (suffix in FORMATS or suffix in MIDI_SUFFIXES):
                 by_stem.setdefault(path.stem, {})[suffix] = path
             elif path.is_file() and not path.name.startswith("."):
-                skipped[str(path)] = "not a score or MIDI file (expected .krn, .musicxml, .xml, .mxl, .mid)"
+                skipped[str(path)] = "not a score or MIDI file (expected .krn, .musicxml, .xml, .mxl, .abc, .mid)"
         for stem, files in sorted(by_stem.items()):
             score = next((files[s] for s in SCORE_PREFERENCE if s in files), None)
             midi = next((files[s] for s in MIDI_SUFFIXES if s in files), None)
@@ -101,9 +124,7 @@ def list_tracks(root: Path | None) -> Listing:
                 skipped[str(score)] = "empty file"
                 continue
             meta = metadata.get(stem, {})
-            composer = meta.get("composer") or (
-                _kern_composer(score) if score.suffix == ".krn" else _musicxml_composer(score)
-            )
+            composer = meta.get("composer") or _score_composer(score)
             tracks.append(
                 Track(
                     id=f"{era.name}/{stem}",
@@ -123,8 +144,8 @@ def list_tracks(root: Path | None) -> Listing:
 register(
     DatasetSpec(
         name="piano",
-        description="four-era piano set (DM2KMN): kern/MusicXML scores with optional MIDI",
-        layout="<Era>/<id>.{krn,musicxml,xml,mxl} [+ <Era>/<id>.mid]",
+        description="four-era piano set (DM2KMN): kern/MusicXML/ABC scores (formats may mix) with optional MIDI",
+        layout="<Era>/<id>.{krn,musicxml,xml,mxl,abc} [+ <Era>/<id>.mid]",
         standard_split="random:0.6",
         needs_root=True,
         list_tracks=list_tracks,

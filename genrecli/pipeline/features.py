@@ -108,7 +108,7 @@ def run_per_track(
             msg = " ".join(str(outcome).split())
             pending_failed[row] = failed[row] = msg
             ui.warn(f"{ids[row]}: {msg}")
-        elif bad := [k for k, v in outcome.items() if not np.all(np.isfinite(v))]:
+        elif bad := [k for k, v in outcome.items() if np.asarray(v).dtype.kind in "fc" and not np.all(np.isfinite(v))]:
             finish(row, InputError(f"feature {', '.join(bad)} has NaN/inf values"))
             return
         else:

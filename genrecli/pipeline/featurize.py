@@ -102,7 +102,7 @@ def feature_identity(group: str, params: dict) -> dict:
                 f"{group}: stored without its text-conversion settings (extracted by an older genre); "
                 "rerun `genre extract-text` on that corpus"
             )
-        if group == "text/source":
+        if group == "text/source" or group.startswith("text/source-"):
             return {"conversion": params["conversion"]}
         identity = {"encoder": params.get("encoder"), "conversion": params["conversion"]}
         if needs_state(group, params):
@@ -197,6 +197,11 @@ class _TextInput:
     name: str
     keep_metadata: bool
     encoder: object  # TransformerEncoder or fitted TfidfEncoder
+    text_format: str = "raw"  # how scores are read (genrecli.text.symbolic): raw, kern, musicxml or tokens
+
+    @property
+    def conversion(self) -> tuple[bool, str]:
+        return self.keep_metadata, self.text_format
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -296,15 +301,19 @@ def _encoder(group: str, encoder_params: dict, state: dict | None, device: str):
 
 
 def _text_input(group: str, params: dict, state: dict | None, device: str) -> _TextInput:
-    from genrecli.pipeline.text import conversion_params
+    from genrecli.pipeline.text import conversion_params, text_format_of
 
-    if group == "text/source":
-        raise UsageError("text/source holds the texts, not features: give a text encoder's group (text/minilm ...)")
+    if group == "text/source" or group.startswith("text/source-"):
+        raise UsageError(f"{group} holds the texts, not features: give a text encoder's group (text/minilm ...)")
     feature_identity(group, params)  # an older store without conversion settings fails here, clearly
     conversion = params["conversion"]
-    keep = bool(conversion.get("keep_metadata"))
-    _require_same(group, conversion, conversion_params(keep), "score-to-text conversion")
-    return _TextInput(group, keep, _encoder(group, params.get("encoder"), state, device))
+    keep, fmt = bool(conversion.get("keep_metadata")), text_format_of(conversion)
+    try:
+        expected = conversion_params(keep, fmt)
+    except UsageError as exc:
+        raise UsageError(f"{group}: {exc}") from None
+    _require_same(group, conversion, expected, "score-to-text conversion")
+    return _TextInput(group, keep, _encoder(group, params.get("encoder"), state, device), fmt)
 
 
 def _encode(encoder, texts: list[str]) -> np.ndarray:
@@ -343,20 +352,22 @@ def encode_corpus(paths: DatasetPaths, group: str, params: dict, *, state: dict[
     UsageError
         No ``/text/source`` (run ``genre extract-text`` on the corpus), or one converted with other settings.
     """
-    from genrecli.pipeline.text import SOURCE_GROUP
+    from genrecli.pipeline.text import source_group
 
     plan = _text_input(group, params, state, device)
+    source = source_group(plan.text_format)
     target = paths.features()
     with store.open_read(target, what="features", hint="run `genre extract-text` first") as h5:
-        if SOURCE_GROUP not in h5:
-            raise UsageError(f"{target}: no {SOURCE_GROUP}; run `genre extract-text --data {paths.name}` first")
-        grp = h5[SOURCE_GROUP]
+        if source not in h5:
+            raise UsageError(f"{target}: no {source}; run `genre extract-text --data {paths.name}` first")
+        grp = h5[source]
         source_params = store.group_params(grp)
         texts, valid = store.read_strings(grp["text"]), grp["valid"][()].astype(bool)
     if "conversion" not in source_params or source_params["conversion"] != params["conversion"]:
         raise UsageError(
-            f"{target}: {SOURCE_GROUP} of '{paths.name}' was converted with other settings than {group} of the run "
-            f"(keep_metadata or the stripping); rerun `genre extract-text --data {paths.name}` with the run's settings"
+            f"{target}: {source} of '{paths.name}' was converted with other settings than {group} of the run "
+            f"(keep_metadata, the stripping or the text format); rerun `genre extract-text --data {paths.name}` with "
+            "the run's settings"
         )
     rows = np.flatnonzero(valid)
     out = np.full((len(texts), plan.shape[0]), np.nan, dtype=np.float32)
@@ -536,7 +547,7 @@ def featurize_files(
 
     names = [str(f) for f in files]
     values: dict[int, dict[str, np.ndarray]] = {}
-    texts: dict[int, dict[bool, str]] = {}
+    texts: dict[int, dict[tuple[bool, str], str]] = {}
     failures: dict[str, str] = {}
     with ui.progress(len(files), "featurize") as advance:
         for i, (path, name) in enumerate(zip(map(Path, files), names)):
@@ -550,7 +561,8 @@ def featurize_files(
                 if text:
                     fmt = "lyrics" if kind == "lyrics" else SCORE_FORMATS[path.suffix.lower()]
                     track = Track(id=name, score=str(path), score_format=fmt)
-                    texts[i] = {keep: track_text(track, keep_metadata=keep) for keep in {t.keep_metadata for t in text}}
+                    texts[i] = {(keep, fmt): track_text(track, keep_metadata=keep, text_format=fmt)
+                                for keep, fmt in {t.conversion for t in text}}
                 values[i] = row
             except UsageError:
                 raise
@@ -564,12 +576,12 @@ def featurize_files(
         if not rows:
             break
         try:
-            vectors = _encode(t.encoder, [texts[i][t.keep_metadata] for i in rows])
+            vectors = _encode(t.encoder, [texts[i][t.conversion] for i in rows])
         except InputError:  # find the text(s) at fault; the others still count
             vectors = []
             for i in list(rows):
                 try:
-                    vectors.append(_encode(t.encoder, [texts[i][t.keep_metadata]])[0])
+                    vectors.append(_encode(t.encoder, [texts[i][t.conversion]])[0])
                 except InputError as exc:
                     failures[names[i]] = f"{names[i]}: {t.name}: {' '.join(str(exc).split())}"
                     del values[i]

@@ -29,24 +29,49 @@ STATE = "state"  # subgroup of a fitted encoder's feature group holding its fitt
 PLAIN_TEXT_READING = "lyrics and other plain texts as they are (UTF-8, undecodable bytes replaced); not stripped"
 
 
-def conversion_params(keep_metadata: bool) -> dict:
+def conversion_params(keep_metadata: bool, text_format: str = "raw") -> dict:
     """How scores and lyrics become text: the settings and, for every score format, what is stripped.
 
     Stored in the params of ``/text/source`` and of every ``/text/<encoder>`` group; independent of the
     corpus (all formats are described, whichever the corpus holds), so two corpora converted the same way
-    carry equal conversion params.
+    carry equal conversion params. A canonical ``text_format`` (kern, musicxml, tokens: see
+    :mod:`genrecli.text.symbolic`) adds ``text_format`` and the converters' versions (tokens: also the token
+    spec); raw adds nothing, so stores and runs made before text formats existed keep their identity.
     """
     from genrecli.text.convert import SCORE_TEXT_FORMATS, strip_metadata_description
+    from genrecli.text.symbolic import TEXT_FORMATS, TOKENS_SPEC, converter_versions
 
-    return {
+    if text_format not in TEXT_FORMATS:
+        raise UsageError(f"text format must be one of {', '.join(TEXT_FORMATS)} (got {text_format!r})")
+    params = {
         "keep_metadata": bool(keep_metadata),
         "stripped": {} if keep_metadata else {f: strip_metadata_description(f) for f in SCORE_TEXT_FORMATS},
         "plain_text": PLAIN_TEXT_READING,
     }
+    if text_format != "raw":
+        params["text_format"] = text_format
+        params["converters"] = converter_versions(text_format)
+        if text_format == "tokens":
+            params["tokens"] = TOKENS_SPEC
+            params["stripped"] = {}  # tokens carry no metadata to strip
+    return params
 
 
-def track_text(track, *, keep_metadata: bool) -> str:
+def text_format_of(conversion: dict) -> str:
+    """The text format recorded in a group's ``conversion`` params (raw when it records none)."""
+    return conversion.get("text_format", "raw")
+
+
+def source_group(text_format: str = "raw") -> str:
+    """The cached texts of one text format: ``text/source`` (raw) or ``text/source-<format>``."""
+    return SOURCE_GROUP if text_format == "raw" else f"{SOURCE_GROUP}-{text_format}"
+
+
+def track_text(track, *, keep_metadata: bool, text_format: str = "raw") -> str:
     """The text of one track (a manifest :class:`~genrecli.manifest.Track`, or one made for a new file).
+
+    ``text_format`` other than raw re-writes a score from its music21 parse
+    (:func:`genrecli.text.symbolic.canonical_text`); lyrics and other plain texts are never converted.
 
     Raises
     ------
@@ -54,6 +79,7 @@ def track_text(track, *, keep_metadata: bool) -> str:
         One line naming the file: unreadable, empty, or an invalid score.
     """
     from genrecli.text.convert import read_plain_text, score_to_text
+    from genrecli.text.symbolic import canonical_text
 
     if track.score_format in PLAIN_TEXT:  # lyrics, reviews: inline, or a text file
         where = track.score or track.id
@@ -66,51 +92,89 @@ def track_text(track, *, keep_metadata: bool) -> str:
         if not text.strip():
             raise GenreError(f"{where}: empty {track.score_format}")
         return text
+    if track.score_text is None and track.score is None:
+        raise GenreError(f"{track.id}: no score or lyrics file for the text modality")
+    if text_format != "raw":
+        if track.score_text is not None:
+            return canonical_text(text=track.score_text, fmt=track.score_format, text_format=text_format,
+                                  keep_metadata=keep_metadata, name=track.id)
+        return canonical_text(path=track.score, fmt=track.score_format, text_format=text_format,
+                              keep_metadata=keep_metadata)
     if track.score_text is not None:
         return score_to_text(text=track.score_text, fmt=track.score_format, keep_metadata=keep_metadata)
-    if track.score is None:
-        raise GenreError(f"{track.id}: no score or lyrics file for the text modality")
     return score_to_text(path=track.score, fmt=track.score_format, keep_metadata=keep_metadata)
 
 
-def convert_sources(paths: DatasetPaths, *, keep_metadata: bool, force: bool) -> tuple[list[str], np.ndarray, str, dict]:
-    """Make (or reuse) ``/text/source``; returns (texts, valid, params hash, failures).
+def convert_track(item: dict) -> dict:
+    """One track's text, for the worker pool: ``item`` holds the track's source fields and the settings
+    (``keep_metadata``, ``text_format``); returns ``{"text": 0-d str array}``."""
+    from genrecli.manifest import Track
 
-    Its params are ``{"conversion": conversion_params(keep_metadata), "formats": [...], "manifest": hash}``.
+    track = Track(id=item["id"], score=item["score"], score_text=item["score_text"], score_format=item["score_format"])
+    return {"text": np.array(track_text(track, keep_metadata=item["keep_metadata"], text_format=item["text_format"]))}
+
+
+def convert_sources(paths: DatasetPaths, *, keep_metadata: bool, force: bool, text_format: str = "raw",
+                    jobs: int = 1, track_timeout: float | None = None,
+                    track_memory: int | float | str | None = None) -> tuple[list[str], np.ndarray, str, dict]:
+    """Make (or reuse) the cached texts of one text format (:func:`source_group`); returns (texts, valid,
+    params hash, failures).
+
+    Its params are ``{"conversion": conversion_params(keep_metadata, text_format), "formats": [...],
+    "manifest": hash}``. Raw texts are read in this process (milliseconds per file); a canonical format parses
+    every score with music21 (seconds per piece), so those run in ``jobs`` supervised worker processes with
+    the per-track bounds and a checkpoint (a killed run resumes), as the audio stage does.
     """
     manifest = read_manifest(paths.manifest)
     formats = sorted({t.score_format for t in manifest.tracks if t.score_format})
-    params = {"conversion": conversion_params(keep_metadata), "formats": formats, "manifest": manifest.content_hash()}
+    conversion = conversion_params(keep_metadata, text_format)
+    params = {"conversion": conversion, "formats": formats, "manifest": manifest.content_hash()}
     digest = store.params_hash(params)
+    group = source_group(text_format)
     target = paths.features()
-    if store.group_status(target, SOURCE_GROUP, digest) == "fresh" and not force:
+    if store.group_status(target, group, digest) == "fresh" and not force:
         with h5py.File(target, "r") as h5:
-            grp = h5[SOURCE_GROUP]
+            grp = h5[group]
             texts = store.read_strings(grp["text"])
-            failures = {tid: msg for tid, stage, msg in store.read_failures(h5) if stage == SOURCE_GROUP}
-            ui.info(f"{SOURCE_GROUP}: up to date (params {digest})")
+            failures = {tid: msg for tid, stage, msg in store.read_failures(h5) if stage == group}
+            ui.info(f"{group}: up to date (params {digest})")
             return texts, grp["valid"][()], digest, failures
-    texts, valid, failures = [], np.zeros(len(manifest), dtype=bool), {}
-    with ui.progress(len(manifest), "score -> text") as advance:
-        for i, track in enumerate(manifest.tracks):
-            try:
-                texts.append(track_text(track, keep_metadata=keep_metadata))
-                valid[i] = True
-            except GenreError as exc:
-                texts.append("")
-                failures[track.id] = str(exc)
-                ui.warn(str(exc))
-            advance(1)
+    ids = [t.id for t in manifest.tracks]
+    texts, valid, failures = [""] * len(manifest), np.zeros(len(manifest), dtype=bool), {}
+    if text_format == "raw":
+        with ui.progress(len(manifest), "score -> text") as advance:
+            for i, track in enumerate(manifest.tracks):
+                try:
+                    texts[i] = track_text(track, keep_metadata=keep_metadata)
+                    valid[i] = True
+                except GenreError as exc:
+                    failures[track.id] = str(exc)
+                    ui.warn(str(exc))
+                advance(1)
+    else:
+        from genrecli.pipeline.features import run_per_track
+
+        items = {i: {"id": t.id, "score": t.score, "score_text": t.score_text, "score_format": t.score_format,
+                     "keep_metadata": keep_metadata, "text_format": text_format}
+                 for i, t in enumerate(manifest.tracks)}
+        checkpoint = store.RowCheckpoint(paths.partial / group.replace("/", "-"), digest)
+        done, failed = run_per_track(convert_track, items, checkpoint=checkpoint, jobs=jobs,
+                                     description=f"score -> {text_format}", ids=ids, track_timeout=track_timeout,
+                                     track_memory=track_memory)
+        for i, values in done.items():
+            texts[i], valid[i] = str(values["text"]), True
+        failures = {ids[i]: msg for i, msg in failed.items()}
     if not force:  # as extract-audio: a recomputed source with more failures does not replace a better one
-        _refuse_worse(target, SOURCE_GROUP, _stored_valid(target, SOURCE_GROUP, manifest.content_hash(), None),
-                      valid, failures)
+        _refuse_worse(target, group, _stored_valid(target, group, manifest.content_hash(), None), valid, failures)
     with store.write_transaction(target) as h5:
-        grp = store.replace_group(h5, SOURCE_GROUP)
+        grp = store.replace_group(h5, group)
         store.write_strings(grp, "text", texts)
         grp.create_dataset("valid", data=valid)
         store.set_group_params(grp, params)
-        store.record_failures(h5, SOURCE_GROUP, failures)
-    ui.info(f"{SOURCE_GROUP}: {int(valid.sum())} texts, {len(failures)} failed")
+        store.record_failures(h5, group, failures)
+    if text_format != "raw":
+        store.RowCheckpoint(paths.partial / group.replace("/", "-"), digest).clear()
+    ui.info(f"{group}: {int(valid.sum())} texts, {len(failures)} failed")
     return texts, valid, digest, failures
 
 
@@ -173,6 +237,8 @@ def extract_text(
     sequence: bool = False,
     max_tokens: int | None = None,
     runtime: str = "bf16",
+    text_format: str = "auto",
+    jobs: int = 1,
     data_home: str | Path | None = None,
     force: bool = False,
 ) -> StageResult:
@@ -189,23 +255,42 @@ def extract_text(
     gives up to about 3x the clips/s of the 'fp32' reference on CPUs with bfloat16 matmuls (BENCHMARKS.md),
     within cosine 0.9999 of it; a runtime other than fp32 is recorded in the encoder params (so caches and
     ``genre predict`` use the same one). TF-IDF ignores it.
+
+    ``text_format`` (:data:`genrecli.text.symbolic.TEXT_FORMAT_CHOICES`) is the encoding scores are read in:
+    'raw' (each file in its own syntax, the paper's choice), or one canonical encoding for every format,
+    'kern', 'musicxml' or 'tokens' (:mod:`genrecli.text.symbolic`); 'auto' (the default) is raw when the
+    corpus's scores share one format and tokens when they come in several. A canonical format is recorded in
+    the conversion params and names the groups: ``/text/<encoder>-<format>`` (raw: ``/text/<encoder>``), its
+    texts cached in ``/text/source-<format>``; converting runs in ``jobs`` worker processes.
     """
+    from genrecli.text.symbolic import resolve_text_format
+
     from genrecli.text.encoders import TransformerEncoder, label_embeddings, make_encoder
 
     if not sequence and max_tokens is not None:
         raise UsageError("max_tokens applies to token sequences only (sequence=True / --sequence)")
     paths = DatasetPaths.of(data, data_home)
     result = StageResult()
-    texts, valid, source_digest, failures = convert_sources(paths, keep_metadata=keep_metadata, force=force)
+    score_formats = {t.score_format for t in read_manifest(paths.manifest).tracks if t.score_format}
+    fmt = resolve_text_format(text_format, score_formats)
+    if fmt != "raw" and not score_formats - set(PLAIN_TEXT):
+        raise UsageError(f"--text-format {fmt}: '{data}' has no scores (its texts are {', '.join(sorted(score_formats))}); "
+                         "text formats apply to kern/MusicXML/ABC scores")
+    if text_format == "auto" and fmt != "raw":
+        ui.info(f"text format: {fmt} (the scores of '{data}' come in {len(score_formats)} formats: "
+                f"{', '.join(sorted(score_formats))}; --text-format raw keeps each file's own syntax)")
+    texts, valid, source_digest, failures = convert_sources(paths, keep_metadata=keep_metadata, force=force,
+                                                            text_format=fmt, jobs=jobs)
     result.failures.update(failures)
     options = {} if encoder == "tfidf" else dict(clip_tokens=clip_tokens, pooling=pooling, max_clips=max_clips,
                                                  batch_size=batch_size, runtime=runtime)
     enc = make_encoder(encoder, device=device, **options)
     if sequence:
         return _extract_sequences(paths, enc, encoder, texts, valid, source_digest, keep_metadata=keep_metadata,
-                                  max_tokens=max_tokens, max_clips=max_clips, force=force, result=result)
-    group = f"text/{encoder_group_name(encoder)}"
-    params = {"encoder": enc.params(), "conversion": conversion_params(keep_metadata), "source": source_digest}
+                                  text_format=fmt, max_tokens=max_tokens, max_clips=max_clips, force=force,
+                                  result=result)
+    group = text_group_name(encoder, fmt)
+    params = {"encoder": enc.params(), "conversion": conversion_params(keep_metadata, fmt), "source": source_digest}
     digest = store.params_hash(params)
     target = paths.features()
     if up_to_date(target, group, digest, force=force, result=result):
@@ -243,13 +328,20 @@ def _usable_rows(paths, valid: np.ndarray) -> np.ndarray:
     return rows
 
 
-def sequence_group_name(encoder: str) -> str:
-    """The group of an encoder's token sequences: ``text/<encoder group name>-seq``."""
-    return f"text/{encoder_group_name(encoder)}-seq"
+def text_group_name(encoder: str, text_format: str = "raw") -> str:
+    """The feature group of an encoder's vectors: ``text/<encoder group name>`` for raw texts,
+    ``text/<encoder group name>-<format>`` for a canonical text format (so formats sit side by side)."""
+    suffix = "" if text_format == "raw" else f"-{text_format}"
+    return f"text/{encoder_group_name(encoder)}{suffix}"
 
 
-def _extract_sequences(paths, enc, encoder, texts, valid, source_digest, *, keep_metadata, max_tokens, max_clips,
-                       force, result: StageResult) -> StageResult:
+def sequence_group_name(encoder: str, text_format: str = "raw") -> str:
+    """The group of an encoder's token sequences: ``text/<encoder group name>[-<format>]-seq``."""
+    return f"{text_group_name(encoder, text_format)}-seq"
+
+
+def _extract_sequences(paths, enc, encoder, texts, valid, source_digest, *, keep_metadata, text_format, max_tokens,
+                       max_clips, force, result: StageResult) -> StageResult:
     """``/text/<encoder>-seq``: per track the encoder's token outputs, (T, dim) float32, zero-padded.
 
     The group holds ``data`` (n, T, dim): the rows past a track's length are exactly zero, failed tracks are
@@ -265,8 +357,8 @@ def _extract_sequences(paths, enc, encoder, texts, valid, source_digest, *, keep
         raise UsageError(f"--sequence needs a transformer encoder (token outputs); '{encoder}' gives one vector per text")
     if max_clips is not None:
         raise UsageError("--max-clips does not apply to --sequence (the leading clips fill --max-tokens tokens)")
-    group = sequence_group_name(encoder)
-    params = {"encoder": enc.sequence_params(max_tokens), "conversion": conversion_params(keep_metadata),
+    group = sequence_group_name(encoder, text_format)
+    params = {"encoder": enc.sequence_params(max_tokens), "conversion": conversion_params(keep_metadata, text_format),
               "source": source_digest}
     limit = params["encoder"]["max_tokens"]
     digest = store.params_hash(params)
