@@ -41,10 +41,11 @@ TEXT_FORMAT_CHOICES = ("auto", *TEXT_FORMATS)
 MIXED_FORMAT_DEFAULT = "tokens"  # `auto` on a corpus whose scores come in several formats (see resolve_text_format)
 TICKS_PER_QUARTER = 24  # token durations and positions: 32nd = 3, 16th triplet = 4, 32nd triplet = 2
 TOKENS_SPEC = (
-    "tokens v1: per bar '|', then 'M<n>/<d>' (time signature) and 'K<sharps>' (key signature, flats < 0) where "
+    "tokens v2: per bar '|', then 'M<n>/<d>' (time signature) and 'K<sharps>' (key signature, flats < 0) where "
     "they change; per onset '@<ticks into the bar>' then its notes '<pitch><octave>:<ticks>' (music21 spelling, "
-    "'-' = flat) by ascending pitch; 24 ticks per quarter (rounded), grace notes ':0'; rests, ties, voices, parts, "
-    "layout and metadata dropped; repeats not expanded"
+    "'-' = flat) by ascending pitch, tied notes merged; bars on the time signatures' grid (after a pickup bar), not "
+    "the written measures; 24 ticks per quarter (rounded), grace notes ':0'; rests, voices, parts, layout and metadata "
+    "dropped; repeats not expanded"
 )
 
 
@@ -222,21 +223,17 @@ def score_to_tokens(score, *, ticks_per_quarter: int = TICKS_PER_QUARTER) -> str
     str
         e.g. ``"| M3/4 K-1 @0 F3:24 A4:12 @12 B-4:12 @24 ...\\n| @0 ...\\n"``.
 
-    Bars come from the measures of the score's parts (their union by offset: a pickup bar is its own bar);
-    notes are placed by their offset in the whole score, so voices, staves and parts need not agree between
-    formats for the text to agree.
+    Bars come from the time signatures (:func:`_metric_bars`), tied notes are merged into one, and notes are
+    placed by their offset in the whole score, so measures, ties, voices, staves and parts need not agree
+    between formats for the text to agree.
     """
-    from music21 import harmony, key, meter, stream
+    from music21 import harmony, key, meter
 
     def ticks(q) -> int:
         return int(math.floor(Fraction(q) * ticks_per_quarter + Fraction(1, 2)))
 
-    bar_starts = {0}
-    for part in score.parts or [score]:
-        base = part.offset
-        bar_starts.update(ticks(base + m.offset) for m in part.getElementsByClass(stream.Measure))
-    starts = sorted(bar_starts)
     flat = score.flatten()
+    starts = _metric_bars(flat, ticks, pickup=_pickup(score))
     marks: dict[int, list[str]] = {}
     last = {"M": None, "K": None}
     for element in flat.getElementsByClass((meter.TimeSignature, key.KeySignature)):
@@ -248,7 +245,7 @@ def score_to_tokens(score, *, ticks_per_quarter: int = TICKS_PER_QUARTER) -> str
         last[kind] = value
         marks.setdefault(at, []).append(f"{kind}{value}")
     onsets: dict[int, list[tuple[int, str]]] = {}
-    for n in flat.notes:
+    for n in flat.stripTies(matchByPitch=True).notes:
         if isinstance(n, harmony.ChordSymbol):  # chord names are annotations, not sounding notes
             continue
         at, dur = ticks(n.offset), ticks(n.quarterLength)
@@ -263,6 +260,46 @@ def score_to_tokens(score, *, ticks_per_quarter: int = TICKS_PER_QUARTER) -> str
             words.append(f"@{at - bar}")
             words += [w for _, w in sorted(onsets[at])]
     return "".join("| " + " ".join(bars[s]) + "\n" if bars[s] else "|\n" for s in starts)
+
+
+def _pickup(score) -> Fraction:
+    """The length (quarters) of an opening pickup bar: the first measure of the first part when it is shorter
+    than its time signature's bar, else 0."""
+    from music21 import stream
+
+    part = score.parts[0] if score.parts else score
+    first = next(iter(part.getElementsByClass(stream.Measure)), None)
+    if first is None:
+        return Fraction(0)
+    ts = first.timeSignature or next(iter(first.recurse().getElementsByClass("TimeSignature")), None)
+    if ts is None:
+        return Fraction(0)
+    full, have = Fraction(ts.barDuration.quarterLength), Fraction(first.duration.quarterLength)
+    return have if 0 < have < full else Fraction(0)
+
+
+def _metric_bars(flat, ticks, *, pickup=Fraction(0)) -> list[int]:
+    """Bar starts (ticks) on the time signatures' grid: from each signature on, one bar per bar length (4/4
+    before the first signature), after an opening ``pickup`` bar, up to the end of the score.
+
+    The written measures are not used: formats (and music21's readers) disagree on them (a kern measure split
+    in two by a dotted barline, re-barred on MusicXML export, ABC tunes read without measures), while the
+    signatures and the notes' offsets agree.
+    """
+    from music21 import meter
+
+    end = max(ticks(flat.highestTime), 1)
+    changes = [(ticks(ts.offset), ticks(ts.barDuration.quarterLength))
+               for ts in flat.getElementsByClass(meter.TimeSignature)]
+    changes = sorted(dict(changes).items())  # one per offset (every part restates it)
+    if not changes or changes[0][0] > 0:
+        changes.insert(0, (0, ticks(4)))
+    first_bar = ticks(pickup)
+    starts = [0] if first_bar else []
+    for (at, length), (until, _) in zip(changes, changes[1:] + [(end, 0)]):
+        at = max(at, first_bar)
+        starts += range(at, max(until, at), max(length, 1))
+    return sorted(set(starts)) or [0]
 
 
 # ---------------------------------------------------------------------------------------------- text
