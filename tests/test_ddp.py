@@ -261,6 +261,10 @@ def test_torchrun_genre_train_matches_one_process(model, tmp_path, data_home, no
     config = json.loads((run / "config.json").read_text())
     assert config["predictions_sha256"] and len(ddp) == 3 and (run / "predictions.h5").exists()
     assert not list(run.rglob("*.tmp*")) and not list(run.rglob("checkpoint.pt"))
+    if model == "mlp":  # rank 0's "up to date" decision reaches rank 1: nothing is retrained or rewritten
+        again = torchrun("-m", "genrecli", *args, cwd=tmp_path, home=data_home)
+        assert again.returncode == 0 and "up to date" in again.stderr and "epoch 1/" not in again.stderr, again.stderr[-2000:]
+        assert json.loads((run / "config.json").read_text()) == config
 
     torch.set_num_threads(1)
     assert invoke_cli(*args, "--force", "-q") == 0  # the same run, one process

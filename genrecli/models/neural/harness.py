@@ -382,11 +382,10 @@ class NeuralModel(GenreModel):
             self.resumed_from_ = st["epoch"]
             ui.info(f"{type(self).__name__}: resuming from epoch {st['epoch']} ({ckpt_path})"
                     + (" - training had finished" if st["done"] else ""))
-            written_by = int(ckpt.get("world_size", 1))
-            if written_by != (1 if launch is None else launch.world_size) and not st["done"]:
-                ui.warn(f"{ckpt_path}: written by {written_by} process(es), resumed by "
-                        f"{1 if launch is None else launch.world_size}: the remaining epochs are not those of an "
-                        "uninterrupted run")
+            written_by, world = int(ckpt.get("world_size", 1)), 1 if launch is None else launch.world_size
+            if primary and written_by != world and not st["done"]:
+                ui.warn(f"{ckpt_path}: written by {written_by} process(es), resumed by {world}: the remaining "
+                        "epochs are not those of an uninterrupted run")
 
         while not st["done"]:
             epoch = st["epoch"] + 1
