@@ -100,10 +100,12 @@ def join(device: torch.device) -> Launch | None:
         if dist.get_backend() != backend:
             raise UsageError(f"device {device}: this torchrun process group runs {dist.get_backend()}, not {backend}")
         return launch
-    if device.type == "cuda":
+    bound = {}
+    if device.type == "cuda":  # NCCL's collectives (barrier, object lists) run on the current device
         torch.cuda.set_device(device)
+        bound["device_id"] = device
     try:
-        dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size)
+        dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size, **bound)
     except ValueError as exc:  # env:// rendezvous without MASTER_ADDR / MASTER_PORT: not started by torchrun
         raise UsageError(f"torchrun environment (RANK={launch.rank}, WORLD_SIZE={launch.world_size}): "
                          f"{' '.join(str(exc).split())}") from None
