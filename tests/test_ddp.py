@@ -255,3 +255,27 @@ def test_torchrun_genre_train_matches_one_process(model, tmp_path, data_home, no
         for a, b in zip(ddp, one):
             assert np.array_equal(a["y_pred"], b["y_pred"])
             np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-4)
+
+
+def test_resuming_with_another_number_of_processes_warns(tmp_path, capsys, no_launch):
+    from genrecli.models.neural.harness import CHECKPOINT_FILE
+
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    y = np.arange(40) % 2
+
+    def stop_at_2(epoch, record):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        MLPModel(max_epochs=4, random_state=0).fit({"audio/a": x}, y, checkpoint_dir=tmp_path, on_epoch_end=stop_at_2)
+    doc = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    assert doc["world_size"] == 1
+    MLPModel(max_epochs=4, random_state=0).fit({"audio/a": x}, y, checkpoint_dir=tmp_path)
+    assert "process(es)" not in capsys.readouterr().err  # same size: silent
+    with pytest.raises(KeyboardInterrupt):
+        MLPModel(max_epochs=4, random_state=1).fit({"audio/a": x}, y, checkpoint_dir=tmp_path, on_epoch_end=stop_at_2)
+    torch.save({**torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True), "world_size": 2}, tmp_path / CHECKPOINT_FILE)
+    model = MLPModel(max_epochs=4, random_state=1).fit({"audio/a": x}, y, checkpoint_dir=tmp_path)
+    assert model.resumed_from_ == 2
+    assert "written by 2 process(es), resumed by 1" in capsys.readouterr().err
