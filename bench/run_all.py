@@ -23,6 +23,7 @@ BENCHES = {
     "audio": ("Audio features: throughput", ["bench_audio.py"]),
     "text": ("Text encoders: throughput", ["bench_text.py"]),
     "startup": ("Start-up: `genre --help` and the listings", ["bench_startup.py"]),
+    "ddp": ("Training with torchrun: one process vs `torchrun --nproc_per_node 2`", ["bench_ddp.py", "--n", "120", "--epochs", "3", "--repeats", "2"]),
 }
 DEVICE_AWARE = {"kernels", "dm2kmn", "scale", "audio", "text"}
 

@@ -24,10 +24,18 @@ the test rows, so test tracks are scored per group too. A key the manifest does 
 before any training, naming the keys it has. Without ``group_key`` no groups are passed (each row is its own
 group). MuMu lists one track per album and records the ``artist`` group only, so album averaging there is the
 identity; the key matters for corpora with several tracks per group.
+
+Under ``torchrun --nproc_per_node N -m genrecli train ...`` (:mod:`genrecli.distributed`) every rank reads the
+features and trains every fold and seed together (the harness's DistributedDataParallel); rank 0 alone takes
+the run's lock, decides what is up to date (the others follow its decision by broadcast), scores the test
+rows and writes artifacts, predictions and config. Only the models trained by the neural harness run so
+(mlp, cnn, ...): a kernel, majority or composite model (fusionnet, the Oramas models, whose stages are not
+all harness fits) is refused with a one-line error, since N copies of it would only repeat the work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -40,7 +48,7 @@ import h5py
 import numpy as np
 
 import genrecli
-from genrecli import store, ui
+from genrecli import distributed, store, ui
 from genrecli.errors import UsageError
 from genrecli.layout import DatasetPaths
 from genrecli.manifest import TRAIN, VALID, read_manifest
@@ -125,6 +133,7 @@ def train(
     # The model's full parameters (defaults included), so a changed default retrains too.
     probe = kernels[:1] if spec.per_pair else (kernels or None)
     probe_model = spec.build(seed=0, device=device, kernels=probe, **options)
+    launch = _join_launch(model, probe_model, device)
     model_params = _jsonable(probe_model.get_params(deep=True))
     for key in [k for k in model_params if k.endswith(("random_state", "device")) or k in ("kernel", "kernels")]:
         model_params.pop(key)
@@ -149,32 +158,58 @@ def train(
             "labels": manifest.label_names, "multilabel": manifest.multilabel, "manifest": manifest.content_hash(),
         }
         digest = store.params_hash(config)
-        with store.writer_lock(run_dir / "run"):
+        primary = launch is None or launch.primary
+        with store.writer_lock(run_dir / "run") if primary else contextlib.nullcontext():
             cfg_path = run_dir / "config.json"
-            if not force and cfg_path.exists() and (run_dir / "predictions.h5").exists():
+            up_to_date = False
+            if primary and not force and cfg_path.exists() and (run_dir / "predictions.h5").exists():
                 if _read_json(cfg_path).get("params_hash") == digest:
                     ui.info(f"run {rid}: up to date (params {digest}); nothing to do")
-                    result.up_to_date.append(rid)
-                    continue
-                ui.info(f"run {rid}: inputs or options changed; retraining")
-            if force or (cfg_path.exists() and _read_json(cfg_path).get("params_hash") != digest):
-                _clear_run(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(run_dir / ".config.partial.json", json.dumps({**config, "params_hash": digest}, indent=2))
-            _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, options, device, run_dir)
-            # The predictions' digest is the run's content key: what `evaluate` and `report` compare with the
-            # predictions_sha256 they recorded, to see a retrain (the params hash stays the same under --force).
-            # Provenance outside the params hash (a new toolkit version or date alone does not retrain).
-            final = {**config, "params_hash": digest, "device": device,
-                     "predictions_sha256": store.file_sha256(run_dir / "predictions.h5"),
-                     "split_spec": manifest.split_specs.get(split_id, split_id),
-                     "split_seed": manifest.split_seeds.get(split_id),
-                     "toolkit_version": genrecli.__version__,
-                     "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            _atomic_write_text(cfg_path, json.dumps(final, indent=2))
-            (run_dir / ".config.partial.json").unlink(missing_ok=True)
+                    up_to_date = True
+                else:
+                    ui.info(f"run {rid}: inputs or options changed; retraining")
+            if distributed.broadcast_object(up_to_date):
+                result.up_to_date.append(rid)
+                continue
+            if primary:
+                if force or (cfg_path.exists() and _read_json(cfg_path).get("params_hash") != digest):
+                    _clear_run(run_dir)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                _atomic_write_text(run_dir / ".config.partial.json", json.dumps({**config, "params_hash": digest}, indent=2))
+            _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, options, device, run_dir,
+                       primary=primary)
+            if primary:
+                # The predictions' digest is the run's content key: what `evaluate` and `report` compare with the
+                # predictions_sha256 they recorded, to see a retrain (the params hash stays the same under --force).
+                # Provenance outside the params hash (a new toolkit version or date alone does not retrain).
+                final = {**config, "params_hash": digest, "device": device,
+                         "predictions_sha256": store.file_sha256(run_dir / "predictions.h5"),
+                         "split_spec": manifest.split_specs.get(split_id, split_id),
+                         "split_seed": manifest.split_seeds.get(split_id),
+                         "toolkit_version": genrecli.__version__,
+                         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                _atomic_write_text(cfg_path, json.dumps(final, indent=2))
+                (run_dir / ".config.partial.json").unlink(missing_ok=True)
         result.written.append(rid)
+    distributed.barrier()  # every rank returns once rank 0 has written the runs
     return result
+
+
+def _join_launch(model: str, probe_model, device: str) -> distributed.Launch | None:
+    """Join the torchrun launch this process belongs to (None: one process); refuse models that cannot use it."""
+    launch = distributed.launch_from_env()
+    if launch is None:
+        return None
+    from genrecli.device import resolve_device
+    from genrecli.models import MODELS
+    from genrecli.models.neural.harness import NeuralModel
+
+    if not isinstance(probe_model, NeuralModel):
+        harness = sorted(name for name, s in MODELS.items() if issubclass(s.model_class(), NeuralModel))
+        raise UsageError(f"model '{model}' does not train data-parallel under torchrun (only the neural-harness "
+                         f"models do: {', '.join(harness)}); run `genre train --model {model}` as one process")
+    distributed.join(distributed.local_device(resolve_device(device), launch))
+    return launch
 
 
 def _scaling(model, inputs: list[str]) -> dict | None:
@@ -207,7 +242,9 @@ def _default_inputs(paths: DatasetPaths, spec) -> list[str]:
     return usable
 
 
-def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, options, device, run_dir: Path) -> None:
+def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, options, device, run_dir: Path, *,
+               primary: bool = True) -> None:
+    """Fit every fold x seed of one run; only the ``primary`` process (rank 0 of a launch) scores and writes."""
     names = config["inputs"]
     seeds = config["seeds"]
     valid = np.logical_and.reduce([info[n]["valid"] for n in names])
@@ -236,7 +273,7 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
         cache = _gram_cache(paths, config, fold, fit_rows, info) if spec.uses_kernels else None
         for seed in range(seeds):
             out_dir = artifact_dir(run_dir, fold, seed)
-            if _finished(out_dir, digest):
+            if distributed.broadcast_object(primary and _finished(out_dir, digest)):
                 ui.info(f"{run_dir.name} fold {fold} seed {seed}: already trained; kept")
                 continue
             label = f"{run_dir.name} fold {fold} seed {seed}"
@@ -259,6 +296,8 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
             except (ValueError, TypeError) as exc:
                 raise _option_error(exc, options) or exc
             fit_s = time.perf_counter() - t0
+            if not primary:
+                continue
             test_inputs = _rows(arrays, paths, names, te)
             t0 = time.perf_counter()
             scored = {"groups": group_ids[te]} if group_ids is not None else {}
@@ -284,7 +323,8 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
                         f"on {len(te)} test tracks (fit {fit_s:.1f} s)")
             else:
                 ui.info(f"{label}: accuracy {float(np.mean(y_pred == y_all[te])):.3f} on {len(te)} test tracks (fit {fit_s:.1f} s)")
-    _write_predictions(run_dir, n_folds, seeds, len(config["labels"]), bool(config["multilabel"]))
+    if primary:
+        _write_predictions(run_dir, n_folds, seeds, len(config["labels"]), bool(config["multilabel"]))
 
 
 def _group_ids(spec, probe, manifest) -> np.ndarray | None:

@@ -51,6 +51,19 @@ Checkpoints and resume
     uninterrupted run gives (bit-identical on the CPU); a finished checkpoint just restores the best weights.
     A checkpoint that does not match is ignored and overwritten. It is loaded with
     ``torch.load(weights_only=True)``: only tensors, numbers and strings are stored.
+Data parallelism (torchrun)
+    Under ``torchrun --nproc_per_node N`` (:mod:`genrecli.distributed`) ``fit`` joins the launch's process
+    group and trains the network wrapped in DistributedDataParallel. ``batch_size`` is the *global* batch:
+    every epoch all ranks draw the same row order (the seed is rank 0's), cut it into the same batches as
+    one process would, and each rank takes a near-equal contiguous share of every batch; the ranks' mean
+    losses are weighted by their shares, so one step is the one-process step on the same batch up to float
+    rounding, dropout masks, random crops (per rank, seeded from seed, epoch and rank) and batch-norm
+    statistics (per rank, of its share; torch's SyncBatchNorm does not run on the CPU). Hence the results
+    match a single process within seed noise, not bit for bit. Every batch must give every rank a row. After
+    each epoch the buffers (batch-norm running statistics) are set to rank 0's and the validation rows are
+    scored in shares and gathered on every rank, so all ranks see the same validation loss and score and
+    stop at the same epoch with the same best weights. Only rank 0 reads and writes the checkpoint (the
+    others receive it by broadcast); a launch of the same size resumes bit-identically on the CPU.
 Progress
     A transient rich progress bar over the batches of each epoch on a terminal, and one plain line per epoch
     through :func:`genrecli.ui.info` (epoch, train loss, validation loss and score, learning rate, seconds),
@@ -73,7 +86,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from genrecli import ui
+from genrecli import distributed, ui
 from genrecli.device import resolve_device
 from genrecli.errors import GenreError, UsageError
 from genrecli.models.base import GenreModel, params_to_json
@@ -199,7 +212,8 @@ class NeuralModel(GenreModel):
     Parameters
     ----------
     max_epochs : int, the most epochs to train.
-    batch_size : int, rows per mini-batch (also for prediction).
+    batch_size : int, rows per mini-batch (also for prediction); under torchrun the global batch, split
+        among the processes.
     optimizer : 'adam', 'adamw', 'sgd' or 'rmsprop'.
     lr : float, initial learning rate.
     momentum : float, momentum of sgd and rmsprop.
@@ -302,9 +316,13 @@ class NeuralModel(GenreModel):
         self.classes_, self.multilabel_, self.input_names_ = classes, multilabel, names
         self.input_shapes_ = {name: _row_shape(inputs[name]) for name in names}
         n_outputs = len(classes)
-        device = resolve_device(self.device)
+        launch = distributed.launch_from_env()  # None: one process
+        device = distributed.local_device(resolve_device(self.device), launch)
+        distributed.join(device)
         ckdir = checkpoint_dir if checkpoint_dir is not None else getattr(self, "_checkpoint_dir", None)
-        ckpt_path = None if ckdir is None else Path(ckdir) / CHECKPOINT_FILE
+        # Only rank 0 reads and writes the checkpoint; the others get its contents (and its seed) by broadcast.
+        primary = launch is None or launch.primary
+        ckpt_path = None if ckdir is None or not primary else Path(ckdir) / CHECKPOINT_FILE
         val_given = self._validation_part(validation) if validation is not None else None
         fingerprint = self._fingerprint(targets, val_given)
         ckpt = _load_checkpoint(ckpt_path, fingerprint)
@@ -315,6 +333,8 @@ class NeuralModel(GenreModel):
             seed = int(self.random_state)
         else:
             seed = int(np.random.SeedSequence().entropy % (2**63))
+        if launch is not None:
+            ckpt, seed = distributed.broadcast_object((ckpt, seed))
         split_seq, train_seq = np.random.SeedSequence(seed).spawn(2)
         if val_given is not None:
             train, val = _Part(inputs, np.arange(n), targets), val_given
@@ -324,6 +344,8 @@ class NeuralModel(GenreModel):
             val = _Part(inputs, va_rows, targets) if len(va_rows) else None
         if len(train.rows) < 1:
             raise UsageError(f"{type(self).__name__}: no training rows left after carving the validation part")
+        if launch is not None:
+            self._check_shards(len(train.rows), launch)
 
         torch.manual_seed(seed)
         rng = np.random.default_rng(train_seq)
@@ -337,6 +359,7 @@ class NeuralModel(GenreModel):
         optimizer = self._make_optimizer(net)
         scheduler = self._make_scheduler(optimizer)
         autocast, scaler = self._amp(device)
+        trainer = distributed.data_parallel(net, device)  # net itself for one process
         train_criterion = self._criterion(train.targets[train.rows], n_outputs).to(device)
         criterion = self._criterion(train.targets[train.rows], n_outputs)  # validation loss, on the CPU
 
@@ -359,20 +382,26 @@ class NeuralModel(GenreModel):
             self.resumed_from_ = st["epoch"]
             ui.info(f"{type(self).__name__}: resuming from epoch {st['epoch']} ({ckpt_path})"
                     + (" - training had finished" if st["done"] else ""))
+            written_by, world = int(ckpt.get("world_size", 1)), 1 if launch is None else launch.world_size
+            if primary and written_by != world and not st["done"]:
+                ui.warn(f"{ckpt_path}: written by {written_by} process(es), resumed by {world}: the remaining "
+                        "epochs are not those of an uninterrupted run")
 
         while not st["done"]:
             epoch = st["epoch"] + 1
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            train_loss = self._train_epoch(train, net, optimizer, train_criterion, autocast, scaler, rng, device,
-                                           f"epoch {epoch}/{self.max_epochs}")
+            crop_rng = rng if launch is None else distributed.rank_generator(seed, epoch, launch)
+            train_loss = self._train_epoch(train, trainer, optimizer, train_criterion, autocast, scaler, rng, device,
+                                           f"epoch {epoch}/{self.max_epochs}", launch=launch, crop_rng=crop_rng)
+            distributed.broadcast_buffers(net)
             if not math.isfinite(train_loss):
                 raise GenreError(f"{type(self).__name__}: training diverged (loss {train_loss}) at epoch {epoch}; "
                                  f"try a lower lr (now {lr:g})")
             scheduler.step()
             val_loss = val_score = None
             if val is not None:
-                logits = self._logits(val.inputs, val.rows, device)
+                logits = self._validation_logits(val, device, launch)
                 val_t = torch.from_numpy(val.targets[val.rows])
                 with torch.no_grad():
                     val_loss = float(criterion(torch.from_numpy(logits), val_t))
@@ -392,7 +421,8 @@ class NeuralModel(GenreModel):
             st["history"].append(record)
             st.update(epoch=epoch, done=stop or epoch >= self.max_epochs)
             if ckpt_path is not None:
-                self._save_checkpoint(ckpt_path, fingerprint, seed, st, net, optimizer, scheduler, scaler, rng)
+                self._save_checkpoint(ckpt_path, fingerprint, seed, st, net, optimizer, scheduler, scaler, rng,
+                                      world_size=1 if launch is None else launch.world_size)
             ui.info(_epoch_line(record, self.max_epochs, multilabel, improved))
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
@@ -422,7 +452,8 @@ class NeuralModel(GenreModel):
             patch = self._patch_frames() is not None and len(want) >= 2
             if (got[:-1] != want[:-1]) if patch else (got != want):
                 raise UsageError(f"{name}: rows of shape {got}, but the model was trained on {want}")
-        return self._logits(inputs, np.arange(self._n_rows(inputs)), resolve_device(self.device)).astype(np.float64)
+        device = distributed.local_device(resolve_device(self.device), distributed.current())
+        return self._logits(inputs, np.arange(self._n_rows(inputs)), device).astype(np.float64)
 
     def predict_proba(self, inputs) -> np.ndarray:
         """Softmax (sigmoid multi-label) of the logits: calibrated probabilities, the net being trained with log loss."""
@@ -564,30 +595,60 @@ class NeuralModel(GenreModel):
             weight = torch.from_numpy(w.astype(np.float32))
         return nn.CrossEntropyLoss(weight=weight)
 
-    def _train_epoch(self, part: _Part, net, optimizer, criterion, autocast, scaler, rng, device, label) -> float:
+    def _train_epoch(self, part: _Part, net, optimizer, criterion, autocast, scaler, rng, device, label, *,
+                     launch: distributed.Launch | None = None, crop_rng: np.random.Generator | None = None) -> float:
+        """One epoch over ``part``'s rows in batches of ``batch_size``; the mean training loss.
+
+        ``rng`` draws the epoch's row order (the same on every rank of a launch), ``crop_rng`` (default
+        ``rng``) the random crops. Under a launch each global batch is split among the ranks
+        (:func:`~genrecli.distributed.shard`) and ``net`` is the DistributedDataParallel wrapper.
+        """
         net.train()
+        crop_rng = rng if crop_rng is None else crop_rng
         order = rng.permutation(part.rows)
         batches = np.array_split(order, math.ceil(len(order) / int(self.batch_size)))
         total = 0.0
         with ui.progress(len(batches), label) as advance:
-            for rows in batches:
-                views = self._batch_tensors(part.inputs, rows, train=True, rng=rng)
+            for batch in batches:
+                rows = distributed.shard(batch, launch)
+                views = self._batch_tensors(part.inputs, rows, train=True, rng=crop_rng)
                 xs = [t.to(device, non_blocking=True) for t in views[0]]
                 yt = torch.from_numpy(part.targets[rows]).to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
                 with autocast():
                     logits = net(*xs)
                 loss = criterion(logits.float(), yt)
+                # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the global
+                # batch makes that average the gradient of the global batch's mean loss, as in one process
+                # (exact for unweighted means; with class_weight='balanced' up to the weights' spread).
+                step_loss = loss if launch is None else loss * (launch.world_size * len(rows) / len(batch))
                 if scaler is not None:
-                    scaler.scale(loss).backward()
+                    scaler.scale(step_loss).backward()
                     scaler.step(optimizer)
                     scaler.update()
                 else:
-                    loss.backward()
+                    step_loss.backward()
                     optimizer.step()
                 total += float(loss.detach()) * len(rows)
                 advance(1)
+        if launch is not None:
+            total = distributed.all_reduce_sum(total, device)
         return total / len(order)
+
+    def _validation_logits(self, val: _Part, device: torch.device, launch: distributed.Launch | None) -> np.ndarray:
+        """Logits of the validation rows; under a launch each rank scores its share and all ranks gather all
+        of them, so every rank computes the same validation loss and score (and stops at the same epoch)."""
+        if launch is None:
+            return self._logits(val.inputs, val.rows, device)
+        return np.concatenate(distributed.all_gather_objects(self._logits(val.inputs, distributed.shard(val.rows, launch), device)))
+
+    def _check_shards(self, n_train: int, launch: distributed.Launch) -> None:
+        """Every global batch must give every rank at least one row (DDP needs a forward on each)."""
+        smallest = n_train // math.ceil(n_train / int(self.batch_size))
+        if smallest < launch.world_size:
+            raise UsageError(f"{type(self).__name__}: batch_size={self.batch_size} (global, split among "
+                             f"{launch.world_size} processes) on {n_train} training rows leaves a batch of "
+                             f"{smallest} rows, fewer than one per process; raise batch_size or use fewer processes")
 
     def _logits(self, inputs, rows: np.ndarray, device: torch.device) -> np.ndarray:
         """Logits (len(rows), n_outputs) float32 in eval mode, averaged over the views of each batch."""
@@ -610,9 +671,11 @@ class NeuralModel(GenreModel):
                 out[start:start + len(acc)] = (acc / len(views)).cpu().numpy()
         return out
 
-    def _save_checkpoint(self, path: Path, fingerprint, seed, st, net, optimizer, scheduler, scaler, rng) -> None:
+    def _save_checkpoint(self, path: Path, fingerprint, seed, st, net, optimizer, scheduler, scaler, rng, *,
+                         world_size: int = 1) -> None:
         doc = {
             "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "seed": seed, "epoch": st["epoch"],
+            "world_size": world_size,
             "done": st["done"], "best_epoch": st["best_epoch"], "best_value": float(st["best_value"]),
             "bad_epochs": st["bad_epochs"], "history": json.dumps(st["history"]),
             "model": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "best_model": st["best_model"],
