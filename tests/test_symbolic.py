@@ -25,8 +25,11 @@ KERN = "**kern\n*M2/4\n*k[b-]\n=1\n4c\n8d\n8e\n=2\n2f\n==\n*-\n"
 ABC = "X:1\nT:Two bars\nC:Somebody\nM:2/4\nL:1/8\nK:F\nC2 DE | F4 |]\n"
 TOKENS = "| M2/4 K-1 @0 C4:24 @24 D4:12 @36 E4:12\n| @0 F4:48\n"
 
-# Small real pieces of three eras (converted in well under a second each).
-REAL = ["Baroque/bach-inventions__inven10.krn", "Classical/hummel__prelude67-14.krn", "Romantic/chopin-preludes__prelude28-20.krn"]
+# Small real pieces of three eras (converted in well under a second each). music21's MusicXML writer loses the
+# offset of a voice that starts inside a measure (a kern spine split mid-bar), so some pieces do not survive the
+# conversion note for note (5 of 17 small kern-eras pieces; experiments/formats.py measures it on the corpus):
+# these three do, so the test sees the encodings, not the writer.
+REAL = ["Baroque/bach-inventions__inven10.krn", "Classical/hummel__prelude67-16.krn", "Romantic/chopin-mazurkas__mazurka07-5.krn"]
 needs_kern_eras = pytest.mark.skipif(not (KERN_ERAS / REAL[0]).exists(), reason="../shared/data/kern-eras not present")
 
 
@@ -94,8 +97,8 @@ def test_real_pieces_converted_to_musicxml_keep_their_tokens_and_kern(tmp_path):
 def _mixed_corpus(root, *, musicxml_eras=()):
     """Three small real pieces per era copied from kern-eras; the eras in ``musicxml_eras`` as MusicXML."""
     pieces = {
-        "Baroque": ["bach-inventions__inven01", "bach-inventions__inven10", "bach-inventions__inven15"],
-        "Classical": ["hummel__prelude67-04", "hummel__prelude67-14", "hummel__prelude67-16"],
+        "Baroque": ["bach-inventions__inven01", "bach-inventions__inven02", "bach-inventions__inven03"],
+        "Classical": ["hummel__prelude67-10", "hummel__prelude67-16", "hummel__prelude67-18"],
     }
     for era, stems in pieces.items():
         (root / era).mkdir(parents=True, exist_ok=True)
@@ -124,7 +127,7 @@ def test_a_kern_run_reads_the_musicxml_of_the_same_pieces(tmp_path, data_home, c
         assert code == 0, err
         group = "text/tfidf" + ("" if fmt == "raw" else f"-{fmt}")
         code, out, err = run_cli(capsys, "train", "--data", "k", "--model", "svm", "--inputs", group,
-                                 "--split", "random:0.5", "-o", "kernel=linear")
+                                 "--split", "random:0.5")
         assert code == 0, err
         run = find_run(f"svm__{group.replace('/', '-')}__linear__random-0.5")
         config = json.loads((run / "config.json").read_text())
