@@ -115,12 +115,14 @@ def stft_power(
         x = torch.nn.functional.pad(x, (pad, pad))
     # Framing + rfft is torch.stft without its overheads (a third of the 662-point MFCC STFT on the CPU); the
     # power is re^2 + im^2 rather than |z|^2, which skips a square root (same values to ~1e-16).
+    # The power is taken before the transpose: on the transposed view the same arithmetic is 5x slower.
     frames = x.unfold(-1, n_fft, hop_length) * _window(n_fft, win_length, torch.device(device), dtype)
-    spec = torch.fft.rfft(frames).transpose(-1, -2)
+    spec = torch.fft.rfft(frames)  # (..., n_frames, 1 + n_fft // 2)
     if power == 2.0:
-        return torch.view_as_real(spec).square().sum(-1)
-    magnitude = spec.abs()
-    return magnitude if power == 1.0 else magnitude.pow(power)
+        out = spec.real.square() + spec.imag.square()
+    else:
+        out = spec.abs() if power == 1.0 else spec.abs().pow(power)
+    return out.transpose(-1, -2)
 
 
 def melspectrogram(
