@@ -75,3 +75,17 @@ def test_auto_mfcc_on_cpu_takes_torch_for_a_prime_factor_fft_and_agrees_with_lib
     # power-of-two FFTs keep librosa, bit for bit
     np.testing.assert_array_equal(frontend.mfcc(music, sr=SR, n_mfcc=20, device="cpu"),
                                   librosa.feature.mfcc(y=music, sr=SR, n_mfcc=20))
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0, 0.5])
+def test_stft_power_matches_torch_stft(music, power):
+    """The framed-rfft STFT against torch.stft (the previous implementation), batched and with a short window."""
+    batch = torch.as_tensor(np.stack([music[: SR * 2], music[SR : SR * 3]]), dtype=torch.float64)
+    for n_fft, hop, win in ((662, 331, 662), (2048, 512, 1500)):
+        window = frontend._window(n_fft, win, torch.device("cpu"), torch.float64)
+        padded = torch.nn.functional.pad(batch, (n_fft // 2, n_fft // 2))
+        reference = torch.stft(padded, n_fft=n_fft, hop_length=hop, window=window, center=False,
+                               return_complex=True).abs() ** power
+        got = frontend.stft_power(batch, n_fft=n_fft, hop_length=hop, win_length=win, power=power)
+        assert got.shape == reference.shape and got.dtype == torch.float64
+        np.testing.assert_allclose(got.numpy(), reference.numpy(), rtol=1e-10, atol=1e-12 * float(reference.max()))

@@ -113,20 +113,16 @@ def stft_power(
         pad = n_fft // 2
         # librosa pads with zeros; torch.stft's own padding works on 2-D/3-D input only, so pad here
         x = torch.nn.functional.pad(x, (pad, pad))
-    spec = torch.stft(
-        x,
-        n_fft=n_fft,
-        hop_length=hop_length,
-        window=_window(n_fft, win_length, torch.device(device), dtype),
-        center=False,
-        return_complex=True,
-    )
-    magnitude = spec.abs()
-    if power == 1.0:
-        return magnitude
+    # Framing + rfft is torch.stft without its overheads (a third of the 662-point MFCC STFT on the CPU); the
+    # power is re^2 + im^2 rather than |z|^2, which skips a square root (same values to ~1e-16).
+    # The power is taken before the transpose: on the transposed view the same arithmetic is 5x slower.
+    frames = x.unfold(-1, n_fft, hop_length) * _window(n_fft, win_length, torch.device(device), dtype)
+    spec = torch.fft.rfft(frames)  # (..., n_frames, 1 + n_fft // 2)
     if power == 2.0:
-        return magnitude.square()
-    return magnitude.pow(power)
+        out = spec.real.square() + spec.imag.square()
+    else:
+        out = spec.abs() if power == 1.0 else spec.abs().pow(power)
+    return out.transpose(-1, -2)
 
 
 def melspectrogram(

@@ -26,6 +26,7 @@ from genrecli.formats import SCORE_FORMATS
 RELEASE_SECONDS = 1.0
 _DRUM_CHANNEL = 9
 _DEFAULT_TEMPO = 500_000  # microseconds per beat (120 bpm), the MIDI default before any set_tempo
+DEFAULT_OPENING = "text"  # how score_to_midi finds a Humdrum score's opening (part of the MIDI cache key)
 
 
 def default_soundfont() -> pathlib.Path:
@@ -189,6 +190,67 @@ def midi_events(
     return times[keep], messages, length
 
 
+NOTE_FIELDS = [("onset", "f8"), ("duration", "f8"), ("pitch", "i2"), ("velocity", "i2"), ("channel", "i2")]
+
+
+def midi_notes(midi: str | pathlib.Path | bytes, *, name: str | None = None) -> np.ndarray:
+    """The notes of a MIDI file: onset and duration in seconds, pitch, velocity, channel.
+
+    A note-on is closed by the next note-off (or velocity-0 note-on) of its channel and pitch; a note still
+    open at the end of the file ends there. Used to compare score-to-MIDI conversions note for note.
+
+    Returns
+    -------
+    np.ndarray, structured with fields :data:`NOTE_FIELDS`, shape (n_notes,)
+        Sorted by onset, then channel, pitch, duration.
+
+    Raises
+    ------
+    InputError
+        As :func:`midi_events`.
+    """
+    times, messages, length = midi_events(midi, name=name)
+    sounding: dict[tuple[int, int], list[tuple[float, int]]] = {}
+    rows = []
+    for time, msg in zip(times.tolist(), messages):
+        if msg.type == "note_on" and msg.velocity > 0:
+            sounding.setdefault((msg.channel, msg.note), []).append((time, msg.velocity))
+        elif msg.type in ("note_on", "note_off") and sounding.get((msg.channel, msg.note)):
+            onset, velocity = sounding[msg.channel, msg.note].pop(0)
+            rows.append((onset, time - onset, msg.note, velocity, msg.channel))
+    for (channel, pitch), opened in sounding.items():
+        rows += [(onset, length - onset, pitch, velocity, channel) for onset, velocity in opened]
+    notes = np.array(rows, dtype=NOTE_FIELDS)
+    return np.sort(notes, order=["onset", "channel", "pitch", "duration"])
+
+
+def notes_difference(a: np.ndarray, b: np.ndarray, *, max_seconds: float, tolerance: float = 1e-6) -> str | None:
+    """How two note lists (:func:`midi_notes`) differ within the first ``max_seconds``, or None where they agree.
+
+    Notes starting at or after ``max_seconds`` are left out and durations are cut at ``max_seconds`` (what a
+    render of that length plays). Pitch, velocity and channel must be equal, onset and duration within
+    ``tolerance`` seconds.
+    """
+
+    def opening(notes):
+        notes = notes[notes["onset"] < max_seconds].copy()
+        notes["duration"] = np.minimum(notes["onset"] + notes["duration"], max_seconds) - notes["onset"]
+        return np.sort(notes, order=["onset", "channel", "pitch", "duration"])
+
+    a, b = opening(a), opening(b)
+    if len(a) != len(b):
+        return f"{len(a)} notes against {len(b)}"
+    for field in ("pitch", "velocity", "channel"):
+        if (bad := np.flatnonzero(a[field] != b[field])).size:
+            i = bad[0]
+            return f"{bad.size} notes differ in {field}, first at {a['onset'][i]:.3f} s: {a[field][i]} vs {b[field][i]}"
+    for field in ("onset", "duration"):
+        if (bad := np.flatnonzero(np.abs(a[field] - b[field]) > tolerance)).size:
+            i = bad[0]
+            return f"{bad.size} notes differ in {field}, first at {a['onset'][i]:.3f} s: {a[field][i]:.6f} vs {b[field][i]:.6f}"
+    return None
+
+
 def render_midi(
     midi: str | pathlib.Path | bytes,
     *,
@@ -288,11 +350,21 @@ def score_to_midi(
     fmt: str | None = None,
     name: str | None = None,
     max_seconds: float | None = None,
+    opening: str = DEFAULT_OPENING,
 ) -> bytes:
     """Convert a score (Humdrum **kern, MusicXML, ABC) to a Standard MIDI File with music21.
 
     Repeats are expanded. A score whose repeat signs music21 cannot expand ("badly formed repeats") is
     played straight through instead, with its repeat barlines and repeat marks removed.
+
+    With ``max_seconds``, a Humdrum score is cut twice by default (``opening="text"``): its text before
+    music21 parses it (:func:`genrecli.audio.humdrum.kern_opening`, at the bars that can sound within
+    ``max_seconds`` at the fastest ``*MM`` tempo of the file, outside repeated sections), then the parsed
+    opening as for every format. Parsing is most of the cost, and a 30 s opening is a fraction of most
+    pieces: 3-4x less CPU per kern-eras piece. The notes that sound within ``max_seconds`` are those of
+    ``opening="score"`` (parse the whole score, then cut it; the conversion before this option existed):
+    tests/test_audio_synth_opening.py compares both on kern-eras scores. When music21 finds the cut text
+    shorter than the bound (a rhythm the text timeline reads otherwise), the whole text is parsed.
 
     Parameters
     ----------
@@ -308,6 +380,9 @@ def score_to_midi(
         Convert only the opening measures that can sound within this many seconds at the score's
         fastest tempo (None: the whole score). MIDI writing (repeat expansion) costs far more than
         parsing for long pieces, and synthesis only needs the opening.
+    opening : {"text", "score"}
+        How a Humdrum score's opening is found: cut as text before parsing, or from the parsed whole score.
+        Other formats are always parsed whole.
 
     Returns
     -------
@@ -336,18 +411,20 @@ def score_to_midi(
     else:
         check_text_bounds(text, name)
 
-    from music21 import converter, stream
+    if opening not in ("text", "score"):
+        raise UsageError(f"unknown score opening {opening!r} (expected text or score)")
+    from music21 import stream
 
     # music21 writes a warning straight to stderr for every token it skips (hundreds for some kern files,
     # none naming the file); keep them out of the stage's output and give one line with --verbose.
     notices = io.StringIO()
     try:
         with contextlib.redirect_stderr(notices):
-            if path is not None:
-                # No pickle cache: music21 would write one per file into a shared temp folder, then re-read it.
-                score = converter.parse(path, format=fmt, forceSource=True, storePickle=False)
-            else:
-                score = converter.parseData(text, format=fmt)
+            score = None
+            if fmt == "humdrum" and opening == "text" and max_seconds is not None:
+                score = _parse_kern_opening(path, text, max_seconds)
+            if score is None:
+                score = _parse_score(path, text, fmt)
     except Exception as exc:  # music21 raises many unrelated types for malformed input
         raise InputError(f"{name}: cannot parse {fmt} score ({one_line(exc)})") from None
     if skipped := [line for line in notices.getvalue().splitlines() if line.strip()]:
@@ -368,6 +445,61 @@ def score_to_midi(
             except Exception as again:
                 exc = again
         raise InputError(f"{name}: music21 cannot convert the score to MIDI ({one_line(exc)})") from None
+
+
+def _parse_score(path: pathlib.Path | None, text: str | None, fmt: str):
+    from music21 import converter
+
+    if path is not None:
+        # No pickle cache: music21 would write one per file into a shared temp folder, then re-read it.
+        return converter.parse(path, format=fmt, forceSource=True, storePickle=False)
+    return converter.parseData(text, format=fmt)
+
+
+def _parse_kern_opening(path: pathlib.Path | None, text: str | None, max_seconds: float):
+    """music21's parse of the opening of a Humdrum score cut as text, or None where the whole is to be parsed.
+
+    The text is read as music21 reads a Humdrum file (Latin-1, lines split at "\\n" only), and the cut
+    lines are handed to its Humdrum parser as they would come from the file. The cut must reach
+    ``max_seconds`` at the fastest tempo in it by music21's own measure (the parsed cut's length in
+    quarter notes and its tempo marks); if it does not, None.
+    """
+    from music21 import stream, tempo
+    from music21.humdrum.spineParser import HumdrumDataCollection
+
+    from genrecli.audio.humdrum import kern_opening
+
+    if text is None:
+        with open(path, encoding="latin-1") as handle:  # what music21's HumdrumFile does
+            text = handle.read()
+    qpm = 120.0  # music21 plays a score without tempo marks at 120 quarter notes a minute
+    for mark in re.findall(r"(?:^|\t)\*MM([^\t\n]*)", text, flags=re.MULTILINE):
+        try:
+            qpm = max(qpm, float(mark))
+        except ValueError:  # a tempo word, e.g. *MM[Allegro]: music21's number for it, as its parser makes it
+            qpm = max(qpm, tempo.MetronomeMark(text=mark.strip("[] ")).getQuarterBPM() or 0.0)
+    bound = max_seconds * qpm / 60.0
+    cut = kern_opening(text, quarters=bound)
+    if cut is None:
+        return None
+    collection = HumdrumDataCollection(io.StringIO(cut).readlines())
+    collection.parse()
+    score = collection.stream
+    # What the cut must hold, by music21's reading of its tempo marks and rhythms: tempo marks after the
+    # cut cannot speed up the bars before it.
+    fastest = max([120.0] + [m.getQuarterBPM() or 0.0 for m in score.recurse().getElementsByClass(tempo.MetronomeMark)])
+    if score.highestTime < max_seconds * fastest / 60.0:
+        ui.debug(f"kern opening: music21 reads {score.highestTime:g} quarter notes where {max_seconds * fastest / 60.0:g} "
+                 "were due; parsing the whole score")
+        return None
+    # music21 misreads the measures of some spine layouts (a bar per barline expected, e.g. one bar for ten
+    # in the WTC I prelude 9), and then reads the whole score otherwise than its opening: keep its whole reading.
+    barlines = sum(1 for line in cut.split("\n") if line.startswith("="))
+    parts = score.parts if score.parts else [score]
+    if any(abs(len(part.getElementsByClass(stream.Measure)) - barlines) > 1 for part in parts):
+        ui.debug(f"kern opening: music21 reads other bars than the {barlines} barlines of the cut; parsing the whole score")
+        return None
+    return score
 
 
 def _distinct_context_objects(score) -> int:

@@ -101,8 +101,11 @@ def conversion_params() -> dict:
     """What turns a score into MIDI (the cache key's second half; music21's version included)."""
     import music21
 
+    from genrecli.audio.synth import DEFAULT_OPENING
+
     return {"converter": "music21", "music21": music21.__version__,
-            "score_to_midi": "genrecli.audio.synth.score_to_midi, opening bars that sound within max_seconds"}
+            "score_to_midi": "genrecli.audio.synth.score_to_midi, opening bars that sound within max_seconds",
+            "opening": DEFAULT_OPENING}  # another opening gives other MIDI bytes (the same notes within max_seconds)
 
 
 def _score_key(source: dict, conversion_digest: str) -> str | None:
