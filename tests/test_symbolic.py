@@ -136,8 +136,8 @@ def test_a_kern_run_reads_the_musicxml_of_the_same_pieces(tmp_path, data_home, c
         state = _feature_state(run_artifacts(run)[0])
         kern_files = [kern_root / era / f"{s}.krn" for era, stems in pieces.items() for s in stems]
         xml_files = [xml_root / era / f"{s}.musicxml" for era, stems in pieces.items() for s in stems]
-        a = featurize_files(kern_files, params, state=state)[0][group]
-        b = featurize_files(xml_files, params, state=state)[0][group]
+        a = featurize_files(kern_files, params, state=state).inputs[group]
+        b = featurize_files(xml_files, params, state=state).inputs[group]
         cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
         if fmt == "tokens":
             assert np.all(cos > 0.999), cos
@@ -145,7 +145,7 @@ def test_a_kern_run_reads_the_musicxml_of_the_same_pieces(tmp_path, data_home, c
             code2, out_x, err2 = run_cli(capsys, "predict", "--run", run, "--json", *xml_files)
             assert code == code2 == 0, err + err2
             def top(out):
-                return [r["top"][0]["label"] for r in json.loads(out)]
+                return [r["top"][0]["label"] for r in json.loads(out)["predictions"]]
 
             assert top(out_k) == top(out_x)
         else:  # the raw MusicXML text shares next to nothing with the raw kern text
