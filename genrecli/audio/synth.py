@@ -7,7 +7,6 @@ writes ``ticks_per_beat = 10080`` and pretty_midi rejects long pieces as "likely
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import io
@@ -413,29 +412,15 @@ def score_to_midi(
 
     if opening not in ("text", "score"):
         raise UsageError(f"unknown score opening {opening!r} (expected text or score)")
-    from music21 import stream
+    from genrecli.text.symbolic import checked_parse, read_with_music21
 
-    # music21 writes a warning straight to stderr for every token it skips (hundreds for some kern files,
-    # none naming the file); keep them out of the stage's output and give one line with --verbose.
-    notices = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(notices):
-            score = None
-            if fmt == "humdrum" and opening == "text" and max_seconds is not None:
-                score = _parse_kern_opening(path, text, max_seconds)
-            if score is None:
-                score = _parse_score(path, text, fmt)
-    except Exception as exc:  # music21 raises many unrelated types for malformed input
-        raise InputError(f"{name}: cannot parse {fmt} score ({one_line(exc)})") from None
-    if skipped := [line for line in notices.getvalue().splitlines() if line.strip()]:
-        first = re.sub(r"^\S+: WARNING: ", "", one_line(skipped[0]))  # drop music21's "module: WARNING:" prefix
-        ui.debug(f"{name}: music21 skipped {len(skipped)} unreadable token(s), first: {first}")
-    if isinstance(score, stream.Opus):
-        if len(score.scores) != 1:
-            raise InputError(f"{name}: holds {len(score.scores)} pieces; give one piece per track")
-        score = score.scores[0]
-    if next(iter(score.recurse().notes), None) is None:
-        raise InputError(f"{name}: score has no notes")
+    def parse():
+        score = None
+        if fmt == "humdrum" and opening == "text" and max_seconds is not None:
+            score = _parse_kern_opening(path, text, max_seconds)
+        return score if score is not None else read_with_music21(path, text, fmt)
+
+    score = checked_parse(parse, name=name, fmt=fmt)
     try:
         return _midi_bytes(score, max_seconds)
     except Exception as exc:
@@ -445,15 +430,6 @@ def score_to_midi(
             except Exception as again:
                 exc = again
         raise InputError(f"{name}: music21 cannot convert the score to MIDI ({one_line(exc)})") from None
-
-
-def _parse_score(path: pathlib.Path | None, text: str | None, fmt: str):
-    from music21 import converter
-
-    if path is not None:
-        # No pickle cache: music21 would write one per file into a shared temp folder, then re-read it.
-        return converter.parse(path, format=fmt, forceSource=True, storePickle=False)
-    return converter.parseData(text, format=fmt)
 
 
 def _parse_kern_opening(path: pathlib.Path | None, text: str | None, max_seconds: float):

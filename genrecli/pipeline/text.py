@@ -140,6 +140,7 @@ def convert_sources(paths: DatasetPaths, *, keep_metadata: bool, force: bool, te
             ui.info(f"{group}: up to date (params {digest})")
             return texts, grp["valid"][()], digest, failures
     ids = [t.id for t in manifest.tracks]
+    checkpoint = store.RowCheckpoint(paths.partial / group.replace("/", "-"), digest)  # canonical formats only
     texts, valid, failures = [""] * len(manifest), np.zeros(len(manifest), dtype=bool), {}
     if text_format == "raw":
         with ui.progress(len(manifest), "score -> text") as advance:
@@ -157,7 +158,6 @@ def convert_sources(paths: DatasetPaths, *, keep_metadata: bool, force: bool, te
         items = {i: {"id": t.id, "score": t.score, "score_text": t.score_text, "score_format": t.score_format,
                      "keep_metadata": keep_metadata, "text_format": text_format}
                  for i, t in enumerate(manifest.tracks)}
-        checkpoint = store.RowCheckpoint(paths.partial / group.replace("/", "-"), digest)
         done, failed = run_per_track(convert_track, items, checkpoint=checkpoint, jobs=jobs,
                                      description=f"score -> {text_format}", ids=ids, track_timeout=track_timeout,
                                      track_memory=track_memory)
@@ -172,8 +172,7 @@ def convert_sources(paths: DatasetPaths, *, keep_metadata: bool, force: bool, te
         grp.create_dataset("valid", data=valid)
         store.set_group_params(grp, params)
         store.record_failures(h5, group, failures)
-    if text_format != "raw":
-        store.RowCheckpoint(paths.partial / group.replace("/", "-"), digest).clear()
+    checkpoint.clear()
     ui.info(f"{group}: {int(valid.sum())} texts, {len(failures)} failed")
     return texts, valid, digest, failures
 

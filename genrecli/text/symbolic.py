@@ -120,7 +120,6 @@ def parse_score(*, path=None, text=None, fmt=None, name=None):
     InputError
         One line naming the score: missing, over a bound, unparseable, several pieces, or no notes.
     """
-    from genrecli.audio.io import one_line
     from genrecli.text.convert import _sniff_format, check_score_bounds, check_text_bounds, score_format
 
     if (path is None) == (text is None):
@@ -136,19 +135,43 @@ def parse_score(*, path=None, text=None, fmt=None, name=None):
         fmt = fmt or _sniff_format(text, name)
         check_text_bounds(text, name)
 
-    from music21 import converter, stream
+    return checked_parse(lambda: read_with_music21(path, text, fmt), name=name, fmt=fmt)
 
-    notices = io.StringIO()  # music21 prints a warning per skipped token straight to stderr
+
+def read_with_music21(path: Path | None, text: str | None, fmt: str):
+    """music21's parse of a score file or text (no bounds, no checks: see :func:`checked_parse`)."""
+    from music21 import converter
+
+    if path is not None:
+        # No pickle cache: music21 would write one per file into a shared temp folder, then re-read it.
+        return converter.parse(path, format=fmt, forceSource=True, storePickle=False)
+    return converter.parseData(text, format=fmt)
+
+
+def checked_parse(parse, *, name: str, fmt: str):
+    """Run a music21 ``parse()`` the way every stage does: its stderr notices kept out of the output (one
+    ``--verbose`` line instead), its errors as one :class:`InputError` line, an opus of one piece unwrapped,
+    and a score without notes refused. The one place the text and audio stages read scores through.
+
+    Returns
+    -------
+    music21.stream.Score
+    """
+    from music21 import stream
+
+    from genrecli.audio.io import one_line
+
+    # music21 writes a warning straight to stderr for every token it skips (hundreds for some kern files,
+    # none naming the file); keep them out of the stage's output and give one line with --verbose.
+    notices = io.StringIO()
     try:
         with contextlib.redirect_stderr(notices):
-            if path is not None:
-                score = converter.parse(path, format=fmt, forceSource=True, storePickle=False)
-            else:
-                score = converter.parseData(text, format=fmt)
+            score = parse()
     except Exception as exc:  # noqa: BLE001 - music21 raises many unrelated types for malformed input
         raise InputError(f"{name}: cannot parse {fmt} score ({one_line(exc)})") from None
     if skipped := [line for line in notices.getvalue().splitlines() if line.strip()]:
-        ui.debug(f"{name}: music21 skipped {len(skipped)} unreadable token(s), first: {one_line(skipped[0])}")
+        first = re.sub(r"^\S+: WARNING: ", "", one_line(skipped[0]))  # drop music21's "module: WARNING:" prefix
+        ui.debug(f"{name}: music21 skipped {len(skipped)} unreadable token(s), first: {first}")
     if isinstance(score, stream.Opus):
         if len(score.scores) != 1:
             raise InputError(f"{name}: holds {len(score.scores)} pieces; give one piece per track")
