@@ -57,7 +57,7 @@ def test_canonical_texts_strip_metadata_and_are_deterministic():
 def test_bad_scores_are_one_line_errors(tmp_path):
     with pytest.raises(InputError) as exc:
         canonical_text(path=tmp_path / "missing.krn", text_format="tokens")
-    one_line(exc, "missing.krn", "not found")
+    one_line(exc, "missing.krn", "no such file")  # the raw text stage's message, in every format
     bad = tmp_path / "rests.krn"
     bad.write_text("**kern\n*M4/4\n=1\n1r\n*-\n")
     with pytest.raises(InputError) as exc:

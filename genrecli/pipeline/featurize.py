@@ -352,10 +352,11 @@ def encode_corpus(paths: DatasetPaths, group: str, params: dict, *, state: dict[
     UsageError
         No ``/text/source`` (run ``genre extract-text`` on the corpus), or one converted with other settings.
     """
-    from genrecli.pipeline.text import source_group
+    from genrecli.manifest import read_manifest
+    from genrecli.pipeline.text import corpus_default_format, source_group
 
     plan = _text_input(group, params, state, device)
-    source = source_group(plan.text_format)
+    source = source_group(plan.text_format, corpus_default_format(read_manifest(paths.manifest)))
     target = paths.features()
     with store.open_read(target, what="features", hint="run `genre extract-text` first") as h5:
         if source not in h5:

@@ -62,9 +62,17 @@ def text_format_of(conversion: dict) -> str:
     return conversion.get("text_format", "raw")
 
 
-def source_group(text_format: str = "raw") -> str:
-    """The cached texts of one text format: ``text/source`` (raw) or ``text/source-<format>``."""
-    return SOURCE_GROUP if text_format == "raw" else f"{SOURCE_GROUP}-{text_format}"
+def source_group(text_format: str = "raw", default: str = "raw") -> str:
+    """The cached texts of one text format: ``text/source`` for the corpus's ``default`` format (see
+    :func:`corpus_default_format`), ``text/source-<format>`` for another."""
+    return SOURCE_GROUP if text_format == default else f"{SOURCE_GROUP}-{text_format}"
+
+
+def corpus_default_format(manifest) -> str:
+    """The text format ``auto`` means for a corpus: raw, or tokens when its scores come in several formats."""
+    from genrecli.text.symbolic import resolve_text_format
+
+    return resolve_text_format("auto", {t.score_format for t in manifest.tracks if t.score_format})
 
 
 def track_text(track, *, keep_metadata: bool, text_format: str = "raw") -> str:
@@ -130,7 +138,7 @@ def convert_sources(paths: DatasetPaths, *, keep_metadata: bool, force: bool, te
     conversion = conversion_params(keep_metadata, text_format)
     params = {"conversion": conversion, "formats": formats, "manifest": manifest.content_hash()}
     digest = store.params_hash(params)
-    group = source_group(text_format)
+    group = source_group(text_format, corpus_default_format(manifest))
     target = paths.features()
     if store.group_status(target, group, digest) == "fresh" and not force:
         with h5py.File(target, "r") as h5:
@@ -258,9 +266,10 @@ def extract_text(
     ``text_format`` (:data:`genrecli.text.symbolic.TEXT_FORMAT_CHOICES`) is the encoding scores are read in:
     'raw' (each file in its own syntax, the paper's choice), or one canonical encoding for every format,
     'kern', 'musicxml' or 'tokens' (:mod:`genrecli.text.symbolic`); 'auto' (the default) is raw when the
-    corpus's scores share one format and tokens when they come in several. A canonical format is recorded in
-    the conversion params and names the groups: ``/text/<encoder>-<format>`` (raw: ``/text/<encoder>``), its
-    texts cached in ``/text/source-<format>``; converting runs in ``jobs`` worker processes.
+    corpus's scores share one format and tokens when they come in several. The format is recorded in the
+    conversion params; the corpus's default format writes ``/text/<encoder>``, any other
+    ``/text/<encoder>-<format>``; a canonical format's texts are cached in ``/text/source-<format>``;
+    converting runs in ``jobs`` worker processes.
     """
     from genrecli.text.symbolic import resolve_text_format
 
@@ -270,14 +279,17 @@ def extract_text(
         raise UsageError("max_tokens applies to token sequences only (sequence=True / --sequence)")
     paths = DatasetPaths.of(data, data_home)
     result = StageResult()
-    score_formats = {t.score_format for t in read_manifest(paths.manifest).tracks if t.score_format}
-    fmt = resolve_text_format(text_format, score_formats)
+    corpus = read_manifest(paths.manifest)
+    score_formats = {t.score_format for t in corpus.tracks if t.score_format}
+    fmt, default = resolve_text_format(text_format, score_formats), corpus_default_format(corpus)
     if fmt != "raw" and not score_formats - set(PLAIN_TEXT):
         raise UsageError(f"--text-format {fmt}: '{data}' has no scores (its texts are {', '.join(sorted(score_formats))}); "
                          "text formats apply to kern/MusicXML/ABC scores")
     if text_format == "auto" and fmt != "raw":
         ui.info(f"text format: {fmt} (the scores of '{data}' come in {len(score_formats)} formats: "
                 f"{', '.join(sorted(score_formats))}; --text-format raw keeps each file's own syntax)")
+    # The corpus's default format keeps the plain group name (text/<encoder>), so `--inputs text/minilm` means
+    # the same thing whatever the corpus's formats; another format is named by its suffix. The params say which.
     texts, valid, source_digest, failures = convert_sources(paths, keep_metadata=keep_metadata, force=force,
                                                             text_format=fmt, jobs=jobs)
     result.failures.update(failures)
@@ -286,9 +298,9 @@ def extract_text(
     enc = make_encoder(encoder, device=device, **options)
     if sequence:
         return _extract_sequences(paths, enc, encoder, texts, valid, source_digest, keep_metadata=keep_metadata,
-                                  text_format=fmt, max_tokens=max_tokens, max_clips=max_clips, force=force,
-                                  result=result)
-    group = text_group_name(encoder, fmt)
+                                  text_format=fmt, group=sequence_group_name(encoder, fmt, default), max_tokens=max_tokens,
+                                  max_clips=max_clips, force=force, result=result)
+    group = text_group_name(encoder, fmt, default)
     params = {"encoder": enc.params(), "conversion": conversion_params(keep_metadata, fmt), "source": source_digest}
     digest = store.params_hash(params)
     target = paths.features()
@@ -327,20 +339,20 @@ def _usable_rows(paths, valid: np.ndarray) -> np.ndarray:
     return rows
 
 
-def text_group_name(encoder: str, text_format: str = "raw") -> str:
-    """The feature group of an encoder's vectors: ``text/<encoder group name>`` for raw texts,
-    ``text/<encoder group name>-<format>`` for a canonical text format (so formats sit side by side)."""
-    suffix = "" if text_format == "raw" else f"-{text_format}"
+def text_group_name(encoder: str, text_format: str = "raw", default: str = "raw") -> str:
+    """The feature group of an encoder's vectors: ``text/<encoder group name>`` for the corpus's ``default``
+    text format, ``text/<encoder group name>-<format>`` for another (so formats sit side by side)."""
+    suffix = "" if text_format == default else f"-{text_format}"
     return f"text/{encoder_group_name(encoder)}{suffix}"
 
 
-def sequence_group_name(encoder: str, text_format: str = "raw") -> str:
+def sequence_group_name(encoder: str, text_format: str = "raw", default: str = "raw") -> str:
     """The group of an encoder's token sequences: ``text/<encoder group name>[-<format>]-seq``."""
-    return f"{text_group_name(encoder, text_format)}-seq"
+    return f"{text_group_name(encoder, text_format, default)}-seq"
 
 
-def _extract_sequences(paths, enc, encoder, texts, valid, source_digest, *, keep_metadata, text_format, max_tokens,
-                       max_clips, force, result: StageResult) -> StageResult:
+def _extract_sequences(paths, enc, encoder, texts, valid, source_digest, *, keep_metadata, text_format, group,
+                       max_tokens, max_clips, force, result: StageResult) -> StageResult:
     """``/text/<encoder>-seq``: per track the encoder's token outputs, (T, dim) float32, zero-padded.
 
     The group holds ``data`` (n, T, dim): the rows past a track's length are exactly zero, failed tracks are
@@ -356,7 +368,6 @@ def _extract_sequences(paths, enc, encoder, texts, valid, source_digest, *, keep
         raise UsageError(f"--sequence needs a transformer encoder (token outputs); '{encoder}' gives one vector per text")
     if max_clips is not None:
         raise UsageError("--max-clips does not apply to --sequence (the leading clips fill --max-tokens tokens)")
-    group = sequence_group_name(encoder, text_format)
     params = {"encoder": enc.sequence_params(max_tokens), "conversion": conversion_params(keep_metadata, text_format),
               "source": source_digest}
     limit = params["encoder"]["max_tokens"]

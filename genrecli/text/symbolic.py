@@ -351,6 +351,9 @@ def canonical_text(*, path=None, text=None, fmt=None, text_format: str, keep_met
     if text_format not in CANONICAL_FORMATS:
         raise UsageError(f"canonical_text: text_format must be one of {', '.join(CANONICAL_FORMATS)} (got {text_format!r})")
     name = name or (str(path) if path is not None else "<inline score>")
+    # The raw format's checks first (no kern spine, ragged spines, no ABC key field, ...): a file the raw text
+    # stage refuses is refused in every format, with the same message, before music21 guesses around it.
+    score_to_text(path=path, text=text, fmt=fmt)
     score = parse_score(path=path, text=text, fmt=fmt, name=name)
     if text_format == "tokens":
         return score_to_tokens(score)
