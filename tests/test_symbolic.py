@@ -62,7 +62,7 @@ def test_bad_scores_are_one_line_errors(tmp_path):
     bad.write_text("**kern\n*M4/4\n=1\n1r\n*-\n")
     with pytest.raises(InputError) as exc:
         canonical_text(path=bad, text_format="kern")
-    one_line(exc, "rests.krn", "no notes")
+    one_line(exc, "rests.krn", "no note tokens")
     with pytest.raises(UsageError):
         canonical_text(text=KERN, fmt="humdrum", text_format="raw")
 
