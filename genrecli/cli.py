@@ -154,6 +154,7 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     data_home: DataHomeOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -162,6 +163,23 @@ def main_options(
     """Global options; --data-home, --quiet and --verbose may also follow the command name."""
     _globals.update(data_home=data_home, quiet=quiet, verbose=verbose)
     ui.configure(quiet=quiet, verbose=verbose)
+    _refuse_data_parallel(ctx.invoked_subcommand)
+
+
+# Under torchrun every rank runs the same command line. Only `genre train` knows to split its work and to let
+# rank 0 alone write; any other stage would run N times and have N writers on one HDF5 store.
+DATA_PARALLEL_COMMANDS = frozenset({"train"})
+
+
+def _refuse_data_parallel(command_name: str | None) -> None:
+    """One line and exit 1 when a command other than ``train`` is started by torchrun with several processes
+    (read from ``WORLD_SIZE`` directly: importing :mod:`genrecli.distributed` would import torch)."""
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if command_name is None or command_name in DATA_PARALLEL_COMMANDS or world in ("", "1", "0"):
+        return
+    ui.error(f"genre {command_name} under torchrun (WORLD_SIZE={world}): only `genre train` runs data-parallel; "
+             f"run `genre {command_name}` as one process")
+    raise typer.Exit(1)
 
 
 @command("ingest")

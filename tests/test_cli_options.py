@@ -250,3 +250,20 @@ def test_run_per_track_library_contract(tmp_path, jobs):
         assert sorted(kept) == [0, 1, 2]
     with pytest.raises(UsageError, match="--jobs must be >= 1"):
         run_per_track(_square_or_fail, items, checkpoint=ck, jobs=0, description="stage", ids=ids)
+
+
+def test_torchrun_refuses_every_stage_but_train(capsys, monkeypatch, tmp_path):
+    """Under torchrun with two processes a stage other than train would run twice with two writers on one store:
+    it is refused in one line before it touches anything; with WORLD_SIZE=1 it runs as usual."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    for args in (["info", "--data", "nothing-here"], ["extract-audio", "--data", "x", "--features", "mfcc"],
+                 ["run", str(tmp_path / "exp.toml")]):
+        code, out, err = run_cli(capsys, "--data-home", tmp_path, *args)
+        assert code == 1
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and f"genre {args[0]} under torchrun (WORLD_SIZE=2)" in lines[0], err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    code, out, err = run_cli(capsys, "--data-home", tmp_path, "info", "--data", "nothing-here")
+    assert "under torchrun" not in err and "no dataset" in err
