@@ -157,7 +157,7 @@ def main() -> None:
             # a copy whose every score fails to convert (converter21 cannot write any ABC copy as kern) exits 1:
             # recorded as such, the other corpora and formats go on
             done = genre("extract-text", "--data", data, "--text-format", fmt, "--max-clips", str(opts.max_clips),
-                         "--jobs", str(opts.jobs), check=kind != "kern")
+                         "--jobs", str(opts.jobs), check=kind == "kern")
             usable[kind] = done.returncode in (0, 2)
             if not usable[kind]:
                 results.setdefault("no_features", []).append(f"{data}/{fmt}")
