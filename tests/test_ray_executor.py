@@ -1,0 +1,154 @@
+"""Issue 15, `--executor ray`: per-track stages on Ray actors, with the local pool's contract.
+
+One local Ray instance (two CPUs) serves the whole module; the executor uses a session its caller started as
+it is. Ray is in the test extra, so these tests run (not skip) under `make test`. The per-track toys live in
+tests/worker_toys.py (module level: the actors import them through the PYTHONPATH of
+``local_ray_options``).
+"""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import ray
+
+import worker_toys
+from genrecli import store
+from genrecli.layout import DatasetPaths
+from genrecli.manifest import read_manifest
+from genrecli.pipeline.audio import extract_audio
+from genrecli.pipeline.executors import RAY_MISSING, Executor, local_ray_options
+from genrecli.pipeline.features import TrackInternalError, run_per_track
+from genrecli.pipeline.ingest import ingest
+from genrecli.pipeline.workers import TracksUndone
+
+from conftest import run_cli
+
+IDS = [f"id{i}" for i in range(6)]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(**local_ray_options(num_cpus=2))
+    yield
+    ray.shutdown()
+
+
+def run(func, folder: Path, *, jobs=2, rows=6):
+    checkpoint = store.RowCheckpoint(folder / "ck", "d")
+    items = {i: (i, str(folder)) for i in range(rows)}
+    return run_per_track(func, items, checkpoint=checkpoint, jobs=jobs, description="toy", ids=IDS, executor="ray")
+
+
+# ------------------------------------------------------------------------ the same features as locally
+
+
+def test_ray_mfcc_of_folk_dances_equals_the_local_jobs_1_result(ray_session, data_home):
+    # Two ingests of the same sample, so the Ray run converts the scores to MIDI itself (no MIDI cache).
+    for name in ("local", "ray"):
+        ingest("folk-dances", name=name, limit=8, seed=1, splits=("random:0.5",))
+    extract_audio("local", features=("mfcc",), max_seconds=5.0, jobs=1)
+    result = extract_audio("ray", features=("mfcc",), max_seconds=5.0, jobs=2, executor="ray")
+    assert result.written == ["audio/mfcc"] and not result.failures
+    groups = {}
+    for name in ("local", "ray"):
+        paths = DatasetPaths.of(name)
+        with h5py.File(paths.features(), "r") as h5:
+            grp = h5["audio/mfcc"]
+            groups[name] = (grp["data"][()], grp["valid"][()], store.group_params(grp), read_manifest(paths.manifest).ids)
+    (data_l, valid_l, params_l, ids_l), (data_r, valid_r, params_r, ids_r) = groups["local"], groups["ray"]
+    assert ids_l == ids_r and len(ids_l) == 8
+    assert valid_l.all() and np.array_equal(valid_l, valid_r)
+    assert np.array_equal(data_l, data_r)  # bit for bit, not allclose
+    assert params_l == params_r  # the executor is not part of the features' identity
+
+
+# ------------------------------------------------------------------------------------ dying workers
+
+
+def test_a_killed_ray_worker_is_retried_and_its_row_computed(ray_session, tmp_path, capsys):
+    done, failed = run(worker_toys.die_once_on_2, tmp_path)
+    assert (tmp_path / "died-once").exists()  # the actor running row 2 killed itself once ...
+    assert sorted(done) == list(range(6)) and failed == {}  # ... and row 2 came back from a fresh one
+    assert done[2]["v"][0] == 4
+    err = capsys.readouterr().err
+    assert "id2: worker process died (Ray actor died" in err and "retrying on a fresh worker" in err
+
+
+def test_a_row_whose_ray_worker_always_dies_is_left_undone(ray_session, tmp_path):
+    with pytest.raises(TracksUndone) as info:
+        run(worker_toys.always_die_on_2, tmp_path)
+    assert "\n" not in str(info.value) and "1 track(s) left undone" in str(info.value)
+    assert len((tmp_path / "attempts").read_text().split()) == 3  # the first try and two retries
+    done, failed = store.RowCheckpoint(tmp_path / "ck", "d").load()
+    assert sorted(done) == [0, 1, 3, 4, 5] and failed == {}  # the others kept, row 2 recorded nowhere
+
+
+# -------------------------------------------------------------------------------------------- resume
+
+
+def test_a_resumed_ray_run_does_not_recompute_stored_rows(ray_session, tmp_path):
+    (tmp_path / "bug").write_text("")
+    with pytest.raises(TrackInternalError, match="internal error in toy on id4: RuntimeError: a bug on row 4"):
+        run(worker_toys.log_and_fail_on_4, tmp_path, jobs=1)  # one actor: rows in order, 5 is never started
+    stored, _ = store.RowCheckpoint(tmp_path / "ck", "d").load()
+    assert sorted(stored) == [0, 1, 2, 3]  # the interrupted run kept what it finished
+    (tmp_path / "bug").unlink()
+    (tmp_path / "computed").unlink()
+    done, failed = run(worker_toys.log_and_fail_on_4, tmp_path)
+    assert sorted(map(int, (tmp_path / "computed").read_text().split())) == [4, 5]  # only the missing rows
+    assert sorted(done) == list(range(6)) and failed == {}
+    assert [float(done[i]["v"][0]) for i in range(6)] == [i * i for i in range(6)]
+
+
+def test_a_bad_input_on_a_ray_worker_is_a_recorded_failure(ray_session, tmp_path):
+    # the local contract: an InputError is one track's failure (a bug stops the stage: see the resume test)
+    done, failed = run(worker_toys.fail_input_on_3, tmp_path)
+    assert failed == {3: "row 3 is not a track"} and sorted(done) == [0, 1, 2, 4, 5]
+
+
+# --------------------------------------------------------------------------------- one-line errors
+
+
+def _genre(*args):
+    return subprocess.run([sys.executable, "-m", "genrecli", *args], capture_output=True, text=True, cwd=REPO,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(REPO)}, timeout=120)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("address, fragment", [
+    (f"127.0.0.1:{_free_port()}", "no Ray cluster answers there"),
+    ("somewhere", "expected host:port, ray://host:port or auto"),
+    ("", "give the Ray cluster's address"),
+])
+def test_a_bad_address_is_one_line_before_any_work(tmp_path, address, fragment):
+    proc = _genre("--data-home", tmp_path, "extract-audio", "--data", "none", "--executor", "ray", "--address", address)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert lines[0].startswith(f"error: --address {address}".rstrip()) or not address, lines
+
+
+def test_an_address_without_ray_and_an_unknown_executor_are_one_line(capsys, data_home):
+    code, _, err = run_cli(capsys, "extract-audio", "--data", "none", "--address", "10.0.0.1:6379")
+    assert code == 1 and err.strip() == "error: --address 10.0.0.1:6379: only for --executor ray"
+    code, _, err = run_cli(capsys, "extract-text", "--data", "none", "--executor", "dask")
+    assert code == 1 and err.strip() == "error: --executor dask: expected one of local, ray"
+
+
+def test_missing_ray_is_one_line_naming_the_fix(capsys, data_home, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError, as without the package
+    for stage in ("extract-audio", "extract-text"):
+        code, _, err = run_cli(capsys, stage, "--data", "none", "--executor", "ray")
+        assert code == 1 and err.strip() == f"error: {RAY_MISSING}"
+    assert "pip install 'genrecli[ray]'" in RAY_MISSING
+    assert Executor("ray").kind == "ray"
