@@ -9,6 +9,7 @@ tests/worker_toys.py (module level: the actors import them through the PYTHONPAT
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -39,10 +40,11 @@ def ray_session():
     ray.shutdown()
 
 
-def run(func, folder: Path, *, jobs=2, rows=6):
+def run(func, folder: Path, *, jobs=2, rows=6, **bounds):
     checkpoint = store.RowCheckpoint(folder / "ck", "d")
     items = {i: (i, str(folder)) for i in range(rows)}
-    return run_per_track(func, items, checkpoint=checkpoint, jobs=jobs, description="toy", ids=IDS, executor="ray")
+    return run_per_track(func, items, checkpoint=checkpoint, jobs=jobs, description="toy", ids=IDS, executor="ray",
+                         **bounds)
 
 
 # ------------------------------------------------------------------------ the same features as locally
@@ -87,6 +89,13 @@ def test_a_row_whose_ray_worker_always_dies_is_left_undone(ray_session, tmp_path
     assert len((tmp_path / "attempts").read_text().split()) == 3  # the first try and two retries
     done, failed = store.RowCheckpoint(tmp_path / "ck", "d").load()
     assert sorted(done) == [0, 1, 3, 4, 5] and failed == {}  # the others kept, row 2 recorded nowhere
+
+
+def test_a_row_over_the_time_bound_on_ray_is_a_recorded_failure(ray_session, tmp_path):
+    start = time.monotonic()
+    done, failed = run(worker_toys.slow_on_1, tmp_path, track_timeout=3)
+    assert failed == {1: "exceeded the 3 s per-track time limit (--track-timeout)"}
+    assert sorted(done) == [0, 2, 3, 4, 5] and time.monotonic() - start < 60  # its actor was killed, not waited for
 
 
 # -------------------------------------------------------------------------------------------- resume

@@ -259,7 +259,7 @@ class _RayPool:
                 continue
             row = actor.row
             try:
-                ended.append((row, "result", _outcome(self.ray.get(ref))))
+                ended.append((row, "result", _owned(_outcome(self.ray.get(ref)))))
                 actor.row = actor.ref = None
             except errors.RayActorError as exc:  # the actor's process died (or its node): retried by the loop
                 self._discard(actor)
@@ -291,6 +291,16 @@ class _RayPool:
         """Kill every actor (idle, busy or starting): a stage leaves no worker behind on the cluster."""
         for actor in list(self.actors):
             self._discard(actor)
+
+
+def _owned(outcome):
+    """A row's arrays copied out of Ray's object store: ``ray.get`` gives read-only views of shared memory that
+    would pin every row of the stage there until it ends (the store is a fraction of the RAM)."""
+    if isinstance(outcome, dict):
+        import numpy as np
+
+        return {k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in outcome.items()}
+    return outcome
 
 
 def _death(exc: BaseException) -> str:
