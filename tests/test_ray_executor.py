@@ -6,6 +6,7 @@ tests/worker_toys.py (module level: the actors import them through the PYTHONPAT
 ``local_ray_options``).
 """
 
+import os
 import socket
 import subprocess
 import sys
@@ -22,14 +23,16 @@ from genrecli import store
 from genrecli.layout import DatasetPaths
 from genrecli.manifest import read_manifest
 from genrecli.pipeline.audio import extract_audio
+from genrecli.pipeline import executors
 from genrecli.pipeline.executors import RAY_MISSING, Executor, local_ray_options
 from genrecli.pipeline.features import TrackInternalError, run_per_track
 from genrecli.pipeline.ingest import ingest
+from genrecli.pipeline.text import extract_text
 from genrecli.pipeline.workers import TracksUndone
 
 from conftest import run_cli
 
-IDS = [f"id{i}" for i in range(6)]
+IDS = [f"id{i}" for i in range(70)]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,6 +41,20 @@ def ray_session():
     ray.init(**local_ray_options(num_cpus=2))
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_pools(monkeypatch):
+    """The pools the Ray executor drove (so a test knows its rows did go through Ray, not the local pool)."""
+    pools = []
+
+    def spy(pool, *args, **kwargs):
+        pools.append(pool)
+        return real(pool, *args, **kwargs)
+
+    real = executors.drive_rows
+    monkeypatch.setattr(executors, "drive_rows", spy)
+    return pools
 
 
 def run(func, folder: Path, *, jobs=2, rows=6, **bounds):
@@ -50,12 +67,14 @@ def run(func, folder: Path, *, jobs=2, rows=6, **bounds):
 # ------------------------------------------------------------------------ the same features as locally
 
 
-def test_ray_mfcc_of_folk_dances_equals_the_local_jobs_1_result(ray_session, data_home):
+def test_ray_mfcc_of_folk_dances_equals_the_local_jobs_1_result(ray_session, data_home, ray_pools):
     # Two ingests of the same sample, so the Ray run converts the scores to MIDI itself (no MIDI cache).
     for name in ("local", "ray"):
         ingest("folk-dances", name=name, limit=8, seed=1, splits=("random:0.5",))
     extract_audio("local", features=("mfcc",), max_seconds=5.0, jobs=1)
+    assert not ray_pools
     result = extract_audio("ray", features=("mfcc",), max_seconds=5.0, jobs=2, executor="ray")
+    assert [type(p).__name__ for p in ray_pools] == ["_RayPool"]
     assert result.written == ["audio/mfcc"] and not result.failures
     groups = {}
     for name in ("local", "ray"):
@@ -68,6 +87,23 @@ def test_ray_mfcc_of_folk_dances_equals_the_local_jobs_1_result(ray_session, dat
     assert valid_l.all() and np.array_equal(valid_l, valid_r)
     assert np.array_equal(data_l, data_r)  # bit for bit, not allclose
     assert params_l == params_r  # the executor is not part of the features' identity
+
+
+def test_ray_score_conversion_of_extract_text_equals_the_local_one(ray_session, data_home, ray_pools):
+    # what goes through Ray in extract-text is the per-track conversion to a canonical format; encoding stays here
+    for name in ("local", "ray"):
+        ingest("folk-dances", name=name, limit=8, seed=2, splits=("random:0.5",))
+    extract_text("local", encoder="tfidf", text_format="tokens", jobs=1)
+    assert not ray_pools
+    result = extract_text("ray", encoder="tfidf", text_format="tokens", jobs=2, executor="ray")
+    assert len(ray_pools) == 1
+    assert not result.failures
+    out = {}
+    for name in ("local", "ray"):
+        with h5py.File(DatasetPaths.of(name).features(), "r") as h5:
+            out[name] = (store.read_strings(h5["text/source-tokens"]["text"]), h5["text/tfidf-tokens"]["data"][()])
+    assert out["local"][0] == out["ray"][0] and all(out["ray"][0])
+    assert np.array_equal(out["local"][1], out["ray"][1])
 
 
 # ------------------------------------------------------------------------------------ dying workers
@@ -113,6 +149,55 @@ def test_a_resumed_ray_run_does_not_recompute_stored_rows(ray_session, tmp_path)
     assert sorted(map(int, (tmp_path / "computed").read_text().split())) == [4, 5]  # only the missing rows
     assert sorted(done) == list(range(6)) and failed == {}
     assert [float(done[i]["v"][0]) for i in range(6)] == [i * i for i in range(6)]
+
+
+DRIVER = """
+import sys
+import worker_toys
+from genrecli import store
+from genrecli.pipeline.features import run_per_track
+folder = sys.argv[1]
+run_per_track(worker_toys.log_and_sleep_from_40, {i: (i, folder) for i in range(70)}, jobs=2, description="toy",
+              checkpoint=store.RowCheckpoint(folder + "/ck", "d"), ids=[f"id{i}" for i in range(70)], executor="ray")
+"""
+
+
+def _computed(folder: Path) -> list[tuple[int, int]]:
+    path = folder / "computed"
+    return [tuple(map(int, line.split())) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_driver_killed_by_sigkill_takes_its_actors_and_its_rerun_resumes(ray_session, tmp_path):
+    # The driver starts its own local Ray instance (the default path of `genre extract-audio --executor ray`).
+    (tmp_path / "sleep").write_text("")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path)], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while len(_computed(tmp_path)) < 42 and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.5)  # rows 0-39 done (the first 32 checkpointed), 40 and 41 sleeping in the actors
+        assert len(_computed(tmp_path)) >= 42, "the driver did not get to row 41"
+    finally:
+        driver.kill()
+        driver.wait()
+    actors = {pid for _, pid in _computed(tmp_path)}
+    deadline = time.monotonic() + 30
+    while (alive := {pid for pid in actors if _alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive  # Ray's raylet ends the actors of a dead driver: no orphan keeps computing
+    (tmp_path / "sleep").unlink()
+    (tmp_path / "computed").unlink()
+    done, failed = run(worker_toys.log_and_sleep_from_40, tmp_path, rows=70)
+    assert sorted(row for row, _ in _computed(tmp_path)) == list(range(32, 70))  # the stored 32 are not redone
+    assert sorted(done) == list(range(70)) and failed == {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_bad_input_on_a_ray_worker_is_a_recorded_failure(ray_session, tmp_path):

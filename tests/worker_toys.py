@@ -81,11 +81,11 @@ def fail_input_on_3(item):
 
 
 def log_and_sleep_from_40(item):
-    """Log each computed row to ``folder/computed``; rows from 40 on sleep while ``folder/sleep`` exists (a
-    driver killed meanwhile has checkpointed the first 32 rows)."""
+    """Log each computed row and its process to ``folder/computed`` (``row pid`` lines); rows from 40 on sleep
+    while ``folder/sleep`` exists (a driver killed meanwhile has checkpointed the first 32 rows)."""
     x, folder = item
     with open(Path(folder) / "computed", "a") as fh:
-        fh.write(f"{x}\n")
+        fh.write(f"{x} {os.getpid()}\n")
     while x >= 40 and (Path(folder) / "sleep").exists():
         time.sleep(0.2)
     return square(item)
