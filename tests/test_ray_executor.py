@@ -24,7 +24,7 @@ from genrecli.layout import DatasetPaths
 from genrecli.manifest import read_manifest
 from genrecli.pipeline.audio import extract_audio
 from genrecli.pipeline import executors
-from genrecli.pipeline.executors import RAY_MISSING, Executor, local_ray_options
+from genrecli.pipeline.executors import RAY_MISSING, local_ray_options
 from genrecli.pipeline.features import TrackInternalError, run_per_track
 from genrecli.pipeline.ingest import ingest
 from genrecli.pipeline.text import extract_text
@@ -245,4 +245,3 @@ def test_missing_ray_is_one_line_naming_the_fix(capsys, data_home, monkeypatch):
         code, _, err = run_cli(capsys, stage, "--data", "none", "--executor", "ray")
         assert code == 1 and err.strip() == f"error: {RAY_MISSING}"
     assert "pip install 'genrecli[ray]'" in RAY_MISSING
-    assert Executor("ray").kind == "ray"
