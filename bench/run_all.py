@@ -24,6 +24,7 @@ BENCHES = {
     "text": ("Text encoders: throughput", ["bench_text.py"]),
     "startup": ("Start-up: `genre --help` and the listings", ["bench_startup.py"]),
     "ddp": ("Training with torchrun: one process vs `torchrun --nproc_per_node 2`", ["bench_ddp.py", "--n", "120", "--epochs", "3", "--repeats", "2"]),
+    "executors": ("Extraction executors: Ray vs --jobs 2 vs one process", ["bench_executors.py", "--limit", "200", "--max-seconds", "30"]),
 }
 DEVICE_AWARE = {"kernels", "dm2kmn", "scale", "audio", "text"}
 

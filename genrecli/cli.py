@@ -41,6 +41,8 @@ _globals = {"data_home": None, "quiet": False, "verbose": False}
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="dataset name under the data home")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="recompute even when the cached result is up to date")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="where per-track work runs: local (worker processes here) or ray (actors of a Ray cluster; pip install 'genrecli[ray]')")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="with --executor ray: the cluster's address (host:port, ray://host:port or auto); default: start Ray on this machine", show_default=False)]
 
 
 def _csv(value: Optional[str]) -> Optional[tuple[str, ...]]:
@@ -227,8 +229,10 @@ def extract_audio_cmd(
     soundfont: Annotated[Optional[Path], typer.Option("--soundfont", help="General-MIDI .sf2 for MIDI rendering")] = None,
     weights: Annotated[Optional[list[str]], typer.Option("--weights", help="FEATURE=PATH: local weights (vggish=vggish.pth, mfcc-image=resnet-101 dir); PATH alone when one feature is asked")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="FEATURE.KEY=VALUE feature option (repeatable)")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="worker processes")] = 1,
-    shard: Annotated[Optional[str], typer.Option("--shard", help="k/N: compute every N-th track from the k-th into features.k-of-N.h5")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="worker processes (default 1), or Ray actors with --executor ray (default: one per CPU of the cluster)", show_default=False)] = None,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="k/N: compute every N-th track from the k-th into features.k-of-N.h5 (no engine needed: one job per shard under a batch scheduler)")] = None,
     device: DeviceOpt = "cpu",
     force: ForceOpt = False,
     track_timeout: Annotated[Optional[float], typer.Option("--track-timeout", metavar="SECONDS", help="a track running longer fails, recorded like a bad input (default: 600)", show_default=False)] = None,
@@ -240,6 +244,7 @@ def extract_audio_cmd(
     from genrecli.pipeline.workers import parse_size
 
     _at_least(jobs, 1, "--jobs")
+    where = _executor(executor, address)
     _positive_seconds(max_seconds, "--max-seconds")
     if track_timeout is not None:
         _positive_seconds(track_timeout, "--track-timeout")
@@ -254,7 +259,17 @@ def extract_audio_cmd(
     _finish(extract_audio(data, features=names, options=_feature_options(names, weights, option), max_seconds=max_seconds,
                           soundfont=str(soundfont) if soundfont else None, jobs=jobs, shard=shard, device=device,
                           data_home=_globals["data_home"], force=force, track_timeout=track_timeout,
-                          track_memory=memory))
+                          track_memory=memory, executor=where))
+
+
+
+def _executor(kind: str, address: Optional[str]):
+    """The checked :class:`~genrecli.pipeline.executors.Executor` (Ray installed when asked for), before any work."""
+    from genrecli.pipeline.executors import Executor, check_available
+
+    where = Executor(kind, address)
+    check_available(where)
+    return where
 
 
 def _feature_options(names: tuple[str, ...], weights: Optional[list[str]], pairs: Optional[list[str]]) -> dict:
@@ -288,7 +303,9 @@ def extract_text_cmd(
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="tokens per text with --sequence (default: --clip-tokens)")] = None,
     runtime: Annotated[str, typer.Option("--runtime", help="transformer arithmetic: bf16 (up to ~3x fp32 on CPUs with bf16 matmuls, cosine >= 0.9999 to fp32) or fp32 (the reference)")] = "bf16",
     text_format: Annotated[str, typer.Option("--text-format", help="how scores are read: raw (each file's own syntax), kern, musicxml or tokens (one encoding for every format; group text/<encoder>-<format>); auto: raw, or tokens when the scores come in several formats")] = "auto",
-    jobs: Annotated[int, typer.Option("--jobs", help="worker processes converting scores to a canonical --text-format (music21: seconds per piece)")] = 1,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", help="worker processes converting scores to a canonical --text-format (music21: seconds per piece; default 1), or Ray actors with --executor ray (default: one per CPU of the cluster)", show_default=False)] = None,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
     device: DeviceOpt = "cpu",
     force: ForceOpt = False,
 ) -> None:
@@ -304,10 +321,11 @@ def extract_text_cmd(
     _one_of(runtime, ("fp32", "bf16"), "--runtime")
     _one_of(text_format, TEXT_FORMAT_CHOICES, "--text-format")
     _at_least(jobs, 1, "--jobs")
+    where = _executor(executor, address)
     _check_device(device)
     _finish(extract_text(data, encoder=encoder, keep_metadata=keep_metadata, device=device, clip_tokens=clip_tokens, pooling=pooling,
                          max_clips=max_clips, batch_size=batch_size, sequence=sequence, max_tokens=max_tokens, runtime=runtime,
-                         text_format=text_format, jobs=jobs,
+                         text_format=text_format, jobs=jobs, executor=where,
                          data_home=_globals["data_home"], force=force))
 
 

@@ -1,4 +1,5 @@
-"""Per-track toy functions for tests/test_faults_workers.py: module-level, so the spawned workers import them.
+"""Per-track toy functions for tests/test_faults_workers.py and tests/test_ray_executor.py: module-level, so the
+spawned workers and the Ray actors import them.
 
 Items are ``(x, folder)``: ``x`` picks the behaviour, ``folder`` is where a function leaves its marks.
 """
@@ -56,4 +57,35 @@ def hog_on_1(item):
         block = np.ones(150_000_000)  # float64: 1.2 GB, written, so resident
         time.sleep(120)
         return {"v": np.array([block[0]], dtype=np.float32)}
+    return square(item)
+
+
+def log_and_fail_on_4(item):
+    """Log each computed row to ``folder/computed`` (one line per call); row 4 raises a bug (not a track
+    failure) while ``folder/bug`` exists: an interrupted stage, for the resume tests."""
+    x, folder = item
+    with open(Path(folder) / "computed", "a") as fh:
+        fh.write(f"{x}\n")
+    if x == 4 and (Path(folder) / "bug").exists():
+        raise RuntimeError("a bug on row 4")
+    return square(item)
+
+
+def fail_input_on_3(item):
+    """Row 3 is a bad input (a per-track failure, recorded), the others work."""
+    from genrecli.errors import InputError
+
+    if item[0] == 3:
+        raise InputError("row 3 is not a track")
+    return square(item)
+
+
+def log_and_sleep_from_40(item):
+    """Log each computed row and its process to ``folder/computed`` (``row pid`` lines); rows from 40 on sleep
+    while ``folder/sleep`` exists (a driver killed meanwhile has checkpointed the first 32 rows)."""
+    x, folder = item
+    with open(Path(folder) / "computed", "a") as fh:
+        fh.write(f"{x} {os.getpid()}\n")
+    while x >= 40 and (Path(folder) / "sleep").exists():
+        time.sleep(0.2)
     return square(item)

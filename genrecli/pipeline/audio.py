@@ -16,6 +16,7 @@ from genrecli.layout import DatasetPaths
 from genrecli.manifest import read_manifest
 from genrecli.pipeline import StageResult
 from genrecli.pipeline.features import assemble, parse_shard, run_per_track, shard_rows, write_feature_group
+from genrecli.pipeline.executors import Executor
 from genrecli.pipeline.workers import track_bounds
 
 
@@ -208,13 +209,14 @@ def extract_audio(
     options: dict[str, dict] | None = None,
     max_seconds: float = 30.0,
     soundfont: str | None = None,
-    jobs: int = 1,
+    jobs: int | None = 1,
     shard: str | None = None,
     device: str = "cpu",
     data_home: str | Path | None = None,
     force: bool = False,
     track_timeout: float | None = None,
     track_memory: int | str | None = None,
+    executor: Executor | str | None = None,
 ) -> StageResult:
     """Compute audio features into ``features.h5:/audio/<feature>`` (or a shard store).
 
@@ -223,6 +225,11 @@ def extract_audio(
     (seconds) and ``track_memory`` (bytes or ``"4G"``) bound each track's worker (None: the defaults of
     :func:`genrecli.pipeline.workers.track_bounds`); a track over a bound is a recorded per-track failure.
     They are not part of the parameters: after raising a bound, rerun with ``force`` to retry such tracks.
+
+    ``executor`` (``"local"``, the default, or ``"ray"``, or an :class:`~genrecli.pipeline.executors.Executor`
+    naming a cluster's address) says where the tracks are computed: ``jobs`` local worker processes or ``jobs``
+    Ray actors (None: one per CPU of the cluster). The features are the same either way (bit for bit on the
+    CPU) and are not part of the parameters; the rows come back to this process, which writes the store.
     """
     from genrecli.audio.features import resolve_features
     from genrecli.device import resolve_device
@@ -268,7 +275,7 @@ def extract_audio(
                              soundfont=soundfont, device=device)
     done, failed = run_per_track(
         func, items, checkpoint=checkpoint, jobs=jobs, description=f"audio {','.join(wanted)}", ids=manifest.ids,
-        track_timeout=bounds.timeout, track_memory=bounds.memory,
+        track_timeout=bounds.timeout, track_memory=bounds.memory, executor=executor,
     )
     failures = {manifest.ids[r]: msg for r, msg in failed.items()}
     assembled = {name: assemble(len(manifest), done, name, configured[name].shape) for name in wanted}

@@ -16,7 +16,8 @@ import numpy as np
 from genrecli import store, ui
 from genrecli.errors import GenreError, InputError, UsageError
 from genrecli.layout import DatasetPaths
-from genrecli.pipeline.workers import TracksUndone, run_workers, track_bounds
+from genrecli.pipeline.executors import Executor, as_executor, check_available, run_rows
+from genrecli.pipeline.workers import TracksUndone, track_bounds
 
 CHECKPOINT_EVERY = 32  # tracks per checkpoint chunk: a kill loses at most this much work
 
@@ -66,16 +67,20 @@ def run_per_track(
     items: Mapping[int, object],
     *,
     checkpoint: store.RowCheckpoint,
-    jobs: int = 1,
+    jobs: int | None = 1,
     description: str,
     ids: list[str],
     track_timeout: float | None = None,
     track_memory: int | float | str | None = None,
+    executor: Executor | str | None = None,
 ) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, str]]:
     """Apply ``func(item) -> {name: array}`` to every row, resuming from and saving to ``checkpoint``.
 
     The rows run in ``jobs`` worker processes (one also for ``jobs=1``; see :mod:`genrecli.pipeline.workers`),
-    so ``func`` and the items must be picklable and ``func`` importable by a fresh interpreter. An
+    or, with ``executor="ray"`` (an :class:`~genrecli.pipeline.executors.Executor` for a cluster's address),
+    in ``jobs`` Ray actors (None: one per CPU of the cluster); the rows come back here either way, so the
+    checkpoint, the failure records and the resume below are the same for both. ``func`` and the items must
+    be picklable and ``func`` importable by a fresh interpreter. An
     :class:`InputError` (see :func:`is_track_failure`) from one track is recorded as that track's failure
     (one line) and the loop goes on; so is a track that runs longer than ``track_timeout`` seconds or whose
     worker holds more than ``track_memory`` (bytes or a size such as ``"4G"``; None: the defaults of
@@ -89,8 +94,10 @@ def run_per_track(
     :class:`~genrecli.pipeline.workers.TracksUndone` is raised: the stage writes nothing, the rerun resumes
     from the checkpoint and computes only those tracks, never "up to date" with them missing.
     """
-    if jobs < 1:
+    executor = as_executor(executor)
+    if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs must be >= 1 (got {jobs})")
+    check_available(executor)
     bounds = track_bounds(track_timeout, track_memory)
     done, failed = checkpoint.load()
     todo = [r for r in items if r not in done and r not in failed]
@@ -120,8 +127,8 @@ def run_per_track(
 
     try:
         with ui.progress(len(todo), description) as advance:
-            undone = run_workers(func, items, todo, jobs=jobs, bounds=bounds, finish=finish, advance=advance,
-                                 ids=ids) if todo else {}
+            undone = run_rows(executor, func, items, todo, jobs=jobs, bounds=bounds, finish=finish, advance=advance,
+                              ids=ids) if todo else {}
     finally:  # a bug, a usage error or Ctrl-C keeps every finished track
         checkpoint.save(pending_values, pending_failed)
     if undone:

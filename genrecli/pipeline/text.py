@@ -17,6 +17,7 @@ from genrecli.errors import GenreError, UsageError
 from genrecli.layout import DatasetPaths
 from genrecli.manifest import read_manifest
 from genrecli.pipeline import StageResult, up_to_date
+from genrecli.pipeline.executors import Executor
 from genrecli.pipeline.features import iter_chunks, write_feature_group
 
 SOURCE_GROUP = "text/source"
@@ -123,15 +124,19 @@ def convert_track(item: dict) -> dict:
 
 
 def convert_sources(paths: DatasetPaths, *, keep_metadata: bool, force: bool, text_format: str = "raw",
-                    jobs: int = 1, track_timeout: float | None = None,
-                    track_memory: int | float | str | None = None) -> tuple[list[str], np.ndarray, str, dict]:
+                    jobs: int | None = 1, track_timeout: float | None = None,
+                    track_memory: int | float | str | None = None,
+                    executor: Executor | str | None = None) -> tuple[list[str], np.ndarray, str, dict]:
     """Make (or reuse) the cached texts of one text format (:func:`source_group`); returns (texts, valid,
     params hash, failures).
 
     Its params are ``{"conversion": conversion_params(keep_metadata, text_format), "formats": [...],
     "manifest": hash}``. Raw texts are read in this process (milliseconds per file); a canonical format parses
     every score with music21 (seconds per piece), so those run in ``jobs`` supervised worker processes with
-    the per-track bounds and a checkpoint (a killed run resumes), as the audio stage does.
+    the per-track bounds and a checkpoint (a killed run resumes), as the audio stage does, and ``executor``
+    (:mod:`genrecli.pipeline.executors`: ``"local"`` or ``"ray"``) says where those workers run. Raw texts
+    never leave this process, whatever the executor: shipping a file's bytes to a worker costs more than
+    reading it.
     """
     manifest = read_manifest(paths.manifest)
     formats = sorted({t.score_format for t in manifest.tracks if t.score_format})
@@ -168,7 +173,7 @@ def convert_sources(paths: DatasetPaths, *, keep_metadata: bool, force: bool, te
                  for i, t in enumerate(manifest.tracks)}
         done, failed = run_per_track(convert_track, items, checkpoint=checkpoint, jobs=jobs,
                                      description=f"score -> {text_format}", ids=ids, track_timeout=track_timeout,
-                                     track_memory=track_memory)
+                                     track_memory=track_memory, executor=executor)
         for i, values in done.items():
             texts[i], valid[i] = str(values["text"]), True
         failures = {ids[i]: msg for i, msg in failed.items()}
@@ -245,9 +250,10 @@ def extract_text(
     max_tokens: int | None = None,
     runtime: str = "bf16",
     text_format: str = "auto",
-    jobs: int = 1,
+    jobs: int | None = 1,
     data_home: str | Path | None = None,
     force: bool = False,
+    executor: Executor | str | None = None,
 ) -> StageResult:
     """Convert scores to text and encode them into ``features.h5:/text/<encoder>``.
 
@@ -270,6 +276,12 @@ def extract_text(
     conversion params; the corpus's default format writes ``/text/<encoder>``, any other
     ``/text/<encoder>-<format>``; a canonical format's texts are cached in ``/text/source-<format>``;
     converting runs in ``jobs`` worker processes.
+
+    ``executor`` (``"local"`` or ``"ray"``, see :mod:`genrecli.pipeline.executors`) is where that per-track
+    conversion runs: ``jobs`` local processes or ``jobs`` Ray actors (None: one per CPU of the cluster). The
+    encoding always runs here, in batches on one model (``device``): it is not per track (a batch of texts
+    is one forward pass, and TF-IDF is fitted on the whole corpus), and splitting the batches over actors
+    would load the model once per actor for minutes of work at most.
     """
     from genrecli.text.symbolic import resolve_text_format
 
@@ -291,7 +303,7 @@ def extract_text(
     # The corpus's default format keeps the plain group name (text/<encoder>), so `--inputs text/minilm` means
     # the same thing whatever the corpus's formats; another format is named by its suffix. The params say which.
     texts, valid, source_digest, failures = convert_sources(paths, keep_metadata=keep_metadata, force=force,
-                                                            text_format=fmt, jobs=jobs)
+                                                            text_format=fmt, jobs=jobs, executor=executor)
     result.failures.update(failures)
     options = {} if encoder == "tfidf" else dict(clip_tokens=clip_tokens, pooling=pooling, max_clips=max_clips,
                                                  batch_size=batch_size, runtime=runtime)

@@ -154,11 +154,29 @@ def run_workers(
     re-raised. On any exit (also Ctrl-C) every worker is killed. Returns ``{row: reason}`` of the rows whose
     worker died ``1 + WORKER_RETRIES`` times (not finished, so not recorded).
     """
+    return drive_rows(_Pool(func, jobs, bounds), items, todo, finish=finish, advance=advance, ids=ids)
+
+
+def drive_rows(
+    pool,
+    items: Mapping[int, object],
+    todo: list[int],
+    *,
+    finish: Callable[[int, object], None],
+    advance: Callable[[int], None],
+    ids: list[str],
+) -> dict[int, str]:
+    """The supervision loop of :func:`run_workers` over any pool of workers (the contract of :class:`_Pool`).
+
+    A pool has ``dispatch(queue, items)`` (give queued rows to idle workers, start workers),
+    ``wait() -> [(row, kind, value)]`` (rows that ended: kind ``"result"``, ``"bound"`` or ``"died"``),
+    ``busy()`` and ``close()``. The retries, the cancellation on the first error of ``finish`` and the rows
+    left undone are decided here once, so every executor (:mod:`genrecli.pipeline.executors`) keeps them.
+    """
     queue = collections.deque(todo)
     deaths: collections.Counter[int] = collections.Counter()
     undone: dict[int, str] = {}
     stop: Exception | None = None
-    pool = _Pool(func, jobs, bounds)
     try:
         while queue or pool.busy():
             pool.dispatch(queue, items)
