@@ -166,3 +166,20 @@ def test_midi_cache_key_names_the_opening():
     from genrecli.pipeline.audio import conversion_params
 
     assert conversion_params()["opening"] == synth.DEFAULT_OPENING == "text"
+
+
+def test_midi_staging_cleanup_keeps_another_shards_files(tmp_path):
+    """Shards of one corpus stage MIDI into one folder at the same time: a shard clears only what it staged."""
+    from genrecli.pipeline.audio import MidiCache
+
+    staging = tmp_path / ".partial" / "midi"
+    cache = MidiCache(tmp_path / "features.h5", staging, manifest=[None] * 3)
+    staging.mkdir(parents=True)
+    mine, other = staging / "mine-30.mid", staging / "other-30.mid"
+    mine.write_bytes(b"MThd"), other.write_bytes(b"MThd")
+    cache.staged = {0: mine}
+    cache.clear_staging()
+    assert not mine.exists() and other.exists()
+    other.unlink()
+    cache.clear_staging()  # nothing of its own left; the folder, now empty, goes
+    assert not staging.exists()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -199,7 +199,12 @@ class MidiCache:
                                strings={"key": keys})
 
     def clear_staging(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
+        """Delete the MIDI this run staged (now in the store), not the folder: shards of one corpus run at
+        the same time stage into the same folder, and each must keep the others' files."""
+        for staged in self.staged.values():
+            staged.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: another shard's files, or one left by a killed run
+            self.staging.rmdir()
 
 
 def extract_audio(
