@@ -11,6 +11,20 @@ fixed fine-tuning schedule (5 epochs, lr 1e-3) and a fixed C = 1 (DKN and map-ne
 -- 5-fold CV of C over liblinear on 40,000 rows alone ran past 50 minutes on 2 busy cores -- DKN
 ``max_iter=60``, fine-tuning in mini-batches of 2048 rows (full-batch autograd over 40,000 x 1000 maps passed
 8 GiB), one seed.
+
+Library mode (issue 15), the model alone on rows streamed from an HDF5 file:
+
+    python bench/bench_scale.py --library [--ns 100000 1000000] [--landmarks 1000] [--ft-epochs 1 0]
+        [--forward-rows 20000] [--selection uniform] [--block-size 2048] [--batch-size 8192] [--keep DIR]
+
+For every n: SYNTHETIC rows of the paper's shapes (1000-d audio next to 1024-d text, float32, 5 classes)
+are written block by block to an HDF5 dataset (never held whole: 10^6 x 2024 float32 is 8.1 GB), then a
+fresh interpreter opens it with h5py and fits ``DM2KMNClassifier(landmarks=N)`` on the ``h5py.Dataset``
+itself (the streamed fit: DKN and every CV on the N landmark rows, fine-tuning mini-batches read and mapped
+``block_size`` rows at a time), then scores the first ``forward_rows`` rows from the file. Reported per n:
+fit seconds, forward samples/s, that process's peak RSS, and RSS(n_max)/RSS(n_min) against the data-size
+ratio. ``--ft-epochs`` gives the fine-tuning epochs per n (one value for all, or one per n): each epoch
+streams all n rows, so on 2 shared cores 10^6 rows get 0 epochs (the fit then reads only the landmark rows).
 """
 
 from __future__ import annotations
@@ -46,6 +60,107 @@ def run_stage(args: list[str], env: dict) -> tuple[float, float, str]:
     return doc["s"], doc["rss"], doc["err"]
 
 
+def write_h5(path: Path, n: int, n_classes: int = 5, seed: int = 0, block: int = 50_000) -> float:
+    """Synthetic rows of the paper's shapes (bench_dm2kmn.make_data's model) written block by block; GiB."""
+    import h5py
+    import numpy as np
+
+    from bench_dm2kmn import D_AUDIO, D_TEXT
+
+    rng = np.random.default_rng(seed)
+    lat_a = rng.standard_normal((n_classes, 24)) * 0.25
+    lat_t = rng.standard_normal((n_classes, 24)) * 0.25
+    mix_a = rng.standard_normal((24, D_AUDIO)) / np.sqrt(24)
+    mix_t = rng.standard_normal((24, D_TEXT)) / np.sqrt(24)
+    y = np.arange(n) % n_classes
+    rng.shuffle(y)
+    with h5py.File(path, "w") as h5:
+        X = h5.create_dataset("X", (n, D_AUDIO + D_TEXT), dtype="float32", chunks=(min(n, 1024), D_AUDIO + D_TEXT))
+        h5["y"] = y
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            r = np.random.default_rng([seed, start])
+            yb = y[start:stop]
+            za = lat_a[yb] + r.standard_normal((stop - start, 24))
+            zt = lat_t[yb] + r.standard_normal((stop - start, 24))
+            audio = 2.0 * (za @ mix_a) + r.standard_t(5, size=(stop - start, D_AUDIO))
+            text = np.maximum(zt @ mix_t + 0.8 * r.standard_normal((stop - start, D_TEXT)), 0.0)
+            X[start:stop] = np.hstack([audio, text]).astype(np.float32)
+    return n * (D_AUDIO + D_TEXT) * 4 / 2**30
+
+
+LIBRARY_CHILD = r"""
+import json, resource, sys, time
+import h5py, numpy as np
+from genrecli.models.dkn import DKNClassifier
+from genrecli.models.dm2kmn import DM2KMNClassifier
+path, N, epochs, fwd, sel, block, batch, device = sys.argv[1:9]
+with h5py.File(path, "r") as h5:
+    X, y = h5["X"], h5["y"][()]
+    dkn = DKNClassifier(input_dims=(1000, 1024), modality_names=("audio", "text"), C=1.0, max_iter=60)
+    net = DM2KMNClassifier(dkn, landmarks=int(N), landmark_selection=sel, ft_epochs=int(epochs), ft_lr=1e-3,
+                           block_size=int(block), batch_size=int(batch), random_state=0, device=device)
+    t0 = time.perf_counter(); net.fit(X, y); fit_s = time.perf_counter() - t0
+    rss_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    m = min(int(fwd), X.shape[0])
+    class Head:  # the first m rows of the file, read block by block by predict
+        ndim, shape = 2, (m, X.shape[1])
+        def __getitem__(self, s): return X[s]
+    t0 = time.perf_counter(); pred = net.predict(Head()); fwd_s = time.perf_counter() - t0
+    acc = float(np.mean(pred == y[:m]))
+print(json.dumps({"fit_s": fit_s, "fwd_rows": m, "fwd_s": fwd_s, "rss_fit": rss_fit,
+                  "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "acc_first_rows": acc,
+                  "ranks": [max(r) for r in net.ranks_], "epochs": net.ft_epochs_,
+                  "ft_loss": [h["loss"] for h in net.ft_history_]}))
+"""
+
+
+def library(opts) -> None:
+    import datetime
+
+    work = opts.keep or Path(tempfile.mkdtemp(prefix="genre-scale-lib-"))
+    work.mkdir(parents=True, exist_ok=True)
+    epochs = opts.ft_epochs if len(opts.ft_epochs) == len(opts.ns) else [opts.ft_epochs[0]] * len(opts.ns)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    rows = []
+    load0 = os.getloadavg()
+    start = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        for n, ep in zip(opts.ns, epochs):
+            path = work / f"rows-{n}.h5"
+            t0 = time.perf_counter()
+            gib = write_h5(path, n)
+            write_s = time.perf_counter() - t0
+            out = subprocess.run([sys.executable, "-c", LIBRARY_CHILD, str(path), str(opts.landmarks), str(ep),
+                                  str(opts.forward_rows), opts.selection, str(opts.block_size), str(opts.batch_size),
+                                  opts.device], capture_output=True, text=True, env=env)
+            if out.returncode != 0:
+                raise SystemExit(f"n={n}: the library run failed:\n{out.stderr[-3000:]}")
+            doc = json.loads(out.stdout.strip().splitlines()[-1])
+            doc.update(n=n, data_gib=gib, write_s=write_s)
+            rows.append(doc)
+            print(json.dumps(doc), flush=True)
+            if opts.keep is None:
+                path.unlink()
+    finally:
+        if opts.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    load1 = os.getloadavg()
+    print(f"\n{start:%Y-%m-%d %H:%M} UTC; load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
+          f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; {os.cpu_count()} CPUs; device {opts.device}; "
+          f"landmarks N = {opts.landmarks} ({opts.selection}), block_size {opts.block_size}, "
+          f"batch_size {opts.batch_size}\n")
+    print("| n | data (GiB, on disk, float32) | fine-tuning epochs | fit s | forward rows | forward samples/s | "
+          "peak RSS after fit (GiB) | peak RSS (GiB) |\n|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['n']:,} | {r['data_gib']:.2f} | {r['epochs']} | {r['fit_s']:.1f} | {r['fwd_rows']:,} | "
+              f"{r['fwd_rows'] / r['fwd_s']:.0f} | {r['rss_fit']:.2f} | {r['rss']:.2f} |")
+    if len(rows) > 1:
+        a, b = rows[0], rows[-1]
+        print(f"\nRSS({b['n']:,}) / RSS({a['n']:,}) = {b['rss'] / a['rss']:.2f}; data-size ratio "
+              f"{b['data_gib'] / a['data_gib']:.1f}")
+
+
 def main() -> None:
     import numpy as np
 
@@ -56,7 +171,16 @@ def main() -> None:
     ap.add_argument("--landmarks", type=int, default=1000)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
+    ap.add_argument("--library", action="store_true", help="the model alone on rows streamed from HDF5")
+    ap.add_argument("--ns", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--ft-epochs", type=int, nargs="+", default=[1, 0])
+    ap.add_argument("--forward-rows", type=int, default=20_000)
+    ap.add_argument("--selection", default="uniform", choices=("uniform", "kmeans++"))
+    ap.add_argument("--block-size", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=8192)
     opts = ap.parse_args()
+    if opts.library:
+        return library(opts)
     work = opts.keep or Path(tempfile.mkdtemp(prefix="genre-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

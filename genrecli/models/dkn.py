@@ -574,13 +574,18 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         with one per block of ``input_dims``. Default 'none'. (The model-level DKNModel resolves 'auto'.)
     input_names : a name per input block, for scaling warnings (default: modality_names).
     random_state : seed (weights initialisation, CV folds). device : 'cpu', 'cuda', 'auto'.
+    block_size : rows of X scored at a time by :meth:`decision_function` / :meth:`predict` (their elementary
+        Grams against the n_train training rows are (m, block_size, n_train)); None = all rows at once.
+        Scores do not depend on it (up to float32 round-off). A row-sliceable array-like (memmap,
+        ``h5py.Dataset``) is read one block at a time.
     """
 
     def __init__(self, kernels=DEFAULT_KERNELS, *, input_dims=None, modality_names=None, hidden=None, depth=3,
                  activation="exp", poly_coefs=(1.0, 1.0, 0.5), output="single", weights="simplex", C="cv",
                  C_grid=(0.1, 1.0, 10.0, 100.0), cv=5, class_weight="balanced", lr="auto", lr_scale=0.05,
                  max_iter=300, svm_every=10, patience=5, tol=1e-4, kernel_offset=DEFAULT_OFFSET, sigma=DEFAULT_SIGMA,
-                 scale="none", input_names=None, random_state=None, device="cpu"):
+                 scale="none", input_names=None, random_state=None, device="cpu", block_size=8192):
+        self.block_size = block_size
         self.kernels = kernels
         self.input_dims = input_dims
         self.modality_names = modality_names
@@ -632,16 +637,32 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         self._fit_gram_idx(grams, y_idx, classes, modalities)
         return self
 
+    def _heads_features(self, X) -> np.ndarray:
+        """Head decision values (n_x, n_heads) of feature rows X, ``block_size`` rows at a time."""
+        from genrecli.kernels.landmarks import read_rows, row_blocks
+
+        if (not isinstance(X, np.ndarray) and not hasattr(X, "iloc") and getattr(X, "ndim", 0) == 2
+                and hasattr(X, "__getitem__")):  # a store dataset or view: read block by block
+            n, read = int(X.shape[0]), lambda a, b: read_rows(X, a, b)
+        else:
+            X = validate_data(self, X, dtype=np.float32, reset=False, ensure_all_finite=finite_mode(self.scale))
+            n, read = X.shape[0], lambda a, b: X[a:b]
+        out = []
+        for a, b in row_blocks(n, self.block_size):
+            A = validate_data(self, read(a, b), dtype=np.float32, reset=False, ensure_all_finite=finite_mode(self.scale))
+            out.append(self._decision_heads(self._grams(A)))
+        return out[0] if len(out) == 1 else np.concatenate(out, 0)
+
     def decision_function(self, X):
+        """Decision values of feature rows X (n_x, n_features_in_): (n_x,) for two classes, else (n_x, C)."""
         check_is_fitted(self, "kernels_")
-        X = validate_data(self, X, dtype=np.float64, reset=False, ensure_all_finite=finite_mode(self.scale))
-        S = self._decision_heads(self._grams(X))
+        S = self._heads_features(X)
         return S[:, 0] if len(self.classes_) == 2 else S
 
     def predict(self, X):
+        """Labels (n_x,) of feature rows X (n_x, n_features_in_), ``block_size`` rows at a time."""
         check_is_fitted(self, "kernels_")
-        X = validate_data(self, X, dtype=np.float64, reset=False, ensure_all_finite=finite_mode(self.scale))
-        return self.classes_[self._scores(self._grams(X)).argmax(1)]
+        return self.classes_[heads_to_scores(self._heads_features(X), len(self.classes_)).argmax(1)]
 
     # -- Gram-level interface --------------------------------------------------------------------------------
     def fit_gram(self, grams, y, *, map_grams=None, modalities=None):

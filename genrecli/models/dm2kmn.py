@@ -16,8 +16,14 @@ Given a trained DKN (weights w^(l), activation g) and landmarks Z (default: all 
   option approximation term beta), with the landmark maps recomputed in the graph at every step, w >= 0
   projection, (lr, epochs) chosen by 5-fold CV on the training data.
 
-Memory: with N landmarks and n training rows everything is O(n N) (the n x n Gram is never formed when
-N < n); the landmark-landmark tensors are O(m N^2).
+Memory: with N landmarks and n training rows the n x n Gram is never formed when N < n; the
+landmark-landmark tensors are O(m N^2). The feature-level fit with N < n (``selection_rows='landmarks'``, the
+default) streams the rows: landmarks by :func:`genrecli.kernels.landmarks.select_landmarks` (uniform or
+k-means++), the DKN, the KPCA maps, C by CV, the initial SVM, the fine-tuning (lr, epochs) CV and the train RE
+on the N landmark rows only, then the fine-tuning on all n rows in mini-batches whose (m, rows, N) input-map
+Grams are computed ``block_size`` rows at a time and dropped; prediction is blocked the same way. Memory
+is then O(m block_size N + m N^2) plus y, whatever n, and X may be an ``h5py.Dataset`` or a memmap (read in
+row slices, float32). ``selection_rows='all'`` keeps the in-memory fit (everything on all n rows, O(n N m)).
 
 [I] choices and the defaults taken here: the DKN is trained on all training rows when landmarks='all', on the
 landmark rows otherwise (so that memory stays linear in n); uncentred KPCA, eigenvalues below
@@ -44,11 +50,12 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.svm import LinearSVC
 from sklearn.utils._available_if import available_if
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from genrecli.device import resolve_device
 from genrecli.errors import UsageError
 from genrecli.kernels import DEFAULT_ENERGY, DEFAULT_LEVELS, DEFAULT_QUANTIZATION
+from genrecli.kernels.landmarks import SELECTIONS, read_rows, row_blocks, select_landmarks, take_rows
 from genrecli.kernels.maps import ExplicitMap, kpca_projection
 from genrecli.models.dkn import (
     DKNClassifier,
@@ -74,6 +81,7 @@ LOSSES = ("hinge", "xent")
 _INFERENCE_OPERATORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 OPTIMIZERS = ("sgd", "adam")
 CONSTRAINTS = ("nonneg", "simplex")
+SELECTION_ROWS = ("landmarks", "all")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -178,13 +186,39 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         scaling, fitted on the landmark rows with the maps), ``activation`` / ``poly_coefs``, and
         for the linear SVM on the top maps ``C`` / ``C_grid`` / ``cv`` / ``class_weight``.
     landmarks : 'all' or int N
-        Landmark rows Z (drawn with ``random_state`` when N < n).
+        Landmark rows Z (chosen with ``landmark_selection`` and ``random_state`` when N < n).
+    landmark_selection : 'uniform' | 'kmeans++'
+        How the N < n landmarks are chosen (:func:`genrecli.kernels.landmarks.select_landmarks`): uniformly
+        without replacement (default; the draw of earlier versions), or by k-means++ seeding on the scaled
+        concatenated inputs (columns standardised, each modality of ``dkn.input_dims`` weighted by
+        1/sqrt(width)) of a uniform candidate pool of ``landmark_pool`` rows. Feature-level :meth:`fit` only
+        (:meth:`fit_gram` has no features: uniform).
+    landmark_stratify : bool
+        Draw landmarks per class in proportion to the class sizes (default False).
+    landmark_pool : int or None
+        k-means++ candidate pool (None: ``min(n, max(20 N, 10000))``).
+    block_size : int or None
+        Rows per block of the n x N input-map Grams (m, block, N) computed at a time, in the streamed
+        feature-level fit (landmarks N < n) and in :meth:`decision_function` / :meth:`predict`; None = all rows
+        in one block. Peak memory of those is O(m block N), independent of n; results do not depend on it
+        (up to float32 round-off).
+    selection_rows : 'landmarks' | 'all'
+        Feature-level fit with N < n: where the n-fold costs run. 'landmarks' (default; the streamed fit): C
+        by CV, the initial linear SVM, the fine-tuning (lr, epochs) CV and the train RE all on the N landmark
+        rows (their maps are computed anyway), then the fine-tuning with the chosen (lr, epochs) on all n rows,
+        streamed in mini-batches of ``batch_size`` rows (full batch when None, as gradient accumulation over
+        the blocks), the n x N Grams recomputed block by block every epoch and never stored: memory O(m
+        block_size N + m N^2), X read block by block (a NumPy array, a memmap or an ``h5py.Dataset``; never
+        copied whole or to float64). 'all': the in-memory fit of earlier versions (CV, SVM and fine-tuning on
+        all n rows, the (m, n, N) Grams materialised; O(n N m) memory).
     energy, rel_eps : KPCA energy kept per unit (0.99) and the eigenvalue floor (rel_eps * lambda_1).
     levels, quantization : the histogram input map. nystrom_energy : the RBF input map.
     finetune : False = the initial DM2KMN.
     loss : 'hinge' | 'xent'. beta : weight of the approximation term. train_projections : also learn P.
     optimizer : 'sgd' | 'adam'. ft_lr : float | 'cv' (over ``ft_lr_grid``). ft_epochs : int | 'cv' (0, ft_eval_every,
-        ..., ft_max_epochs). batch_size : None = full batch.
+        ..., ft_max_epochs). batch_size : None = full batch. In the streamed fit the mini-batches are
+        contiguous row ranges of X visited in a seeded random order each epoch (rows are not permuted: a
+        store is read in slices), so X should not be sorted by class.
     ft_constraint : 'simplex' | 'nonneg' (with w >= 0 alone the hinge loss is lowered by inflating the kernel
         scale, and RE grew to ~180 % on kern-eras MFCC, against the paper's 3 %; the per-unit simplex of the
         DKN keeps the scale).
@@ -201,9 +235,15 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
                  quantization=DEFAULT_QUANTIZATION, nystrom_energy=DEFAULT_ENERGY, finetune=True, loss="hinge",
                  beta=0.0, train_projections=False, optimizer="sgd", ft_lr="cv", ft_lr_grid=(1e-4, 1e-3, 1e-2),
                  ft_epochs="cv", ft_max_epochs=30, ft_eval_every=5, batch_size=None, ft_constraint="simplex",
-                 classifier_init="svm", random_state=None, device="cpu"):
+                 classifier_init="svm", random_state=None, device="cpu", landmark_selection="uniform",
+                 landmark_stratify=False, landmark_pool=None, block_size=2048, selection_rows="landmarks"):
         self.dkn = dkn
         self.landmarks = landmarks
+        self.landmark_selection = landmark_selection
+        self.landmark_stratify = landmark_stratify
+        self.landmark_pool = landmark_pool
+        self.block_size = block_size
+        self.selection_rows = selection_rows
         self.energy = energy
         self.rel_eps = rel_eps
         self.levels = levels
@@ -257,25 +297,45 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
             raise UsageError(f"classifier_init {self.classifier_init!r}: expected 'svm' or 'gaussian'")
         if not (0.0 < float(self.energy) <= 1.0):
             raise UsageError(f"energy {self.energy!r}: expected a fraction in (0, 1]")
+        if self.landmark_selection not in SELECTIONS:
+            raise UsageError(f"landmark_selection {self.landmark_selection!r}: expected one of {', '.join(SELECTIONS)}")
+        if self.selection_rows not in SELECTION_ROWS:
+            raise UsageError(f"selection_rows {self.selection_rows!r}: expected one of {', '.join(SELECTION_ROWS)}")
+        if self.block_size is not None and (not isinstance(self.block_size, numbers.Integral) or self.block_size < 1):
+            raise UsageError(f"block_size {self.block_size!r}: expected a positive integer or None")
 
-    def _landmark_index(self, n: int, y_idx, seed: int) -> np.ndarray:
+    def _landmark_index(self, n: int, y_idx, seed: int, X=None, input_dims=None) -> np.ndarray:
+        """Sorted landmark row indices (N,) of the n training rows; X (features) is needed for k-means++."""
+        method = self.landmark_selection if X is not None else "uniform"
+        return select_landmarks(X, self.landmarks, method=method, y_idx=y_idx, stratify=bool(self.landmark_stratify),
+                                input_dims=input_dims, pool=self.landmark_pool, random_state=seed)
+
+    def _streams(self, n: int) -> bool:
+        """Whether a feature-level fit on n rows takes the streamed path (N < n, selection_rows='landmarks')."""
         lm = self.landmarks
-        if isinstance(lm, str):
-            if lm != "all":
-                raise UsageError(f"landmarks {lm!r}: expected 'all' or a positive integer")
-            return np.arange(n)
-        if not isinstance(lm, numbers.Integral) or lm < 1:
-            raise UsageError(f"landmarks {lm!r}: expected 'all' or a positive integer")
-        if lm >= n:
-            return np.arange(n)
-        rng = np.random.RandomState(seed)
-        return np.sort(rng.choice(n, int(lm), replace=False))
+        return self.selection_rows == "landmarks" and not isinstance(lm, str) and int(lm) < n
 
     # -- feature-level interface -----------------------------------------------------------------------------
     def fit(self, X, y):
-        """Fit kernels and explicit maps on X (train only), train/take the DKN, build and fine-tune the maps."""
+        """Fit kernels and explicit maps on X (train only), train/take the DKN, build and fine-tune the maps.
+
+        Parameters
+        ----------
+        X : array-like, shape (n, d)
+            Training rows, modalities side by side (``dkn.input_dims``). With landmarks N < n and
+            ``selection_rows='landmarks'`` any row-sliceable array-like (NumPy array, memmap,
+            ``h5py.Dataset``) is read in blocks of ``block_size`` rows (float32) and never loaded whole.
+        y : array-like, shape (n,)
+
+        Returns
+        -------
+        self
+        """
         self._validate_params()
         dkn = self._make_dkn()
+        if (not isinstance(self.landmarks, str) and isinstance(self.landmarks, numbers.Integral)
+                and getattr(X, "ndim", 0) == 2 and self._streams(int(X.shape[0]))):
+            return self._fit_streamed(X, y, dkn)
         X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, ensure_all_finite=finite_mode(dkn.scale))
         classes, y_idx = _to_labels(y)
         if len(classes) < 2:
@@ -318,6 +378,188 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         self.maps_ = maps
         self.input_names_ = labels
 
+    def _fit_streamed(self, X, y, dkn):
+        """Feature-level fit with N < n landmarks, memory independent of n beyond y (see ``selection_rows``)."""
+        n, d = int(X.shape[0]), int(X.shape[1])
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != n:
+            raise ValueError(f"y: expected shape ({n},), got {y.shape}")
+        classes, y_idx = _to_labels(y)
+        if len(classes) < 2:
+            raise ValueError("y has a single class; a classifier needs at least 2 classes")
+        seed = seed_of(self.random_state)
+        if hasattr(X, "iloc"):  # a DataFrame: record its column names, then read it as an array
+            validate_data(self, X.iloc[:2], dtype=np.float32, reset=True, ensure_all_finite=False)
+            X = X.to_numpy(dtype=np.float32)
+        else:
+            self.__dict__.pop("feature_names_in_", None)
+        self.n_features_in_ = d
+        idx = self._landmark_index(n, y_idx, seed, X=X, input_dims=dkn.input_dims)
+        Xz = check_array(take_rows(X, idx), dtype=np.float32, ensure_all_finite=finite_mode(dkn.scale))
+        if not hasattr(dkn, "weights_"):
+            dkn.fit(Xz, classes[y_idx[idx]])
+        elif not hasattr(dkn, "kernels_"):
+            raise ValueError("dkn: fitted on Gram matrices (fit_gram), it cannot serve a feature-level fit; "
+                             "pass it unfitted or fitted with fit(X, y)")
+        elif dkn.n_train_ != len(idx):
+            raise ValueError(f"dkn: fitted on {dkn.n_train_} rows, but its training rows must be the {len(idx)} "
+                             "landmarks of this fit (pass it unfitted)")
+        self.dkn_ = dkn
+        self.slices_ = split_columns(d, dkn.input_dims)
+        self._fit_maps(Xz, dkn)
+        self.landmarks_ = np.asarray(idx, dtype=np.int64)
+        Gzz = self._map_grams(Xz)  # (m, N, N): the landmark rows of the n x N Grams
+        self._fit_core_streamed(X, Gzz, idx, y_idx, classes, dkn, dkn_grams_zz=dkn._grams(Xz),
+                                modalities=dkn.modalities_)
+        return self
+
+    def _block_rows(self, X, start, stop):
+        """Rows start:stop of X as checked float32 (n_features_in_ columns)."""
+        A = check_array(read_rows(X, start, stop), dtype=np.float32, ensure_all_finite=finite_mode(self.dkn_.scale))
+        if A.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {A.shape[1]} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input")
+        return A
+
+    def _block_grams(self, X, start, stop, dev):
+        """Input-map Grams of rows start:stop against the landmarks, computed in blocks: (m, stop-start, N)."""
+        parts = [self._map_grams(self._block_rows(X, start + s0, start + s1))
+                 for s0, s1 in row_blocks(stop - start, self.block_size)]
+        G = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        return torch.from_numpy(G).to(dev)
+
+    def _fit_core_streamed(self, X, Gzz, idx, y_idx, classes, dkn, *, dkn_grams_zz, modalities):
+        """Build the maps on the landmarks, select on them, fine-tune on all n rows streamed in blocks.
+
+        Gzz: input-map Grams among the landmarks (m, N, N); dkn_grams_zz: exact elementary Grams among them.
+        """
+        dev = self._device()
+        g = dkn._activation()
+        seed = seed_of(self.random_state)
+        n_classes = len(classes)
+        n, N = len(y_idx), len(idx)
+        omega = class_weights(y_idx, n_classes, dkn.class_weight, classes)
+        y_z = y_idx[idx]
+        Gzz_t = torch.from_numpy(np.ascontiguousarray(Gzz, dtype=np.float32)).to(dev)
+        Gzz_t = 0.5 * (Gzz_t + Gzz_t.transpose(1, 2))
+        Ws = [torch.as_tensor(w, device=dev) for w in dkn.weights_]
+        Ps, ranks = [], []
+        Az = Gzz_t
+        with torch.no_grad():
+            for li, W in enumerate(Ws):
+                P, rk, Kz = build_projections(W, Az, g, float(self.energy), float(self.rel_eps))
+                Ps.append(P)
+                ranks.append(rk)
+                if li < len(Ws) - 1:
+                    Fz = torch.bmm(Kz, P)
+                    Az = torch.bmm(Fz, Fz.transpose(1, 2))
+                del Kz
+        # everything n-fold (C by CV, initial SVM, fine-tuning CV, RE) on the landmark rows
+        ctx = _Ctx(g=g, Gzz=Gzz_t, Gxz=None, all_lm=True, n=N, dev=dev)
+        with torch.no_grad():
+            F_top = self._top_maps(ctx, Ws, Ps).cpu().numpy()
+        K_dkn = torch.from_numpy(dkn.output_gram(dkn_grams_zz)).to(dev)
+        C = self._select_C(F_top, y_z, n_classes, omega, seed, dkn)
+        Wc, bc = _linear_svm_heads(F_top, y_z, n_classes, omega, C, seed)
+        with torch.no_grad():
+            self.re_train_initial_ = relative_error(self._inner_train(ctx, Ws, Ps), K_dkn)
+        self.ft_lr_, self.ft_epochs_, self.ft_cv_ = None, 0, {}
+        self.ft_history_ = []
+        if self.finetune:
+            lr, epochs = self._select_finetune(ctx, Ws, Ps, Wc, bc, F_top, y_z, n_classes, omega, C, K_dkn,
+                                               seed, int(dkn.cv))
+            if epochs > 0:
+                Ws, Ps, Wc, bc, hist = self._finetune_streamed(X, Gzz_t, Ws, Ps, Wc, bc, y_idx, n_classes, omega,
+                                                               C, lr, epochs, seed)
+                self.ft_history_ = hist
+            self.ft_lr_, self.ft_epochs_ = lr, epochs
+        with torch.no_grad():
+            self.re_train_ = relative_error(self._inner_train(ctx, Ws, Ps), K_dkn)
+            _, Fz_list = propagate(Ws, Ps, g, Gzz_t)
+        self.classes_ = classes
+        self.weights_ = [w.detach().cpu().numpy().astype(np.float32) for w in Ws]
+        self.projections_ = [P.detach().cpu().numpy().astype(np.float32) for P in Ps]
+        self.ranks_ = ranks
+        self.landmark_maps_ = [F.detach().cpu().numpy().astype(np.float32) for F in Fz_list]
+        Wc = Wc.detach().cpu().numpy() if torch.is_tensor(Wc) else Wc
+        bc = bc.detach().cpu().numpy() if torch.is_tensor(bc) else bc
+        self.coef_ = np.ascontiguousarray(Wc, dtype=np.float32)
+        self.intercept_ = np.ascontiguousarray(bc, dtype=np.float64)
+        self.C_ = C
+        self.class_weight_ = omega
+        self.n_train_ = n
+        self.modalities_ = list(modalities) if modalities is not None else None
+        self.n_iter_ = int(getattr(dkn, "n_iter_", 0)) + int(self.ft_epochs_)
+        return self
+
+    def _finetune_streamed(self, X, Gzz, Ws, Ps, Wc, bc, y_idx, n_classes, omega, C, lr, epochs, seed):
+        """Fine-tuning on all n rows of X, read and mapped ``block_size`` rows at a time.
+
+        One optimiser step per mini-batch (``batch_size`` contiguous rows, None = all n); a mini-batch larger
+        than a block accumulates the gradient block by block: the landmark maps are computed once per step in
+        the graph, detached, and their gradient from every block is summed before one backward through them,
+        so the step equals the unblocked one. Returns (Ws, Ps, Wc, bc, history).
+        """
+        dev = Gzz.device
+        g = self._activation()
+        n = len(y_idx)
+        gen = torch.Generator().manual_seed(int(seed))
+        Wp = [w.detach().clone().requires_grad_(True) for w in Ws]
+        Pp = [p.detach().clone().requires_grad_(bool(self.train_projections)) for p in Ps]
+        if self.classifier_init == "svm":
+            Wc_t = torch.as_tensor(np.asarray(Wc), dtype=torch.float32, device=dev).clone()
+            bc_t = torch.as_tensor(np.asarray(bc), dtype=torch.float32, device=dev).clone()
+        else:
+            Wc_t = (0.01 * torch.randn(np.asarray(Wc).shape, generator=gen)).to(dev)
+            bc_t = torch.zeros(len(bc), device=dev)
+        Wc_t.requires_grad_(True)
+        bc_t.requires_grad_(True)
+        params = Wp + [Wc_t, bc_t] + (list(Pp) if self.train_projections else [])
+        opt = torch.optim.SGD(params, lr=lr) if self.optimizer == "sgd" else torch.optim.Adam(params, lr=lr)
+        Yb_all = ovr_targets(y_idx, n_classes).T.astype(np.float32)  # (n, heads)
+        sw_all = omega[y_idx].astype(np.float32)
+        lam = 1.0 / (C * n)
+        batches = list(row_blocks(n, self.batch_size))
+        hist = []
+        for ep in range(1, int(epochs) + 1):
+            order = torch.randperm(len(batches), generator=gen).tolist() if len(batches) > 1 else [0]
+            ep_loss = 0.0
+            for b in order:
+                b0, b1 = batches[b]
+                opt.zero_grad()
+                _, Fz = propagate(Wp, Pp, g, Gzz)  # landmark maps in the graph, once per step
+                Fz_d = [f.detach().requires_grad_(True) for f in Fz]
+                step_loss = 0.0
+                for s0, s1 in row_blocks(b1 - b0, self.block_size):
+                    s0, s1 = b0 + s0, b0 + s1
+                    with torch.no_grad():
+                        Ax = self._block_grams(X, s0, s1, dev)
+                    F = _rows_forward(Ax, Wp, Pp, Fz_d, g)
+                    S = head_scores(F, Wc_t, bc_t)
+                    rows = slice(s0, s1)
+                    part = _loss(self.loss, S, torch.from_numpy(Yb_all[rows]).to(dev),
+                                 torch.from_numpy(sw_all[rows]).to(dev),
+                                 torch.from_numpy(y_idx[rows]).to(dev), n_classes) * ((s1 - s0) / (b1 - b0))
+                    part.backward()
+                    step_loss += float(part.detach())
+                reg = 0.5 * lam * (Wc_t ** 2).sum()
+                reg.backward()
+                pairs = [(f, fd.grad) for f, fd in zip(Fz, Fz_d) if fd.grad is not None and f.requires_grad]
+                if pairs:  # one backward through the landmark maps for the whole mini-batch
+                    torch.autograd.backward([f for f, _ in pairs], [gr for _, gr in pairs])
+                opt.step()
+                with torch.no_grad():
+                    for w in Wp:
+                        if self.ft_constraint == "simplex":
+                            w.copy_(project_simplex(w))
+                        else:
+                            w.clamp_(min=0.0)
+                ep_loss += (step_loss + float(reg.detach())) * (b1 - b0) / n
+            hist.append({"epoch": ep, "loss": ep_loss})
+            if not math.isfinite(ep_loss):
+                break
+        return [w.detach() for w in Wp], [p.detach() for p in Pp], Wc_t.detach(), bc_t.detach(), hist
+
     def _map_grams(self, X):
         """Inner products of the explicit input maps of X with those of the landmarks: (m, n_x, N)."""
         per_modality = len(self.maps_) // len(self.slices_)
@@ -327,16 +569,36 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
             out[i] = em.map_gram(X[:, sl])
         return out
 
+    def _heads_features(self, X) -> np.ndarray:
+        """Head scores (n_x, n_heads) of feature rows X, ``block_size`` rows at a time.
+
+        X : array-like (n_x, n_features_in_), row-sliceable (NumPy array, memmap, ``h5py.Dataset``): each block
+        is read, checked, mapped against the landmarks ((m, block, N) Grams) and scored before the next, so
+        memory is O(m block_size N) whatever n_x.
+        """
+        if (not isinstance(X, np.ndarray) and not hasattr(X, "iloc") and getattr(X, "ndim", 0) == 2
+                and hasattr(X, "__getitem__")):  # a store dataset or view: read block by block
+            src, n = X, int(X.shape[0])
+        else:
+            src = validate_data(self, X, dtype=np.float32, reset=False, ensure_all_finite=finite_mode(self.dkn_.scale))
+            n = src.shape[0]
+        if n == 0:
+            validate_data(self, np.asarray(X), reset=False)  # scikit-learn's message for 0 rows
+        out = [self._heads(self._map_grams(self._block_rows(src, s0, s1))) for s0, s1 in row_blocks(n, self.block_size)]
+        return out[0] if len(out) == 1 else np.concatenate(out, 0)
+
     def decision_function(self, X):
+        """Class scores of feature rows X (n_x, n_features_in_): (n_x,) for two classes, else (n_x, C).
+
+        Computed ``block_size`` rows at a time (:meth:`_heads_features`)."""
         check_is_fitted(self, "maps_")
-        X = validate_data(self, X, dtype=np.float64, reset=False, ensure_all_finite=finite_mode(self.dkn_.scale))
-        S = self._heads(self._map_grams(X))
+        S = self._heads_features(X)
         return S[:, 0] if len(self.classes_) == 2 else S
 
     def predict(self, X):
+        """Labels of feature rows X (n_x, n_features_in_) -> (n_x,), ``block_size`` rows at a time."""
         check_is_fitted(self, "maps_")
-        X = validate_data(self, X, dtype=np.float64, reset=False, ensure_all_finite=finite_mode(self.dkn_.scale))
-        return self.classes_[heads_to_scores(self._heads(self._map_grams(X)), len(self.classes_)).argmax(1)]
+        return self.classes_[heads_to_scores(self._heads_features(X), len(self.classes_)).argmax(1)]
 
     def _proba_ok(self):
         return self.loss == "xent"
@@ -345,8 +607,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """Softmax of the class scores (only with loss='xent', where the scores are trained as logits)."""
         check_is_fitted(self, "maps_")
-        X = validate_data(self, X, dtype=np.float64, reset=False, ensure_all_finite=finite_mode(self.dkn_.scale))
-        return _softmax(heads_to_scores(self._heads(self._map_grams(X)), len(self.classes_)))
+        return _softmax(heads_to_scores(self._heads_features(X), len(self.classes_)))
 
     # -- Gram-level interface --------------------------------------------------------------------------------
     def fit_gram(self, grams, y, *, map_grams=None, modalities=None):
@@ -859,6 +1120,18 @@ def _layer_operators(Ps, Fz_list):
         N, r = P.shape[1], P.shape[2]
         out.append(torch.bmm(P, Fz.transpose(1, 2)) if 2 * r >= N else (P, Fz))
     return out
+
+
+def _rows_forward(Ax, Ws, Ps, Fz_list, g):
+    """Top maps (m_L, B, r_L) of rows given their input-map Grams Ax (m, B, N) and the landmark maps of every
+    layer (differentiable in Ws, Ps and Fz_list; the x-path of :func:`propagate`)."""
+    L = len(Ws)
+    Fx = None
+    for li, (W, P) in enumerate(zip(Ws, Ps)):
+        Fx = torch.bmm(combine(W, Ax, g), P)
+        if li < L - 1:
+            Ax = torch.bmm(Fx, Fz_list[li].transpose(1, 2))
+    return Fx
 
 
 def _next_inner(Kx, Q):
