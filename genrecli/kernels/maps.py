@@ -35,7 +35,6 @@ from genrecli.kernels.elementary import (
     _as_array,
     _blocked,
     _estimator_features,
-    _host,
     _kernel_fill,
     _mirror_lower,
     _numba_popcount_gram,
