@@ -1,6 +1,7 @@
 """DKN vs DM2KMN: training time, test-set forward time, inference throughput and peak memory.
 
     python bench/bench_dm2kmn.py [--device cpu] [--json out.json] [--quick]
+    python bench/bench_dm2kmn.py --gflops [--json out.json]   # forward GFLOP/s against the float32 GEMM rate
 
 Every case runs in a fresh interpreter; its peak memory is that interpreter's peak RSS (ru_maxrss). Times are
 wall-clock seconds of the computation only (data made and libraries imported before the clock starts; the
@@ -162,6 +163,107 @@ def case_big(device: str, n_tr: int, label: str, model_path: str) -> dict:
     }
 
 
+def gemm_rates(size: int = 4096, repeats: int = 3) -> dict:
+    """This machine's float32 matrix-multiply rate (GFLOP/s): torch.matmul and NumPy (OpenBLAS) of two random
+    size x size matrices, best of ``repeats`` after a warm-up, NumPy limited to torch's thread count."""
+    import numpy as np
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    rng = np.random.default_rng(0)
+    A, B = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    tA, tB = torch.from_numpy(A), torch.from_numpy(B)
+    flops = 2.0 * size**3
+    with threadpool_limits(threads, user_api="blas"):
+        t_np = best_time(lambda: A @ B, repeats)
+    t_torch = best_time(lambda: tA @ tB, repeats)
+    return {"threads": threads, "size": size, "torch_gflops": flops / t_torch / 1e9, "numpy_gflops": flops / t_np / 1e9}
+
+
+def forward_flops(net, n_x: int) -> dict:
+    """FLOPs of the DM2KMN feature-level forward of n_x rows, from the model's shapes.
+
+    input maps: per explicit map, its map_gram against the N landmarks (linear, poly2: the exact kernel,
+    2 n_x N d; rbf: the maps of the n_x rows and of the N landmarks, 2 (n_x + N) N (d + r), and their inner
+    products 2 n_x N r; hist: 2 n_x N d min/add operations of the min-sum, not a matmul, counted apart);
+    hidden: per layer the unit mixing 2 m_out m_in n_x N and the next inner products (2 m n_x N^2 with
+    Q = P Fz^T, else 2 m n_x N r twice); top: 2 n_x N n_heads.
+    """
+    N = len(net.landmarks_)
+    inputs = hist = 0.0
+    for em in net.maps_:
+        d = em.kernel_.n_kernel_features_
+        if em.kernel in ("linear", "poly2"):
+            inputs += 2.0 * n_x * N * d
+        elif em.kernel == "rbf":
+            r = em.dim_
+            inputs += 2.0 * (n_x + N) * N * (d + r) + 2.0 * n_x * N * r
+        else:
+            hist += 2.0 * n_x * N * d
+    Ws, Qs, A, _, _ = net._inference_operators()
+    hidden = 0.0
+    for li, W in enumerate(Ws):
+        hidden += 2.0 * W.shape[0] * W.shape[1] * n_x * N
+        if li < len(Ws) - 1:
+            Q = Qs[li]
+            if isinstance(Q, tuple):
+                hidden += 2.0 * 2 * Q[0].shape[0] * n_x * N * Q[0].shape[2]
+            else:
+                hidden += 2.0 * Q.shape[0] * n_x * N * N
+    top = 2.0 * n_x * N * A.shape[0] * A.shape[2] if A.shape[0] > 1 else 2.0 * n_x * N * A.shape[2]
+    return {"inputs": inputs, "hist_ops": hist, "hidden": hidden, "top": top}
+
+
+def gflops_case(device: str, n_tests=(385, 5000)) -> dict:
+    """Achieved GFLOP/s of the DM2KMN test-set forward (paper setting: 600 training rows = landmarks, no
+    fine-tuning) against the machine's GEMM rate, for each n_test; the forward is timed whole
+    (decision_function) and in its two parts (input map Grams, _map_grams; the network on them, _heads)."""
+    from genrecli.models.dkn import DKNClassifier
+    from genrecli.models.dm2kmn import DM2KMNClassifier
+
+    rates = gemm_rates()
+    n_tr = 600
+    X, y = make_data(n_tr + max(n_tests), 4, seed=1)
+    t0 = time.perf_counter()
+    dkn = DKNClassifier(input_dims=(D_AUDIO, D_TEXT), modality_names=("audio", "text"), hidden=16, C=1.0,
+                        max_iter=60, random_state=0, device=device)
+    net = DM2KMNClassifier(dkn=dkn, finetune=False, random_state=0, device=device).fit(X[:n_tr], y[:n_tr])
+    fit_s = time.perf_counter() - t0
+    rows = []
+    for n_te in n_tests:
+        Xte = X[n_tr:n_tr + n_te]
+        t_all = best_time(lambda: net.decision_function(Xte))
+        t_maps = best_time(lambda: net._map_grams(Xte))
+        M = net._map_grams(Xte)
+        t_heads = best_time(lambda: net._heads(M))
+        fl = forward_flops(net, n_te)
+        matmul = fl["inputs"] + fl["hidden"] + fl["top"]
+        rows.append({"n_test": n_te, "forward_s": t_all, "input_maps_s": t_maps, "network_s": t_heads,
+                     "flops": fl, "matmul_gflop": matmul / 1e9, "gflops_forward": matmul / t_all / 1e9,
+                     "gflops_network": (fl["hidden"] + fl["top"]) / t_heads / 1e9,
+                     "gflops_input_maps": fl["inputs"] / t_maps / 1e9})
+    return {"gemm": rates, "fit_s": fit_s, "landmarks": len(net.landmarks_), "ranks": net.ranks_,
+            "map_dims": [em.dim_ for em in net.maps_], "rows": rows}
+
+
+def gflops_table(res: dict) -> str:
+    g = res["gemm"]
+    out = [f"float32 GEMM ({g['size']}^2, {g['threads']} threads): torch {g['torch_gflops']:.1f} GFLOP/s, NumPy "
+           f"{g['numpy_gflops']:.1f} GFLOP/s; DM2KMN of {res['landmarks']} landmarks (fit {res['fit_s']:.1f} s, "
+           "no fine-tuning), input map dims " + ", ".join(map(str, res["map_dims"])) + "\n",
+           "| n_test | forward s | matmul GFLOP | GFLOP/s | % of torch GEMM | input maps s (GFLOP/s) | network s "
+           "(GFLOP/s) | hist min-sum Gop |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["rows"]:
+        fl = r["flops"]
+        out.append(f"| {r['n_test']} | {r['forward_s']:.3f} | {r['matmul_gflop']:.2f} | {r['gflops_forward']:.1f} | "
+                   f"{100 * r['gflops_forward'] / g['torch_gflops']:.0f} % | {r['input_maps_s']:.3f} "
+                   f"({r['gflops_input_maps']:.1f}) | {r['network_s']:.4f} ({r['gflops_network']:.1f}) | "
+                   f"{fl['hist_ops'] / 1e9:.2f} |")
+    return "\n".join(out)
+
+
 def worker(name: str, device: str, quick: bool, model_path: str):
     import torch
 
@@ -183,11 +285,20 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--cases", default="A,B,C")
     ap.add_argument("--quick", action="store_true", help="case A: one fine-tuning rate, 5 epochs (smoke run)")
+    ap.add_argument("--gflops", action="store_true",
+                    help="only the GFLOP/s of the DM2KMN forward against the machine's float32 GEMM rate")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model-path", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, args.device, args.quick, args.model_path)
+        return
+    if args.gflops:
+        res = gflops_case(args.device)
+        print(gflops_table(res))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(res, fh, indent=2)
         return
     import tempfile
 

@@ -29,14 +29,78 @@ from genrecli.kernels import (
     get_kernel,
 )
 from genrecli.kernels.elementary import (
+    _CACHE_ELEMENTS,
     ElementaryKernel,
+    _apply,
     _as_array,
     _blocked,
     _estimator_features,
     _kernel_fill,
+    _mirror_lower,
+    _numba_popcount_gram,
     _pairwise,
+    _squared_norms,
     _tensor,
 )
+
+# Landmark counts up to which the CPU eigendecomposition runs on one BLAS thread: its tridiagonal reduction is
+# memory-bound, and on shared cores a 2-thread dsyevd of N = 1000 took 0.5-9 s against a steady 0.3 s on one.
+_EIGH_ONE_THREAD = 2048
+# Rows per block of the CPU rbf map: its (rows, N) kernel block and (rows, d) preprocessed rows stay near 4 MiB
+# (1024 rows at N, d ~ 1000: smaller blocks cut OpenBLAS sgemm from ~77 to ~16 GFLOP/s on 2 shared cores).
+_MAP_ELEMENTS = 16 * _CACHE_ELEMENTS
+# Largest Q of the bit-packed histogram map_gram (levels are stored as uint8).
+_PACKED_LEVELS = 255
+
+
+def _l2_rows(X: np.ndarray) -> np.ndarray:
+    """The rbf preprocessing (:meth:`ElementaryKernel._prep`: each row l2-normalised, zero rows kept) in NumPy,
+    for the CPU row blocks (torch's small CPU ops leave its OpenMP threads spinning against OpenBLAS)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64)).astype(np.float32)
+    return X / np.where(norms > 0, norms, np.float32(1.0))[:, None]
+
+
+def _eigh_in_place(K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors (columns) of the symmetric float64 C-ordered K, overwriting it.
+
+    LAPACK dsyevd (SciPy's OpenBLAS), as torch.linalg.eigh on the CPU, but in place: the vectors are written
+    over K (its transpose is the same Fortran-ordered matrix), so nothing beyond the solver's workspace is
+    allocated.
+    """
+    from scipy.linalg import eigh
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1 if K.shape[0] <= _EIGH_ONE_THREAD else None, user_api="blas"):
+        return eigh(K.T, overwrite_a=True, check_finite=False, driver="evd")
+
+
+def _projection_cpu(K: np.ndarray, energy: float, rel_eps: float, allow_empty: bool, dtype) -> np.ndarray | None:
+    """:func:`kpca_projection` of an owned float64 C-ordered K on the CPU (K is overwritten); None: no
+    positive eigenvalue and ``allow_empty`` (the caller returns its zero projection)."""
+    if not np.isfinite(K).all():
+        raise InputError("kernel PCA: the kernel matrix contains NaN/inf")
+    if not np.array_equal(K, K.T):
+        # Symmetrising removes float32 round-off (eigh reads one triangle only); an exactly symmetric K (every
+        # CPU self-Gram of the toolkit) is left as it is, which is the same.
+        K += K.T
+        K *= 0.5
+    w, U = _eigh_in_place(K)
+    N = w.shape[0]
+    eigenvalues = w[::-1]
+    top = float(eigenvalues[0])
+    if not top > 0:
+        if allow_empty:
+            return None
+        raise InputError("kernel PCA: the kernel matrix has no positive eigenvalue, so there is no map to build")
+    eigenvalues = np.maximum(eigenvalues, 0.0)
+    cumulative = np.cumsum(eigenvalues)
+    rank = int(np.searchsorted(cumulative, energy * cumulative[-1])) + 1
+    usable = int(((eigenvalues > 0) & (eigenvalues >= rel_eps * top)).sum())
+    rank = min(rank, usable)
+    # The top-rank vectors in decreasing order, divided and rounded in one pass into the C-ordered result.
+    P = np.empty((N, rank), dtype=dtype)
+    np.divide(U[:, N - rank :][:, ::-1], np.sqrt(eigenvalues[:rank]), out=P, casting="same_kind")
+    return P
 
 def kpca_projection(K_landmarks, *, energy=DEFAULT_ENERGY, rel_eps=1e-10, allow_empty=False):
     """Projection of the uncentred kernel PCA (Nystrom) map on N landmarks (spec 4.3 and 6.3).
@@ -49,7 +113,8 @@ def kpca_projection(K_landmarks, *, energy=DEFAULT_ENERGY, rel_eps=1e-10, allow_
 
     The one kernel-PCA of the toolkit: the rbf input map (:class:`ExplicitMap`) and every unit of the DM2KMN
     (:func:`genrecli.models.dm2kmn.build_projections`) use it. The decomposition is float64 (``rel_eps`` of
-    1e-10 is far below float32 resolution) on the input's device, of ``(K + K^T) / 2``.
+    1e-10 is far below float32 resolution) on the input's device, of ``(K + K^T) / 2``; on the CPU it is
+    LAPACK dsyevd in place on one float64 copy of K (one BLAS thread up to 2048 landmarks).
 
     Parameters
     ----------
@@ -74,10 +139,18 @@ def kpca_projection(K_landmarks, *, energy=DEFAULT_ENERGY, rel_eps=1e-10, allow_
     if as_tensor:
         out_dtype = K_landmarks.dtype if K_landmarks.is_floating_point() else torch.float32
     else:
-        K_landmarks, out_dtype = torch.from_numpy(np.asarray(K_landmarks, dtype=np.float64)), torch.float32
+        K_landmarks, out_dtype = np.asarray(K_landmarks), torch.float32
+    shape = tuple(K_landmarks.shape)
+    if len(shape) != 2 or shape[0] != shape[1] or shape[0] == 0:
+        raise InputError(f"kernel PCA needs a non-empty square kernel matrix, got shape {shape}")
+    if not as_tensor or K_landmarks.device.type == "cpu":
+        # On the CPU: one float64 copy, decomposed in place (no separate eigenvector matrix).
+        host = K_landmarks.detach().numpy() if as_tensor else K_landmarks
+        np_dtype = {torch.float64: np.float64, torch.float16: np.float16}.get(out_dtype, np.float32)
+        P = _projection_cpu(np.array(host, dtype=np.float64, order="C"), energy, rel_eps, allow_empty, np_dtype)
+        P = torch.zeros(shape[0], 1, dtype=out_dtype) if P is None else torch.from_numpy(P).to(out_dtype)
+        return P if as_tensor else P.numpy()
     K = K_landmarks.detach().to(torch.float64)
-    if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
-        raise InputError(f"kernel PCA needs a non-empty square kernel matrix, got shape {tuple(K.shape)}")
     if not bool(torch.isfinite(K).all()):
         raise InputError("kernel PCA: the kernel matrix contains NaN/inf")
     # Symmetrising removes float32 round-off (eigh reads one triangle only).
@@ -228,7 +301,13 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
             self.landmarks_ = self.kernel_.X_fit_[indices]
             Z = _tensor(self.landmarks_, device)
             K_Z = self.kernel_._scaled(Z, Z, same=True)
-            self.projection_ = kpca_projection(torch.from_numpy(K_Z).to(device), energy=self.energy).cpu().numpy()
+            if device.type == "cpu":
+                # The float32 K_Z is dropped before the decomposition, which works in place on its float64 copy.
+                K_Z = K_Z.astype(np.float64)
+                self.projection_ = _projection_cpu(K_Z, self.energy, 1e-10, False, np.float32)
+            else:
+                self.projection_ = kpca_projection(torch.from_numpy(K_Z).to(device), energy=self.energy).cpu().numpy()
+            del K_Z
         self._set_dims()
         return self
 
@@ -256,13 +335,95 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         X = _estimator_features(self, X, reset=False, finite=False)
         return self.kernel_._prep(self.kernel_._input(X), device)
 
+    def _packed_levels(self, X) -> np.ndarray:
+        """The hist map of X (the training rows when None) bit-packed: (n, Q * ceil(d / 64)) uint64 words.
+
+        Word block t of a row has bit j set where feature j's level is at least t + 1: the unary code, level by
+        level, so ``popcount(a & b)`` summed over the words is ``sum_j min(q(x_j), q(y_j))``. Built in row
+        blocks (levels as uint8): no (n, d) float64 or (n, Q d) float32 intermediate.
+        """
+        prepared = X is None
+        rows = self.kernel_.X_fit_ if prepared else self._validated(X)
+        (n, d), Q = rows.shape, self.levels
+        words = (d + 63) // 64
+        packed = np.zeros((n, Q, words * 8), dtype=np.uint8)
+        low, span = self.kernel_.min_, self.kernel_.max_ - self.kernel_.min_
+        constant = span <= 0
+        divisor = np.where(constant, np.float32(1.0), span)
+        block = max(1, 4 * _CACHE_ELEMENTS // max(1, d))
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            if prepared:
+                a = rows[start:stop]
+            else:  # ElementaryKernel._prep of hist in NumPy: the same float32 operations, and no torch thread spin
+                a = rows[start:stop] - low
+                a /= divisor
+                a[:, constant] = 0.0
+                np.clip(a, 0.0, 1.0, out=a)
+            # As _levels: float64, so Q * v is exact and a value on a level boundary stays on it.
+            scaled = a.astype(np.float64)
+            scaled *= Q
+            if self.quantization == "round":
+                scaled += 0.5
+            q = np.floor(scaled, out=scaled).astype(np.uint8)
+            for t in range(Q):
+                packed[start:stop, t, : (d + 7) // 8] = np.packbits(q > t, axis=1, bitorder="little")
+        return packed.reshape(n, Q * words * 8).view(np.uint64)
+
+    def _hist_map_gram(self, X, Y) -> np.ndarray:
+        """CPU hist map_gram from bit-packed unary codes: exact integer counts, half of them when X is Y."""
+        A = self._packed_levels(X)
+        B = A if X is None and Y is None else self._packed_levels(Y)
+        same = B is A or (A.shape == B.shape and np.array_equal(A, B))
+        G = np.empty((A.shape[0], B.shape[0]), dtype=np.float32)
+        _numba_popcount_gram()(A, A if same else B, G, same)
+        if same:
+            _mirror_lower(G)
+        G /= np.float32(self.levels * self.kernel_.scale_)
+        return G
+
     def _levels(self, A: torch.Tensor) -> torch.Tensor:
         # float64: Q * v is then exact for float32 v, so a value on a level boundary is never pushed across it.
         scaled = A.double() * self.levels
         levels = torch.floor(scaled + 0.5) if self.quantization == "round" else torch.floor(scaled)
         return levels.float()
 
+    def _validated(self, X) -> np.ndarray:
+        """Rows of X checked and scaled as the kernel's input, before its preprocessing (NumPy, float32)."""
+        return self.kernel_._input(_estimator_features(self, X, reset=False, finite=False))
+
+    def _rbf_rows(self, X, device: torch.device) -> np.ndarray:
+        """The rbf map of X, or of the training rows when X is None.
+
+        On the CPU in row blocks of about ``_MAP_ELEMENTS``: each block is preprocessed, its kernel against
+        the landmarks computed by one sgemm and the RBF function in place, then multiplied by the projection
+        straight into the result: beyond the (n, dim_) result only a block is allocated.
+        """
+        prepared = X is None
+        rows = self.kernel_.X_fit_ if prepared else self._validated(X)
+        if device.type != "cpu":
+            return self._rbf_map(_tensor(rows, device) if prepared else self.kernel_._prep(rows, device))
+        Z, P = self.landmarks_, self.projection_
+        (N, r), (n, d) = P.shape, rows.shape
+        sq_z = _squared_norms(Z)
+        g = np.float32(0.5 / self.kernel_.sigma_**2)
+        scale = np.float32(self.kernel_.scale_)
+        block = max(1, min(n, _MAP_ELEMENTS // max(1, N, d)))
+        k = np.empty((block, N), dtype=np.float32)
+        out = np.empty((n, r), dtype=np.float32)
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            a = rows[start:stop] if prepared else _l2_rows(rows[start:stop])
+            kb = k[: stop - start]
+            np.matmul(a, Z.T, out=kb)
+            _apply("rbf", kb, _squared_norms(a), sq_z, offset=0.0, g=g)
+            if scale != 1:
+                kb /= scale
+            np.matmul(kb, P, out=out[start:stop])
+        return out
+
     def _rbf_map(self, A: torch.Tensor) -> np.ndarray:
+        """The rbf map of preprocessed rows on a torch device (the CPU uses :meth:`_rbf_rows`)."""
         device = A.device
         Z = _tensor(self.landmarks_, device)
         P = _tensor(self.projection_, device)
@@ -326,13 +487,13 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
                 f"the poly2 map of {self.kernel_.n_kernel_features_} features has {self.dim_} dimensions, over "
                 f"max_dim={self.max_dim}: use map_gram for its inner products, or raise max_dim"
             )
+        if self.kernel == "rbf":
+            return self._rbf_rows(X, device)
         A = self._prepared(X, device)
         if self.kernel == "linear":
             return (A / math.sqrt(self.kernel_.scale_)).cpu().numpy()
         if self.kernel == "poly2":
             return self._poly2_map(A)
-        if self.kernel == "rbf":
-            return self._rbf_map(A)
         return self._hist_map(A)
 
     def map_gram(self, X, Y=None) -> np.ndarray:
@@ -353,11 +514,15 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         device = resolve_device(self.device)
+        if self.kernel == "rbf":
+            return _pairwise("linear", _tensor(self._rbf_rows(X, device), device),
+                             _tensor(self._rbf_rows(Y, device), device))
+        if (self.kernel == "hist" and device.type == "cpu" and self.levels <= _PACKED_LEVELS
+                and _numba_popcount_gram() is not None):
+            return self._hist_map_gram(X, Y)
         A, B = self._rows(X, device), self._rows(Y, device)
         if self.exact_:
             return self.kernel_._scaled(A, B, same=False)
-        if self.kernel == "rbf":
-            return _pairwise("linear", _tensor(self._rbf_map(A), device), _tensor(self._rbf_map(B), device))
         G = _pairwise("hist", self._levels(A), self._levels(B))
         G /= np.float32(self.levels * self.kernel_.scale_)
         return G

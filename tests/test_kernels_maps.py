@@ -1,0 +1,187 @@
+"""The CPU explicit maps of issue 14: the blocked rbf map, the in-place kernel PCA and the bit-packed hist
+map_gram, against scikit-learn's Nystroem, the previous (torch) construction and the NumPy unary map."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from sklearn.kernel_approximation import Nystroem
+
+from genrecli.kernels import ElementaryKernel, ExplicitMap, elementary, kpca_projection, maps
+
+
+def features(n, d, seed):
+    rng = np.random.default_rng(seed)
+    return np.maximum(rng.standard_normal((n, 4)) @ rng.standard_normal((4, d)) + rng.standard_normal((n, d)),
+                      0).astype(np.float32)
+
+
+def old_kpca(K, energy=0.99, rel_eps=1e-10):
+    """The previous kpca_projection: torch.linalg.eigh of (K + K^T) / 2 in float64, flipped."""
+    K = torch.from_numpy(np.asarray(K, dtype=np.float64))
+    w, U = torch.linalg.eigh(0.5 * (K + K.T))
+    w, U = w.flip(0).clamp(min=0.0), U.flip(1)
+    c = torch.cumsum(w, 0)
+    rank = min(int(torch.searchsorted(c, energy * c[-1])) + 1, int(((w > 0) & (w >= rel_eps * w[0])).sum()))
+    return (U[:, :rank] / w[:rank].sqrt()).float().numpy()
+
+
+def rel(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+@pytest.fixture(params=["default", "small"])
+def blocks(request, monkeypatch):
+    """Default blocks, and row blocks of a few rows: every size split, unevenly."""
+    if request.param == "small":
+        monkeypatch.setattr(maps, "_MAP_ELEMENTS", 700)
+        monkeypatch.setattr(elementary, "_CACHE_ELEMENTS", 300)
+        monkeypatch.setattr(elementary, "_MIRROR_TILE", 16)
+    return request.param
+
+
+# ------------------------------------------------------------------------------------------------ kernel PCA
+
+
+@pytest.mark.parametrize("n", [1, 2, 37, 200])
+def test_kpca_projection_matches_the_previous_torch_construction(n):
+    X = features(n, 30, 0)
+    K = ElementaryKernel("rbf", sigma=0.5).fit(X).fit_transform(X)
+    reference = old_kpca(K)
+    asymmetric = K + np.float32(1e-6) * np.triu(np.ones_like(K), 1)  # symmetrised, as before
+    for value in (K, K.astype(np.float64), torch.from_numpy(K), asymmetric):
+        P = kpca_projection(value, energy=0.99)
+        P = P.numpy() if isinstance(P, torch.Tensor) else P
+        expected = reference if value is not asymmetric else old_kpca(asymmetric)
+        assert P.dtype == np.float32 and P.flags.c_contiguous and P.shape == expected.shape
+        np.testing.assert_allclose(P, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    T64 = kpca_projection(torch.from_numpy(K.astype(np.float64)))
+    assert T64.dtype == torch.float64 and T64.shape == reference.shape
+
+
+def test_kpca_projection_leaves_its_input_alone():
+    X = features(50, 20, 1)
+    K64 = ElementaryKernel("rbf").fit(X).fit_transform(X).astype(np.float64)
+    before = K64.copy()
+    kpca_projection(K64)
+    kpca_projection(torch.from_numpy(K64))
+    np.testing.assert_array_equal(K64, before)
+
+
+# ---------------------------------------------------------------------------------------------------- rbf map
+
+
+@pytest.mark.parametrize("n, m, d, landmarks", [(2, 1, 3, "all"), (40, 7, 60, "all"), (300, 130, 64, 90),
+                                                (257, 33, 129, 256)])
+def test_rbf_map_inner_products_match_sklearn_nystroem_on_the_same_landmarks(blocks, n, m, d, landmarks):
+    train, test = features(n, d, 2), features(m, d, 3)
+    model = ExplicitMap("rbf", energy=1.0, landmarks=landmarks, random_state=0).fit(train)
+    gamma = 0.5 / model.kernel_.sigma_**2
+    Z = model.landmarks_
+    # Nystroem on exactly these landmarks: fitted on them with as many components (their order is irrelevant).
+    reference = Nystroem(kernel="rbf", gamma=gamma, n_components=len(Z), random_state=0).fit(Z.astype(np.float64))
+    prepared = model.kernel_.preprocess(test).astype(np.float64)
+    F, F_ref = model.transform(test), reference.transform(prepared)
+    assert F.dtype == np.float32 and F.shape == (m, model.dim_)
+    assert rel(F @ F.T, F_ref @ F_ref.T) < 1e-5
+    assert rel(model.map_gram(test), F_ref @ reference.transform(model.kernel_.X_fit_.astype(np.float64)).T) < 1e-5
+
+
+@pytest.mark.parametrize("scale", ["none", "standard"])
+def test_rbf_map_matches_the_previous_construction_at_99_percent(blocks, scale):
+    train, test = features(400, 48, 4), features(150, 48, 5)
+    model = ExplicitMap("rbf", landmarks=120, random_state=1, scale=scale).fit(train)
+    K_Z = model.kernel_.gram(train[model.landmark_indices_])
+    P = old_kpca(K_Z)
+    assert model.projection_.shape == P.shape
+    np.testing.assert_allclose(model.projection_, P, rtol=1e-4, atol=1e-5 * np.abs(P).max())
+    K = model.kernel_.gram(test, train[model.landmark_indices_]).astype(np.float64)
+    F = model.transform(test)
+    np.testing.assert_allclose(F, K @ P, rtol=1e-4, atol=1e-5 * np.abs(K @ P).max())
+    assert rel(model.map_gram(test, test), F @ F.T) < 1e-5
+
+
+def test_rbf_transform_allocates_no_row_sized_temporary(monkeypatch):
+    monkeypatch.setattr(maps, "_MAP_ELEMENTS", 1 << 16)
+    train = features(2000, 256, 6)
+    model = ExplicitMap("rbf", landmarks=300, random_state=0).fit(train)
+    result = 2000 * model.dim_ * 4
+    tracemalloc.start()
+    model.transform(train)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # The result, one (rows, N) kernel block and the landmark norms; an (n, N) kernel would be 2.4 MB more.
+    assert peak < result + 4 * maps._MAP_ELEMENTS + (1 << 20), (peak, result)
+
+
+def test_rbf_sigma_is_the_float64_total_variance_in_any_blocks(monkeypatch):
+    X = features(333, 70, 7) + 5
+    Xp = X / np.linalg.norm(X, axis=1, keepdims=True)
+    X64 = Xp.astype(np.float32).astype(np.float64)
+    expected = np.sqrt(((X64 - X64.mean(0)) ** 2).sum(1).mean())
+    for cache in (elementary._CACHE_ELEMENTS, 50):
+        monkeypatch.setattr(elementary, "_CACHE_ELEMENTS", cache)
+        assert abs(ElementaryKernel("rbf").fit(X).sigma_ - expected) <= 1e-6 * expected
+        for kernel in ("linear", "poly2", "hist"):
+            K = ElementaryKernel(kernel, unit_diagonal=False).fit(X).fit_transform(X).astype(np.float64)
+            assert abs(ElementaryKernel(kernel).fit(X).scale_ - np.diag(K).mean()) <= 1e-5 * np.diag(K).mean()
+
+
+# ----------------------------------------------------------------------------------------------- hist map_gram
+
+
+def unary_reference(model, X):
+    """The NumPy unary (thermometer) map of the fitted hist model, float64, and its 1 / (Q scale_) factor."""
+    scaled = model.kernel_.preprocess(X).astype(np.float64)  # float32 [0, 1]-scaled features, exact in float64
+    Q = model.levels
+    q = np.floor(scaled * Q + 0.5) if model.quantization == "round" else np.floor(scaled * Q)
+    return (q[:, :, None] >= np.arange(1, Q + 1)).reshape(len(X), -1).astype(np.float64)
+
+
+@pytest.mark.parametrize("quantization", ["round", "floor"])
+@pytest.mark.parametrize("n, m, d, levels", [(6, 3, 2, 1), (17, 5, 63, 3), (33, 40, 64, 10), (70, 19, 65, 10),
+                                             (129, 64, 130, 7), (50, 31, 9, 255)])
+def test_hist_map_gram_is_exactly_the_unary_map_inner_product(blocks, quantization, n, m, d, levels):
+    train, test = features(n, d, 8), features(m, d, 9)
+    model = ExplicitMap("hist", levels=levels, quantization=quantization).fit(train)
+    factor = np.float32(levels * model.kernel_.scale_)
+    Phi_train, Phi_test = unary_reference(model, train), unary_reference(model, test)
+    cases = {
+        "test x train": (model.map_gram(test), Phi_test @ Phi_train.T),
+        "train (None)": (model.map_gram(train), Phi_train @ Phi_train.T),
+        "test x test": (model.map_gram(test, test), Phi_test @ Phi_test.T),
+        "train x test": (model.map_gram(None, test), Phi_train @ Phi_test.T),
+    }
+    for name, (G, counts) in cases.items():
+        assert G.dtype == np.float32 and G.shape == counts.shape, name
+        np.testing.assert_array_equal(G, (counts.astype(np.float32) / factor), err_msg=name)
+    G = cases["test x test"][0]
+    np.testing.assert_array_equal(G, G.T)
+
+
+def test_hist_map_gram_falls_back_to_torch_above_255_levels_or_without_numba(monkeypatch):
+    train, test = features(40, 20, 10), features(15, 20, 11)
+    packed = ExplicitMap("hist").fit(train)
+    expected = packed.map_gram(test)
+    monkeypatch.setattr(maps, "_numba_popcount_gram", lambda: None)
+    np.testing.assert_array_equal(ExplicitMap("hist").fit(train).map_gram(test), expected)
+    monkeypatch.undo()
+    model = ExplicitMap("hist", levels=300).fit(train)
+    counts = unary_reference(model, test) @ unary_reference(model, train).T
+    np.testing.assert_allclose(model.map_gram(test), counts / (300 * model.kernel_.scale_), rtol=1e-6)
+
+
+def test_hist_map_gram_allocates_no_unary_map():
+    X = features(600, 300, 12)
+    model = ExplicitMap("hist").fit(X)
+    tracemalloc.start()
+    model.map_gram(X[:500])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # Result 500 x 600 float32 (1.2 MB) and the packed codes (1100 rows x 10 levels x 5 words); a float32
+    # unary map of the 500 rows alone would be 6 MB.
+    assert peak < 500 * 600 * 4 + 1100 * 10 * 5 * 8 + (1 << 20), peak
