@@ -86,8 +86,7 @@ def case_a(device: str, quick: bool) -> dict:
     # {0, 5, ..., 30}, costs ~4.5x more: each full-batch step recomputes the landmark maps, O(m2 N^2 r))
     extra = dict(ft_lr_grid=(1e-3, 1e-2), ft_max_epochs=10) if not quick else dict(ft_lr_grid=(1e-2,), ft_max_epochs=5)
     t0 = time.perf_counter()
-    net = DM2KMNClassifier(input_dims=dims, modality_names=mods, hidden=16, dkn=dkn, random_state=0,
-                           device=device, **extra)
+    net = DM2KMNClassifier(dkn=dkn, random_state=0, device=device, **extra)
     net.fit(Xtr, ytr)
     t_map = time.perf_counter() - t0
     # Gram-level forward (the CLI path: Grams stored by the kernels stage)
@@ -121,22 +120,26 @@ def case_big(device: str, n_tr: int, label: str, model_path: str) -> dict:
     n_te, N = 300, 1000
     X, y = make_data(n_tr + n_te, 5, seed=2)
     Xtr, ytr, Xte = X[:n_tr], y[:n_tr], X[n_tr:]
-    params = dict(input_dims=(D_AUDIO, D_TEXT), hidden=16, landmarks=N, finetune=False, C=1.0, max_iter=60,
-                  random_state=0, device=device)
+    from genrecli.models.dkn import DKNClassifier
+
+    def model() -> DM2KMNClassifier:  # the DM2KMN takes its (unfitted) DKN; fitted on the landmark rows
+        dkn = DKNClassifier(input_dims=(D_AUDIO, D_TEXT), hidden=16, C=1.0, max_iter=60, random_state=0, device=device)
+        return DM2KMNClassifier(dkn, landmarks=N, finetune=False, random_state=0, device=device)
+
     t_fit = None
     if label == "B":  # fit, then save the model for case C
         t0 = time.perf_counter()
-        net = DM2KMNClassifier(**params).fit(Xtr, ytr)
+        net = model().fit(Xtr, ytr)
         t_fit = time.perf_counter() - t0
         save_file(net.state_dict(), model_path)
     else:  # the DM2KMN reads only its N landmarks at inference: the saved model serves any n_train
-        net = DM2KMNClassifier(**params).load_state_dict(load_file(model_path))
+        net = model().load_state_dict(load_file(model_path))
     t_map = best_time(lambda: net.decision_function(Xte))
     M_te = net._map_grams(Xte)
     t_map_gram = best_time(lambda: net._heads(M_te))
     # DKN cost model at n_train: elementary Grams of the test rows against all n_train training rows (kernels
     # fitted on them), the DKN recursion and the SVM expansion with every training row a support vector
-    kernels = [(sl, ElementaryKernel(k, device=device).fit(Xtr[:, sl])) for sl in net.slices_ for k in net.kernels]
+    kernels = [(sl, ElementaryKernel(k, device=device).fit(Xtr[:, sl])) for sl in net.slices_ for k in net.dkn_.kernels]
     beta = torch.as_tensor(np.random.default_rng(0).standard_normal((5, n_tr)), dtype=torch.float32)
     dev = torch.device(device)
     Ws = [torch.as_tensor(w, device=dev) for w in net.dkn_.weights_]

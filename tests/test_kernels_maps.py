@@ -185,3 +185,22 @@ def test_hist_map_gram_allocates_no_unary_map():
     # Result 500 x 600 float32 (1.2 MB) and the packed codes (1100 rows x 10 levels x 5 words); a float32
     # unary map of the 500 rows alone would be 6 MB.
     assert peak < 500 * 600 * 4 + 1100 * 10 * 5 * 8 + (1 << 20), peak
+
+
+def test_rbf_map_gram_against_the_training_rows_maps_them_once_per_fit(monkeypatch):
+    """map_gram(X) against the training rows (the DM2KMN's landmarks) computes their map once, not per call;
+    the cached side equals a fresh computation, and set_state or a refit computes it again."""
+    X, Y = features(120, 16, 0), features(30, 16, 1)
+    em = ExplicitMap("rbf", landmarks=40, random_state=0).fit(X)
+    calls = []
+    rows = ExplicitMap._rbf_rows
+    monkeypatch.setattr(ExplicitMap, "_rbf_rows", lambda self, A, device: calls.append(A is None) or rows(self, A, device))
+    first, second = em.map_gram(Y), em.map_gram(Y[:7])
+    assert calls.count(True) == 1 and calls.count(False) == 2
+    fresh = em.transform(Y) @ em.transform(X).T
+    np.testing.assert_allclose(first, fresh, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(second, first[:7], rtol=1e-5, atol=1e-6)  # BLAS rounding varies with the rows
+    other = ExplicitMap("rbf", landmarks=40, random_state=1).fit(features(120, 16, 2))
+    em.set_state(other.get_state())  # another map: the cached training side must not survive
+    np.testing.assert_allclose(em.map_gram(Y), other.map_gram(Y), rtol=1e-6, atol=1e-7)
+    assert calls.count(True) == 3  # em after set_state, and other
