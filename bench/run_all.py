@@ -19,14 +19,18 @@ BENCHES = {
     "pipeline": ("Demo pipeline, per stage (folk-dances, 400 tunes, --jobs 2)", ["bench_pipeline.py", "--limit", "400", "--jobs", "2"]),
     "kernels": ("Kernel stage at n=5000, d=1024 against scikit-learn", ["bench_kernels.py", "--n", "5000", "--d", "1024"]),
     "dm2kmn": ("DKN vs DM2KMN", ["bench_dm2kmn.py"]),
+    "gflops": ("DM2KMN forward GFLOP/s against the machine's float32 GEMM rate", ["bench_dm2kmn.py", "--gflops"]),
     "scale": ("DM2KMN --landmarks 1000 through the CLI on a 50,000-row table", ["bench_scale.py", "--n", "50000", "--landmarks", "1000"]),
+    "scale-library": ("DM2KMN with 1,000 landmarks on 10^5 and 10^6 rows, streamed from HDF5 (issue 15)",
+                      ["bench_scale.py", "--library", "--ns", "100000", "1000000", "--landmarks", "1000", "--ft-epochs", "0", "0", "--forward-rows", "4000"]),
+    "peer-cost": ("What the peer systems' acceptance runs cost on this CPU", ["bench_peer_cost.py"]),
     "audio": ("Audio features: throughput", ["bench_audio.py"]),
     "text": ("Text encoders: throughput", ["bench_text.py"]),
     "startup": ("Start-up: `genre --help` and the listings", ["bench_startup.py"]),
     "ddp": ("Training with torchrun: one process vs `torchrun --nproc_per_node 2`", ["bench_ddp.py", "--n", "120", "--epochs", "3", "--repeats", "2"]),
     "executors": ("Extraction executors: Ray vs --jobs 2 vs one process", ["bench_executors.py", "--limit", "200", "--max-seconds", "30"]),
 }
-DEVICE_AWARE = {"kernels", "dm2kmn", "scale", "audio", "text"}
+DEVICE_AWARE = {"kernels", "dm2kmn", "gflops", "scale", "scale-library", "audio", "text", "peer-cost"}
 
 
 def machine() -> str:
