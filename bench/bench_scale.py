@@ -1,13 +1,14 @@
 """DM2KMN with landmarks through the CLI on a large ``table`` corpus: wall time and peak memory per stage.
 
-    python bench/bench_scale.py [--n 50000] [--landmarks 1000] [--device cpu] [--keep DIR]
+    python bench/bench_scale.py [--n 50000] [--landmarks 1000] [--device cpu] [--keep DIR] [--cli-ft-epochs 5]
+        [--no-evaluate]
 
 Data: SYNTHETIC rows of the paper's shapes (the features of bench_dm2kmn.py: 1000 ResNet-like "audio" logits
 next to 1024 RoBERTa-like "text" dimensions, 5 classes), written as one NPZ table and ingested with
 ``genre ingest table`` as one 2024-d input (``audio/table``), so the model sees 4 elementary kernels. Each
 stage runs as its own ``genre`` process; its peak RSS is that process's ``ru_maxrss`` (children included).
 The DM2KMN runs with ``--landmarks N`` (its DKN is trained on the N landmark rows, every Gram is n x N), a
-fixed fine-tuning schedule (5 epochs, lr 1e-3) and a fixed C = 1 (DKN and map-network SVMs), so no CV grid
+fixed fine-tuning schedule (``--cli-ft-epochs``, default 5 epochs, lr 1e-3) and a fixed C = 1 (DKN and map-network SVMs), so no CV grid
 -- 5-fold CV of C over liblinear on 40,000 rows alone ran past 50 minutes on 2 busy cores -- DKN
 ``max_iter=60``, fine-tuning in mini-batches of 2048 rows (full-batch autograd over 40,000 x 1000 maps passed
 8 GiB), one seed.
