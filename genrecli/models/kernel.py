@@ -69,6 +69,60 @@ def _vectors(inputs: Mapping[str, object], names: list[str]) -> tuple[np.ndarray
     return np.ascontiguousarray(X), dims
 
 
+def _is_lazy(value) -> bool:
+    """A row view read on demand (a :class:`~genrecli.pipeline.features.FeatureView`, an ``h5py.Dataset``, a
+    :class:`RowConcat`), not an in-memory array."""
+    return (not isinstance(value, np.ndarray) and hasattr(value, "__getitem__") and hasattr(value, "shape")
+            and not hasattr(value, "iloc"))
+
+
+class RowConcat:
+    """Modality blocks side by side, read lazily: the (n, sum d) float32 matrix :func:`_vectors` would build,
+    without building it.
+
+    ``view[rows]`` (a slice or an array of row positions) reads those rows of every block (each flattened per
+    row) and returns them concatenated as one C-ordered float32 array; an int gives one row (d,). ``shape``,
+    ``len``, ``dtype`` and ``ndim`` are those of the whole matrix; ``np.asarray(view)`` reads every row (what
+    the streamed fits never do). ``dims`` holds each block's width.
+    """
+
+    dtype = np.dtype(np.float32)
+    ndim = 2
+
+    def __init__(self, blocks):
+        self.blocks = list(blocks)
+        lengths = {len(b) for b in self.blocks}
+        if len(lengths) != 1:
+            raise UsageError(f"inputs have different numbers of rows: {sorted(lengths)}")
+        self.n = lengths.pop()
+        self.dims = [int(np.prod(b.shape[1:], dtype=np.int64)) for b in self.blocks]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, sum(self.dims))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self[np.asarray([index])][0]
+        parts = [np.asarray(b[index], dtype=np.float32) for b in self.blocks]
+        parts = [p.reshape(len(p), -1) for p in parts]
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[slice(None)]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def _lazy_vectors(inputs: Mapping[str, object], names: list[str]) -> tuple[RowConcat, list[int]]:
+    """The modality join of :func:`_vectors` as a lazy :class:`RowConcat` (no n-sized copy)."""
+    X = RowConcat([inputs[name] for name in names])
+    return X, list(X.dims)
+
+
 def _prefixed(state: Mapping[str, np.ndarray], prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -215,9 +269,14 @@ class SVMModel(SVMPart, GenreModel):
 class _MultiKernelModel(GenreModel):
     """Shared by the DKN and the DM2KMN: inputs -> one matrix with modality blocks."""
 
-    def _blocks(self, inputs, *, fitting: bool):
+    def _blocks(self, inputs, *, fitting: bool, lazy: bool = False):
+        """(names, X, dims): X the inputs side by side -- a :class:`RowConcat` view when ``lazy`` and some input
+        is a row view (nothing is read here), else the concatenated float32 array of :func:`_vectors`."""
         names = self._check_inputs(inputs, fitting=fitting)
-        X, dims = _vectors(inputs, names)
+        if lazy and any(_is_lazy(inputs[name]) for name in names):
+            X, dims = _lazy_vectors(inputs, names)
+        else:
+            X, dims = _vectors(inputs, names)
         if not fitting and dims != list(self.input_dims_):
             raise UsageError(f"inputs have widths {dims}, the model was trained on {list(self.input_dims_)}")
         return names, X, dims
@@ -349,6 +408,9 @@ class DKNModel(_MultiKernelModel):
         return self
 
 
+# Test rows the streamed path's extra metrics are measured on (DM2KMNModel.extra_metrics).
+EXTRA_ROWS = 4096
+
 _DM2KMN_CONTROLLED = {"dkn", "finetune", "random_state", "device"}
 
 
@@ -420,8 +482,23 @@ class DM2KMNModel(_MultiKernelModel):
                        random_state=self.random_state, device=self.device)
         return est.set_params(dkn=dkn, finetune=self.finetune, random_state=self.random_state, device=self.device)
 
+    def streams_rows(self, n: int) -> bool:
+        """Whether a fit on ``n`` training rows reads its inputs in row blocks (landmarks N < n with
+        ``selection_rows='landmarks'``, the streamed fit of :class:`~genrecli.models.dm2kmn.DM2KMNClassifier`).
+
+        ``genre train`` then hands this model its vector inputs as lazy row views of the store
+        (:class:`~genrecli.pipeline.features.FeatureView`) instead of loaded arrays; fit, scoring and the test
+        metrics read them ``block_size`` rows at a time through a :class:`RowConcat`, never all n at once.
+        """
+        from genrecli.models.dm2kmn import DM2KMNClassifier
+
+        est = self.dm2kmn if self.dm2kmn is not None else DM2KMNClassifier()
+        lm = est.landmarks
+        return (est.selection_rows == "landmarks" and isinstance(lm, (int, np.integer)) and not isinstance(lm, bool)
+                and int(lm) < int(n))
+
     def fit(self, inputs, y, *, validation=None, cache=None):
-        names, X, dims = self._blocks(inputs, fitting=True)
+        names, X, dims = self._blocks(inputs, fitting=True, lazy=self.streams_rows(self._n_rows(inputs)))
         y = _check_y(y)
         if y.ndim != 1:
             raise UsageError("dm2kmn is single-label only; use svm or mlp on a multi-label corpus")
@@ -436,12 +513,19 @@ class DM2KMNModel(_MultiKernelModel):
     def decision_function(self, inputs) -> np.ndarray:
         from genrecli.models.dkn import heads_to_scores
 
-        _, X, _ = self._blocks(inputs, fitting=False)
+        _, X, _ = self._blocks(inputs, fitting=False, lazy=True)
         est = self.dm2kmn_
+        if isinstance(X, RowConcat):  # row views: scored block_size rows at a time, never read whole
+            return np.asarray(heads_to_scores(est._heads_features(X), len(est.classes_)), dtype=np.float32)
         return np.asarray(heads_to_scores(est._heads(est._map_grams(X)), len(est.classes_)), dtype=np.float32)
 
     def extra_metrics(self, inputs) -> dict:
-        _, X, _ = self._blocks(inputs, fitting=False)
+        """The DM2KMN's test metrics (:meth:`DM2KMNClassifier.extra_metrics_features`). On row views (the
+        streamed path) they are measured on the first ``EXTRA_ROWS`` test rows only (recorded as ``n_test``):
+        they hold (m, n_test, N) Grams and time whole forward passes, so on all rows they would grow with n."""
+        _, X, _ = self._blocks(inputs, fitting=False, lazy=True)
+        if isinstance(X, RowConcat):
+            X = X[slice(0, min(len(X), EXTRA_ROWS))]
         return self.dm2kmn_.extra_metrics_features(X)
 
     def get_state(self):

@@ -248,11 +248,16 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
     names = config["inputs"]
     seeds = config["seeds"]
     valid = np.logical_and.reduce([info[n]["valid"] for n in names])
-    arrays = _load_vectors(paths, names, info)
+    probe = spec.build(seed=0, device=device, kernels=tuple(config["kernels"]) or None, **options)
+    n_folds = assignment.shape[0]
+    streamed = _streams_rows(probe, assignment, valid)
+    if streamed:
+        ui.info(f"{run_dir.name}: the model reads its rows in blocks; vector inputs stay in the store "
+                "(row views, no whole copy)")
+    arrays = {n: None for n in names} if streamed else _load_vectors(paths, names, info)
     feature_state = _feature_states(paths, names)
     label_embeddings = _label_embeddings(paths, names)
-    group_ids = _group_ids(spec, spec.build(seed=0, device=device, kernels=tuple(config["kernels"]) or None, **options), manifest)
-    n_folds = assignment.shape[0]
+    group_ids = _group_ids(spec, probe, manifest)
     for fold in range(n_folds):
         train_rows, test_rows = train_test_indices(assignment, fold)
         tr, te = train_rows[valid[train_rows]], test_rows[valid[test_rows]]
@@ -377,6 +382,25 @@ def _full_scores(scores: np.ndarray, classes, n_labels: int) -> np.ndarray:
     out = np.full((len(scores), n_labels), -np.inf, dtype=np.float32)
     out[:, classes] = scores
     return out
+
+
+def _streams_rows(probe, assignment: np.ndarray, valid: np.ndarray) -> bool:
+    """Whether the run's vector inputs go to the model as lazy row views instead of loaded arrays.
+
+    The rule: the model says it reads its training rows in blocks (a ``streams_rows(n)`` method returning True
+    for the training-row count of every fold: DM2KMN with ``landmarks`` N < n and ``selection_rows='landmarks'``).
+    Each input is then a :class:`~genrecli.pipeline.features.FeatureView` of the fold's rows: no group is loaded
+    here, no training or test rows are copied, and the model joins the modalities lazily
+    (:class:`~genrecli.models.kernel.RowConcat`). Whether a view reads from disk or from memory is the view's
+    own resident budget (:func:`~genrecli.pipeline.features.resident_budget`, ``$GENRE_RESIDENT_BYTES``): a
+    group within it is read into memory once per process, a larger one is read per block from the store.
+    Every other model (or landmarks='all') keeps the loaded arrays.
+    """
+    check = getattr(probe, "streams_rows", None)
+    if check is None:
+        return False
+    counts = [int(valid[train_test_indices(assignment, fold)[0]].sum()) for fold in range(assignment.shape[0])]
+    return bool(counts) and all(check(c) for c in counts)
 
 
 def _load_vectors(paths: DatasetPaths, names: list[str], info: dict) -> dict[str, np.ndarray | None]:
