@@ -164,13 +164,16 @@ def main() -> None:
         for model in MODELS:
             done = genre("train", "--data", "formats-kern", "--model", model, "--inputs", group_for(fmt),
                          "--split", SPLIT, "--seeds", str(opts.seeds))
-            runs = sorted({m[1] for m in re.finditer(r"^(\S+) fold \d+ seed \d+: accuracy", done.stdout + done.stderr, re.M)})
+            # a run trained now prints its folds; one already trained (a rerun of this script) says it is up to date
+            runs = sorted({m[1] or m[2] for m in re.finditer(r"^\s*(?:(\S+) fold \d+ seed \d+: accuracy|run (\S+): up to date)",
+                                                          done.stdout + done.stderr, re.M)})
             for run in runs:
                 results["runs"][run] = {"model": model, "text_format": fmt}
                 for kind, data in corpora.items():
                     if kind != "kern" and usable[kind]:
                         genre("evaluate", "--run", run, "--data", data, check=False)
         json.dump(results, open(opts.out, "w"), indent=2)
+    genre("evaluate", "--data", "formats-kern")  # every run on its own (kern) test part: runs/<run>/metrics.json
     results["seconds"] = round(time.time() - started)
     json.dump(results, open(opts.out, "w"), indent=2)
     opts.out.with_suffix(".md").write_text(summary(results, home, corpora))
