@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+from collections import Counter
 import json
 import random
 import re
@@ -130,10 +131,17 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--formats", default=",".join(TEXT_FORMATS))
     ap.add_argument("--out", type=Path, default=Path("formats-results.json"))
+    ap.add_argument("--summary-only", action="store_true", help="rewrite the .md from the .json and the stores")
     opts = ap.parse_args()
     import os
 
     home = Path(os.environ.get("GENRE_DATA_HOME", "data")).resolve()
+    if opts.summary_only:
+        results = json.loads(opts.out.read_text())
+        corpora = {k: f"formats-{k}" for k in ("kern", "musicxml", "abc") if (home / f"formats-{k}").is_dir()}
+        opts.out.with_suffix(".md").write_text(summary(results, home, corpora))
+        print(opts.out.with_suffix(".md").read_text())
+        return
     started = time.time()
     kern_root, xml_root, abc_root = (opts.work / n for n in ("kern", "musicxml", "abc"))
     if not kern_root.exists():
@@ -229,12 +237,59 @@ def summary(results: dict, home: Path, corpora: dict) -> str:
             cells += [_pct(other.get("accuracy")), _pct(other.get("macro_f1")),
                       "–" if share is None else f"{100 * share:.0f} %"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "How alike the kern test pieces and their copies are, per format (no labels used):", ""]
+    lines += agreement(home, corpora, [f for f in TEXT_FORMATS if any(i["text_format"] == f for i in results["runs"].values())])
     lines += ["", "Conversion failures (recorded in the stores): " + ("; ".join(failures) or "none")]
     if results.get("no_features"):
         lines.append("No usable text (every score failed to convert): " + ", ".join(results["no_features"]))
     if results.get("conversion_failures"):
         lines.append("Writing the copies: " + json.dumps({k: len(v) for k, v in results["conversion_failures"].items()}))
     return "\n".join(lines) + "\n"
+
+
+def agreement(home: Path, corpora: dict, formats) -> list[str]:
+    """Markdown lines: per text format, how alike the kern pieces and their copies are (unlabelled, so the
+    measure a default format may be chosen on): identical texts, the mean multiset Jaccard of their
+    whitespace tokens, and the mean / min cosine of their MiniLM vectors, over the pieces converted in both."""
+    import numpy as np
+
+    from genrecli import store
+    from genrecli.errors import GenreError
+    from genrecli.manifest import read_manifest
+
+    def rows(data: str, group: str, kind: str) -> dict | None:
+        ids = [t.id for t in read_manifest(home / data / "manifest.h5").tracks]
+        try:
+            if kind == "text":
+                values, valid, _ = store.read_texts(home / data / "features.h5", group)
+            else:
+                values, valid, _ = store.read_feature(home / data / "features.h5", group)
+        except GenreError:
+            return None
+        return {i: v for i, v, ok in zip(ids, values, valid) if ok}
+
+    lines = ["| text format | copy | pieces | identical texts | token Jaccard (mean) | cosine mean | cosine min |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for fmt in formats:
+        source = "text/source" if fmt == "raw" else f"text/source-{fmt}"
+        base_t, base_v = rows("formats-kern", source, "text"), rows("formats-kern", group_for(fmt), "vector")
+        for kind, data in corpora.items():
+            if kind == "kern":
+                continue
+            other_t, other_v = rows(data, source, "text"), rows(data, group_for(fmt), "vector")
+            common = sorted(set(base_v or {}) & set(other_v or {}))
+            if not common:
+                lines.append(f"| {fmt} | {kind} | 0 | – | – | – | – |")
+                continue
+            cos = [float(base_v[i] @ other_v[i] / (np.linalg.norm(base_v[i]) * np.linalg.norm(other_v[i]) + 1e-12))
+                   for i in common]
+            same = jac = "–"
+            if fmt != "raw" and base_t is not None and other_t is not None:  # raw texts differ by construction
+                same = str(sum(base_t[i] == other_t[i] for i in common))
+                bags = [(Counter(base_t[i].split()), Counter(other_t[i].split())) for i in common]
+                jac = f"{np.mean([sum((a & b).values()) / max(sum((a | b).values()), 1) for a, b in bags]):.3f}"
+            lines.append(f"| {fmt} | {kind} | {len(common)} | {same} | {jac} | {np.mean(cos):.4f} | {np.min(cos):.4f} |")
+    return lines
 
 
 def _pct(metric) -> str:
