@@ -337,3 +337,15 @@ FIXTURE_OPTIONS = {
     "music4all": {"min_count": 3},
     "mumu": {"min_count": 3},
 }
+
+
+def vector_table(path: Path, n: int = 240, seed: int = 0) -> Path:
+    """An NPZ table for ``genre ingest table``: n rows of 12 features, three classes (jig / reel / waltz)
+    separated along the first two columns."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    X = rng.normal(size=(n, 12)).astype(np.float32)
+    X[:, 0] += 2.5 * y
+    X[:, 1] -= 2.0 * (y == 1)
+    np.savez(path, X=X, y=np.array(["jig", "reel", "waltz"])[y])
+    return path

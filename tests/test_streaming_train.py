@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import invoke_cli
+from corpus_fixtures import vector_table
 from genrecli.models.kernel import RowConcat, _vectors
 from genrecli.pipeline import features, train as train_mod
 
@@ -19,16 +20,6 @@ N_ROWS, BLOCK = 300, 32
 TRAIN_ARGS = ("--model", "dm2kmn", "--split", "random:0.8", "--landmarks", "40", "--seeds", "1",
               "--kernels", "linear,rbf", "-o", f"block_size={BLOCK}", "-o", "ft_epochs=2", "-o", "ft_lr=0.001",
               "-o", "max_iter=15", "-o", "C=1", "-o", "batch_size=64", "-q")
-
-
-def _table(path, n=N_ROWS, seed=0):
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
-    X = rng.normal(size=(n, 12)).astype(np.float32)
-    X[:, 0] += 2.5 * y
-    X[:, 1] -= 2.0 * (y == 1)
-    np.savez(path, X=X, y=np.array(["jig", "reel", "waltz"])[y])
-    return path
 
 
 @pytest.fixture
@@ -49,7 +40,7 @@ def spy(monkeypatch):
 def _train(tmp_path, monkeypatch, name, *extra):
     home = tmp_path / name
     monkeypatch.setenv("GENRE_DATA_HOME", str(home))
-    table = _table(tmp_path / "t.npz")
+    table = vector_table(tmp_path / "t.npz", n=N_ROWS)
     assert invoke_cli("ingest", "table", "--root", table, "--name", "t", "--split", "random:0.8", "-q") == 0
     assert invoke_cli("train", "--data", "t", *TRAIN_ARGS, *extra) == 0
     (run,) = (home / "t" / "runs").iterdir()
@@ -80,7 +71,7 @@ def test_streamed_cli_fit_matches_in_memory_and_never_reads_all_rows(tmp_path, m
 
 def test_dm2kmn_without_landmarks_keeps_loaded_arrays(tmp_path, monkeypatch, spy):
     monkeypatch.setenv("GENRE_DATA_HOME", str(tmp_path / "home"))
-    assert invoke_cli("ingest", "table", "--root", _table(tmp_path / "t.npz", n=60), "--name", "t",
+    assert invoke_cli("ingest", "table", "--root", vector_table(tmp_path / "t.npz", n=60), "--name", "t",
                       "--split", "random:0.8", "-q") == 0
     args = [a if a != "40" else "all" for a in TRAIN_ARGS]
     assert invoke_cli("train", "--data", "t", *args) == 0

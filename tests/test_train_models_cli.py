@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from corpus_fixtures import vector_table
+
 
 def genre(*args, home, check_rc=None, **kw):
     env = {**os.environ, "GENRE_DATA_HOME": str(home), "OMP_NUM_THREADS": "1"}
@@ -18,16 +20,6 @@ def genre(*args, home, check_rc=None, **kw):
     if check_rc is not None:
         assert proc.returncode == check_rc, (args, proc.returncode, proc.stdout, proc.stderr)
     return proc
-
-
-def _vector_table(path: Path, n=240, seed=0) -> Path:
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
-    X = rng.normal(size=(n, 12)).astype(np.float32)
-    X[:, 0] += 2.5 * y
-    X[:, 1] -= 2.0 * (y == 1)
-    np.savez(path, X=X, y=np.array(["jig", "reel", "waltz"])[y])
-    return path
 
 
 def _patch_table(path: Path, n=90, seed=0) -> Path:
@@ -44,7 +36,7 @@ def _patch_table(path: Path, n=90, seed=0) -> Path:
 @pytest.fixture
 def vector_corpus(tmp_path):
     home = tmp_path / "home"
-    genre("ingest", "table", "--root", str(_vector_table(tmp_path / "t.npz")), "--name", "t", home=home, check_rc=0)
+    genre("ingest", "table", "--root", str(vector_table(tmp_path / "t.npz")), "--name", "t", home=home, check_rc=0)
     return home
 
 
@@ -114,6 +106,6 @@ def test_cnn_on_patch_features_through_the_cli(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["summary"]["accuracy"]["mean"] > 0.6
     # kernel models flatten patches; the cnn takes patches only
-    genre("ingest", "table", "--root", str(_vector_table(tmp_path / "t.npz")), "--name", "t", home=home, check_rc=0)
+    genre("ingest", "table", "--root", str(vector_table(tmp_path / "t.npz")), "--name", "t", home=home, check_rc=0)
     proc = genre("train", "--data", "t", "--model", "cnn", home=home, check_rc=1)
     assert "patch" in proc.stderr

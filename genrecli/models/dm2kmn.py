@@ -443,17 +443,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         Gzz_t = torch.from_numpy(np.ascontiguousarray(Gzz, dtype=np.float32)).to(dev)
         Gzz_t = 0.5 * (Gzz_t + Gzz_t.transpose(1, 2))
         Ws = [torch.as_tensor(w, device=dev) for w in dkn.weights_]
-        Ps, ranks = [], []
-        Az = Gzz_t
-        with torch.no_grad():
-            for li, W in enumerate(Ws):
-                P, rk, Kz = build_projections(W, Az, g, float(self.energy), float(self.rel_eps))
-                Ps.append(P)
-                ranks.append(rk)
-                if li < len(Ws) - 1:
-                    Fz = torch.bmm(Kz, P)
-                    Az = torch.bmm(Fz, Fz.transpose(1, 2))
-                del Kz
+        Ps, ranks = self._layer_projections(Ws, Gzz_t, g)
         # everything n-fold (C by CV, initial SVM, fine-tuning CV, RE) on the landmark rows
         ctx = _Ctx(g=g, Gzz=Gzz_t, Gxz=None, all_lm=True, n=N, dev=dev)
         with torch.no_grad():
@@ -475,22 +465,8 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
             self.ft_lr_, self.ft_epochs_ = lr, epochs
         with torch.no_grad():
             self.re_train_ = relative_error(self._inner_train(ctx, Ws, Ps), K_dkn)
-            _, Fz_list = propagate(Ws, Ps, g, Gzz_t)
-        self.classes_ = classes
-        self.weights_ = [w.detach().cpu().numpy().astype(np.float32) for w in Ws]
-        self.projections_ = [P.detach().cpu().numpy().astype(np.float32) for P in Ps]
-        self.ranks_ = ranks
-        self.landmark_maps_ = [F.detach().cpu().numpy().astype(np.float32) for F in Fz_list]
-        Wc = Wc.detach().cpu().numpy() if torch.is_tensor(Wc) else Wc
-        bc = bc.detach().cpu().numpy() if torch.is_tensor(bc) else bc
-        self.coef_ = np.ascontiguousarray(Wc, dtype=np.float32)
-        self.intercept_ = np.ascontiguousarray(bc, dtype=np.float64)
-        self.C_ = C
-        self.class_weight_ = omega
-        self.n_train_ = n
-        self.modalities_ = list(modalities) if modalities is not None else None
-        self.n_iter_ = int(getattr(dkn, "n_iter_", 0)) + int(self.ft_epochs_)
-        return self
+        return self._set_fitted(Ws, Ps, ranks, g, Gzz_t, Wc, bc, C=C, omega=omega, classes=classes, n=n,
+                                modalities=modalities, dkn=dkn)
 
     def _finetune_streamed(self, X, Gzz, Ws, Ps, Wc, bc, y_idx, n_classes, omega, C, lr, epochs, seed):
         """Fine-tuning on all n rows of X, read and mapped ``block_size`` rows at a time.
@@ -744,17 +720,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         Ws = [torch.as_tensor(w, device=dev) for w in dkn.weights_]
 
         # 1) layer-wise KPCA maps with the DKN weights (initial DM2KMN)
-        Ps, ranks = [], []
-        Az = Gzz_t
-        with torch.no_grad():
-            for li, W in enumerate(Ws):
-                P, rk, Kz = build_projections(W, Az, g, float(self.energy), float(self.rel_eps))
-                Ps.append(P)
-                ranks.append(rk)
-                if li < len(Ws) - 1:
-                    Fz = torch.bmm(Kz, P)
-                    Az = torch.bmm(Fz, Fz.transpose(1, 2))
-                del Kz
+        Ps, ranks = self._layer_projections(Ws, Gzz_t, g)
         ctx = _Ctx(g=g, Gzz=Gzz_t, Gxz=None if all_lm else Gxz_t, all_lm=all_lm, n=n, dev=dev)
         F_top = self._top_maps(ctx, Ws, Ps).cpu().numpy()
         # exact DKN output kernel, train x landmarks (for RE and the optional approximation term)
@@ -780,10 +746,32 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
 
         with torch.no_grad():
             self.re_train_ = relative_error(self._inner_train(ctx, Ws, Ps), K_dkn)
-            _, Fz_list = propagate(Ws, Ps, g, Gzz_t)
-        self.classes_ = classes
         self.dkn_ = dkn
         self.landmarks_ = np.asarray(idx, dtype=np.int64)
+        return self._set_fitted(Ws, Ps, ranks, g, Gzz_t, Wc, bc, C=C, omega=omega, classes=classes, n=n,
+                                modalities=modalities, dkn=dkn)
+
+    def _layer_projections(self, Ws, Gzz, g) -> tuple[list, list]:
+        """Layer-wise KPCA projections of the landmark kernels with the weights Ws (the initial DM2KMN):
+        the projections (one (m_l, N, r) tensor per layer) and their ranks."""
+        Ps, ranks = [], []
+        Az = Gzz
+        with torch.no_grad():
+            for li, W in enumerate(Ws):
+                P, rk, Kz = build_projections(W, Az, g, float(self.energy), float(self.rel_eps))
+                Ps.append(P)
+                ranks.append(rk)
+                if li < len(Ws) - 1:
+                    Fz = torch.bmm(Kz, P)
+                    Az = torch.bmm(Fz, Fz.transpose(1, 2))
+                del Kz
+        return Ps, ranks
+
+    def _set_fitted(self, Ws, Ps, ranks, g, Gzz, Wc, bc, *, C, omega, classes, n, modalities, dkn):
+        """The fitted attributes from the final weights, projections and classifier (both fit paths)."""
+        with torch.no_grad():
+            _, Fz_list = propagate(Ws, Ps, g, Gzz)
+        self.classes_ = classes
         self.weights_ = [w.detach().cpu().numpy().astype(np.float32) for w in Ws]
         self.projections_ = [P.detach().cpu().numpy().astype(np.float32) for P in Ps]
         self.ranks_ = ranks
