@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from conftest import invoke_cli, one_line
-from test_train_models_cli import _patch_table, _vector_table
+from corpus_fixtures import vector_table
+from test_train_models_cli import _patch_table
 from genrecli import distributed
 from genrecli.distributed import Launch, launch_from_env, local_device, rank_generator, shard
 from genrecli.errors import UsageError
@@ -221,7 +222,7 @@ def _run_results(home: Path, data: str) -> tuple[Path, list[dict]]:
 ACCURACY_TOLERANCE = 0.05
 TRAIN_CASES = {
     # mlp without dropout: DDP is the one-process optimisation up to rounding, so the predictions are the same
-    "mlp": ("t", _vector_table, [], ["-o", "max_epochs=30", "-o", "dropout=0"]),
+    "mlp": ("t", vector_table, [], ["-o", "max_epochs=30", "-o", "dropout=0"]),
     # cnn: per-rank crops and batch-norm statistics, so the same accuracy within seed noise only
     "cnn": ("p", _patch_table, ["--split", "random:0.7:0.15"],
             ["--split", "random:0.7:0.15", "-o", "max_epochs=25", "-o", "patch_frames=24", "-o", "channels=[8,16]"]),
