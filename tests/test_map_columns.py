@@ -181,3 +181,29 @@ def test_bad_column_options_are_one_line(data, dkn, kw):
     X, y, _ = data
     with pytest.raises(UsageError):
         DM2KMNClassifier(dkn, finetune=False, **kw).fit(X[:60], y[:60])
+
+
+def test_cli_train_with_map_columns_records_them(tmp_path, monkeypatch):
+    """`genre train --model dm2kmn -o map_columns=... -o deep_columns=... -o top_solver=...` reaches the
+    model (unknown keys are refused, these are not), and the run's extra metrics name the columns."""
+    import h5py
+    from conftest import invoke_cli
+    from corpus_fixtures import vector_table
+
+    monkeypatch.setenv("GENRE_DATA_HOME", str(tmp_path / "home"))
+    table = vector_table(tmp_path / "t.npz", n=150)
+    assert invoke_cli("ingest", "table", "--root", table, "--name", "t", "--split", "random:0.8", "-q") == 0
+    assert invoke_cli("train", "--data", "t", "--model", "dm2kmn", "--split", "random:0.8", "--seeds", "1",
+                      "--kernels", "linear,rbf",
+                      "-o", "map_columns=10", "-o", "deep_columns=first", "-o", "top_solver=libsvm",
+                      "-o", "ft_epochs=2", "-o", "ft_lr=0.001", "-o", "max_iter=15", "-o", "C=1", "-q") == 0
+    (run,) = (tmp_path / "home" / "t" / "runs").iterdir()
+    with h5py.File(run / "predictions.h5", "r") as h5:
+        g = h5["fold0/seed0"]
+        extra = g.attrs["extra"]
+        assert len(g["y_pred"][()]) == 30
+    import json
+
+    extra = json.loads(extra) if isinstance(extra, (str, bytes)) else extra
+    assert extra["map_columns"] == 10
+    assert extra["forward_time_dm2kmn_s"] > 0 and extra["forward_time_dkn_s"] > 0

@@ -283,6 +283,32 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         block_size N + m N^2), X read block by block (a NumPy array, a memmap or an ``h5py.Dataset``; never
         copied whole or to float64). 'all': the in-memory fit of earlier versions (CV, SVM and fine-tuning on
         all n rows, the (m, n, N) Grams materialised; O(n N m) memory).
+    map_columns : 'all' | 're' | int
+        The landmarks each map is evaluated against (its "columns"). 'all' (default): every landmark, the
+        paper's construction (Eq. 4: an N-vector ktilde_p(x) per unit, N = n in the paper's setting).
+        An integer s: the first s of the greedy pivoted-Cholesky order (:func:`pivot_order`) of the DKN's
+        output kernel among the landmarks; every map is then the Nystrom map on those s columns,
+        ``phi_p(x) = P_p^T ktilde_p(x, Z_S)`` with P_p the KPCA of ktilde_p(Z_S, Z_S), and a test row needs
+        its input kernels against the s column rows only (the rbf one exact there, which is what a Nystrom
+        rbf map on landmarks containing them gives), so the forward pass costs O(s) per row instead of O(N).
+        The DKN, the landmark set (every training row), the fine-tuning and the RE stay as they are.
+        're': the fewest columns of :func:`column_schedule` whose initial map network's train RE (spec 7.2,
+        absolute-sum form, against the DKN's output kernel) is at most ``re_target`` percent. The choice
+        uses training rows only. [I] the issue's "rank is the lever": rank by RE (the error the paper
+        reports) rather than by 99 % eigen-energy, which keeps ~0.96 N components of these nearly full-rank
+        hidden kernels.
+    re_target : float
+        RE bound (percent) of ``map_columns='re'`` (default 1.0; the paper reports 0.82 % initial, 3.05 %
+        learned).
+    max_columns : int or None
+        Cap of the candidate columns (default: all N).
+    deep_columns : 'all' | 'first'
+        Columns of the layers after the first: every landmark ('all', default; the layer-2 maps are
+        rank <= s, so this costs O(N sum_p r_p) per row and lowers RE), or the first layer's columns ('first',
+        the fastest).
+    top_solver : 'liblinear' | 'libsvm'
+        Solver of the linear SVMs on the top maps (:func:`_linear_svm_heads`): LinearSVC (default, as
+        before) or the libsvm dual on the maps' linear Gram (several times faster at large C for small maps).
     energy, rel_eps : KPCA energy kept per unit (0.99) and the eigenvalue floor (rel_eps * lambda_1).
     levels, quantization : the histogram input map. nystrom_energy : the RBF input map.
     finetune : False = the initial DM2KMN.
