@@ -98,6 +98,9 @@ def column_grams_block(maps, X, rows, out) -> None:
         em._apply_to_product(out[i], product[1], Zc)
 
 
+_PARALLEL_MIN_WORK = 1 << 24
+
+
 @functools.cache
 def _numba_level_minsum():
     """Compiled CPU kernel: hist levels of raw rows and their min-sum against column levels in one pass, or
@@ -126,20 +129,35 @@ def _numba_level_minsum():
                 t += 0.5
             out[j] = np.float32(math.floor(t))
 
-    # fastmath only here (the min-sum vectorises); the levels keep IEEE float32/float64 arithmetic
-    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def rows(X, low, span, Q, rounding, qb, out, i):
+        d = X.shape[1]
+        q = np.empty(d, dtype=np.float32)
+        levels_row(X[i], low, span, Q, rounding, q)
+        for k in range(qb.shape[0]):
+            b = qb[k]
+            s = np.float32(0.0)
+            for j in range(d):
+                s += min(q[j], b[j])
+            out[i, k] = s
+
+    # fastmath only on the min-sum (it vectorises); the levels keep IEEE float32/float64 arithmetic
+    row_minsum = numba.njit(fastmath=True, cache=True)(rows)
+
+    @numba.njit(parallel=True, cache=True)
+    def parallel(X, low, span, Q, rounding, qb, out):
+        for i in numba.prange(X.shape[0]):
+            row_minsum(X, low, span, Q, rounding, qb, out, i)
+
+    @numba.njit(cache=True)
+    def serial(X, low, span, Q, rounding, qb, out):
+        for i in range(X.shape[0]):
+            row_minsum(X, low, span, Q, rounding, qb, out, i)
+
     def level_minsum(X, low, span, Q, rounding, qb, out):
-        n, d = X.shape
-        m = qb.shape[0]
-        for i in numba.prange(n):
-            q = np.empty(d, dtype=np.float32)
-            levels_row(X[i], low, span, Q, rounding, q)
-            for k in range(m):
-                b = qb[k]
-                s = np.float32(0.0)
-                for j in range(d):
-                    s += min(q[j], b[j])
-                out[i, k] = s
+        # below ~16M min-adds numba's thread pool costs more than it saves: on 2 shared cores its workers,
+        # OpenBLAS's and torch's spin against each other between the small calls of one forward pass
+        work = X.shape[0] * X.shape[1] * qb.shape[0]
+        (serial if work < _PARALLEL_MIN_WORK else parallel)(X, low, span, Q, rounding, qb, out)
 
     return level_minsum
 
