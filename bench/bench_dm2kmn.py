@@ -2,6 +2,7 @@
 
     python bench/bench_dm2kmn.py [--device cpu] [--json out.json] [--quick]
     python bench/bench_dm2kmn.py --gflops [--json out.json]   # forward GFLOP/s against the float32 GEMM rate
+    python bench/bench_dm2kmn.py --columns [--json out.json]  # case A, map network on pivoted columns
 
 Every case runs in a fresh interpreter; its peak memory is that interpreter's peak RSS (ru_maxrss). Times are
 wall-clock seconds of the computation only (data made and libraries imported before the clock starts; the
@@ -267,6 +268,76 @@ def gflops_table(res: dict) -> str:
     return "\n".join(out)
 
 
+COLUMN_SPECS = ("all", "re:3", "96", "64", "48", "32", "48:all", "32:all")
+
+
+def columns_case(device: str, specs=COLUMN_SPECS, repeats: int = 5) -> dict:
+    """Case A (n = 600, every training row a landmark) with the map network on pivoted columns (issue 13, 3).
+
+    One DKN (the default training) and, per setting of ``map_columns`` (:class:`DM2KMNClassifier`), a DM2KMN
+    with the default fine-tuning (lr x epochs by 5-fold CV over {1e-4, 1e-3, 1e-2} x {0, 5, ..., 30}) and
+    the libsvm top solver; 'all' is the paper's construction (liblinear, as the default). Spec 's' = s
+    columns in every layer (deep_columns='first'), 's:all' = s input columns and every landmark in the
+    deeper layers, 're:T' = the fewest columns of the schedule with train RE <= T %. Forward times from
+    features on the 385 test rows, each the best of ``repeats`` after a warm-up, the DKN's measured right
+    before each DM2KMN's; training times after a warm-up fit (imports and numba compilation excluded).
+    """
+    import numpy as np
+
+    from genrecli.models.dkn import DKNClassifier
+    from genrecli.models.dm2kmn import DM2KMNClassifier
+
+    n_tr, n_te = 600, 385
+    X, y = make_data(n_tr + n_te, 4, seed=1)
+    Xtr, ytr, Xte, yte = X[:n_tr], y[:n_tr], X[n_tr:], y[n_tr:]
+    t0 = time.perf_counter()
+    dkn = DKNClassifier(input_dims=(D_AUDIO, D_TEXT), modality_names=("audio", "text"), hidden=16, random_state=0,
+                        device=device).fit(Xtr, ytr)
+    t_dkn_fit = time.perf_counter() - t0
+    acc_dkn = float(np.mean(dkn.predict(Xte) == yte))
+    # warm-up: imports, numba compilation of the column kernels
+    DM2KMNClassifier(dkn=dkn, map_columns=16, finetune=False, top_solver="libsvm", device=device).fit(Xtr, ytr)
+    rows = []
+    for spec in specs:
+        head, _, tail = spec.partition(":")
+        kw = dict(dkn=dkn, random_state=0, device=device)
+        if head == "all":
+            kw.update(map_columns="all")
+        elif head == "re":
+            kw.update(map_columns="re", re_target=float(tail), deep_columns="first", top_solver="libsvm")
+        else:
+            kw.update(map_columns=int(head), deep_columns=tail or "first", top_solver="libsvm")
+        t0 = time.perf_counter()
+        net = DM2KMNClassifier(**kw).fit(Xtr, ytr)
+        t_fit = time.perf_counter() - t0
+        t_dkn = best_time(lambda: dkn.decision_function(Xte), repeats)
+        t_map = best_time(lambda: net.decision_function(Xte), repeats)
+        m = net.extra_metrics_features(Xte, repeats=1)
+        rows.append({
+            "spec": spec, "columns": m["map_columns"], "ranks_max": [max(r) for r in net.ranks_],
+            "re_train_initial": net.re_train_initial_["re_abs"], "re_train": net.re_train_["re_abs"],
+            "re_test": m["re_test"]["re_abs"], "acc": float(np.mean(net.predict(Xte) == yte)),
+            "ft": [net.ft_lr_, net.ft_epochs_], "train_s": t_fit, "fwd_dkn_s": t_dkn, "fwd_s": t_map,
+            "ratio": t_dkn / t_map,
+        })
+        print(f"{spec}: {rows[-1]}", file=sys.stderr, flush=True)
+    return {"n_train": n_tr, "n_test": n_te, "train_dkn_s": t_dkn_fit, "acc_dkn": acc_dkn,
+            "dkn_support": int(len(dkn.support_)), "rows": rows}
+
+
+def columns_table(res: dict) -> str:
+    out = [f"DKN: training {res['train_dkn_s']:.1f} s, test accuracy {res['acc_dkn']:.3f}, "
+           f"{res['dkn_support']} support vectors of {res['n_train']}", "",
+           "| map columns | columns | max rank per layer | RE train initial / learned (%) | RE test (%) | accuracy | "
+           "fine-tuning (lr, epochs) | DM2KMN training (s) | DKN forward (s) | DM2KMN forward (s) | DKN / DM2KMN |",
+           "|---|---:|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    for r in res["rows"]:
+        out.append(f"| {r['spec']} | {r['columns']} | {r['ranks_max']} | {r['re_train_initial']:.2f} / "
+                   f"{r['re_train']:.2f} | {r['re_test']:.2f} | {r['acc']:.3f} | {r['ft'][0]}, {r['ft'][1]} | "
+                   f"{r['train_s']:.1f} | {r['fwd_dkn_s']:.4f} | {r['fwd_s']:.4f} | {r['ratio']:.1f}x |")
+    return "\n".join(out)
+
+
 def worker(name: str, device: str, quick: bool, model_path: str):
     import torch
 
@@ -290,11 +361,20 @@ def main():
     ap.add_argument("--quick", action="store_true", help="case A: one fine-tuning rate, 5 epochs (smoke run)")
     ap.add_argument("--gflops", action="store_true",
                     help="only the GFLOP/s of the DM2KMN forward against the machine's float32 GEMM rate")
+    ap.add_argument("--columns", action="store_true",
+                    help="only case A with the map network on pivoted columns (map_columns), against its DKN")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model-path", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, args.device, args.quick, args.model_path)
+        return
+    if args.columns:
+        res = columns_case(args.device)
+        print(columns_table(res))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(res, fh, indent=2)
         return
     if args.gflops:
         res = gflops_case(args.device)

@@ -20,6 +20,7 @@ BENCHES = {
     "kernels": ("Kernel stage at n=5000, d=1024 against scikit-learn", ["bench_kernels.py", "--n", "5000", "--d", "1024"]),
     "dm2kmn": ("DKN vs DM2KMN", ["bench_dm2kmn.py"]),
     "gflops": ("DM2KMN forward GFLOP/s against the machine's float32 GEMM rate", ["bench_dm2kmn.py", "--gflops"]),
+    "columns": ("DM2KMN on pivoted map columns against its DKN (n = 600)", ["bench_dm2kmn.py", "--columns"]),
     "scale": ("DM2KMN --landmarks 1000 through the CLI on a 50,000-row table", ["bench_scale.py", "--n", "50000", "--landmarks", "1000"]),
     "scale-library": ("DM2KMN with 1,000 landmarks on 10^5 and 10^6 rows, streamed from HDF5 (issue 15)",
                       ["bench_scale.py", "--library", "--ns", "100000", "1000000", "--landmarks", "1000", "--ft-epochs", "0", "0", "--forward-rows", "4000"]),
@@ -30,7 +31,7 @@ BENCHES = {
     "ddp": ("Training with torchrun: one process vs `torchrun --nproc_per_node 2`", ["bench_ddp.py", "--n", "120", "--epochs", "3", "--repeats", "2"]),
     "executors": ("Extraction executors: Ray vs --jobs 2 vs one process", ["bench_executors.py", "--limit", "200", "--max-seconds", "30"]),
 }
-DEVICE_AWARE = {"kernels", "dm2kmn", "gflops", "scale", "scale-library", "audio", "text", "peer-cost"}
+DEVICE_AWARE = {"kernels", "dm2kmn", "gflops", "columns", "scale", "scale-library", "audio", "text", "peer-cost"}
 
 
 def machine() -> str:

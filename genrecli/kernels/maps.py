@@ -8,6 +8,7 @@ they approximate its :meth:`~genrecli.kernels.elementary.ElementaryKernel.gram`.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -58,6 +59,107 @@ def _l2_rows(X: np.ndarray) -> np.ndarray:
     for the CPU row blocks (torch's small CPU ops leave its OpenMP threads spinning against OpenBLAS)."""
     norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64)).astype(np.float32)
     return X / np.where(norms > 0, norms, np.float32(1.0))[:, None]
+
+
+def _normalised_product(rows: np.ndarray, Zc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(l2-normalised rows) @ Zc^T, computed as the raw product with its rows divided by the norms after: an
+    (n, s) pass instead of an (n, d) normalised copy. Returns the product and the rows' squared norms after
+    normalisation (1, or 0 for a zero row)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64)).astype(np.float32)
+    nonzero = norms > 0
+    G = rows @ Zc.T
+    G *= np.where(nonzero, np.float32(1.0) / np.where(nonzero, norms, np.float32(1.0)), np.float32(0.0))[:, None]
+    return G, nonzero.astype(np.float32)
+
+
+def column_grams_block(maps, X, rows, out) -> None:
+    """:meth:`ExplicitMap.column_gram` of every map of one input block into ``out`` (len(maps), n, s).
+
+    The maps of a block are fitted on the same rows with the same feature scaling: on the CPU the block is
+    validated and scaled once, and linear, poly2 and rbf, which see the same l2-normalised rows, share one
+    product with the column rows, each kernel applying its function to a copy. Equal to the maps' own
+    ``column_gram`` (same operations; tested). Elsewhere (another scaling per map, a GPU) each map on its own.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if any(em.scale != maps[0].scale for em in maps) or resolve_device(maps[0].device).type != "cpu":
+        for i, em in enumerate(maps):
+            out[i] = em.column_gram(X, rows)
+        return
+    A = maps[0]._validated(X)
+    product = None
+    for i, em in enumerate(maps):
+        Zc = np.ascontiguousarray(em.kernel_.X_fit_[rows])
+        if em.kernel == "hist":
+            out[i] = em._column_gram_cpu(A, Zc)
+            continue
+        if product is None:  # the l2-normalised column rows are the same in linear, poly2 and rbf
+            product = _normalised_product(A, Zc)
+        out[i] = product[0]
+        em._apply_to_product(out[i], product[1], Zc)
+
+
+_PARALLEL_MIN_WORK = 1 << 24
+
+
+@functools.cache
+def _numba_level_minsum():
+    """Compiled CPU kernel: hist levels of raw rows and their min-sum against column levels in one pass, or
+    None without numba.
+
+    Per row: v = clip((x - low) / span, 0, 1) in float32 (0 where span <= 0), level = floor(Q v (+ 1/2)) in
+    float64 (as :meth:`ExplicitMap._levels`, so a value on a level boundary stays on it), then
+    ``sum_j min(level_j, qb_kj)`` for every column k. No (n, d) temporary.
+    """
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(cache=True)
+    def levels_row(x, low, span, Q, rounding, out):
+        for j in range(x.shape[0]):
+            sp = span[j]
+            if sp <= 0:
+                v = np.float32(0.0)
+            else:
+                v = np.float32(np.float32(x[j] - low[j]) / sp)
+                v = min(max(v, np.float32(0.0)), np.float32(1.0))
+            t = np.float64(v) * Q
+            if rounding:
+                t += 0.5
+            out[j] = np.float32(math.floor(t))
+
+    def rows(X, low, span, Q, rounding, qb, out, i):
+        d = X.shape[1]
+        q = np.empty(d, dtype=np.float32)
+        levels_row(X[i], low, span, Q, rounding, q)
+        for k in range(qb.shape[0]):
+            b = qb[k]
+            s = np.float32(0.0)
+            for j in range(d):
+                s += min(q[j], b[j])
+            out[i, k] = s
+
+    # fastmath only on the min-sum (it vectorises); the levels keep IEEE float32/float64 arithmetic
+    row_minsum = numba.njit(fastmath=True, cache=True)(rows)
+
+    @numba.njit(parallel=True, cache=True)
+    def parallel(X, low, span, Q, rounding, qb, out):
+        for i in numba.prange(X.shape[0]):
+            row_minsum(X, low, span, Q, rounding, qb, out, i)
+
+    @numba.njit(cache=True)
+    def serial(X, low, span, Q, rounding, qb, out):
+        for i in range(X.shape[0]):
+            row_minsum(X, low, span, Q, rounding, qb, out, i)
+
+    def level_minsum(X, low, span, Q, rounding, qb, out):
+        # below ~16M min-adds numba's thread pool costs more than it saves: on 2 shared cores its workers,
+        # OpenBLAS's and torch's spin against each other between the small calls of one forward pass
+        work = X.shape[0] * X.shape[1] * qb.shape[0]
+        (serial if work < _PARALLEL_MIN_WORK else parallel)(X, low, span, Q, rounding, qb, out)
+
+    return level_minsum
 
 
 def _eigh_in_place(K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -536,6 +638,81 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         G = _pairwise("hist", self._levels(A), self._levels(B))
         G /= np.float32(self.levels * self.kernel_.scale_)
         return G
+
+    def column_gram(self, X, rows) -> np.ndarray:
+        """Kernel values of X against a few training rows: the DM2KMN's pivot columns.
+
+        linear, poly2 and hist give the map inner products (exact, exact, Q-level quantised min-sum), as
+        :meth:`map_gram` does against those rows. rbf gives the exact kernel: it is what a Nystrom map whose
+        landmarks include those rows gives against them, so a map network that only ever evaluates its input
+        kernels against a column subset S never needs the rbf map of all N landmarks.
+
+        Parameters
+        ----------
+        X : array-like, shape (n, d)
+        rows : array-like of int, shape (s,)
+            Indices into the training rows (the rows this map was fitted on).
+
+        Returns
+        -------
+        G : np.ndarray, shape (n, s), float32
+        """
+        check_is_fitted(self)
+        device = resolve_device(self.device)
+        rows = np.asarray(rows, dtype=np.int64)
+        Zc = np.ascontiguousarray(self.kernel_.X_fit_[rows])  # preprocessed column rows
+        if device.type == "cpu":
+            return self._column_gram_cpu(self._validated(X), Zc)
+        A = self._prepared(X, device)
+        B = _tensor(Zc, device)
+        if self.kernel == "hist":
+            G = _pairwise("hist", self._levels(A), self._levels(B))
+            G /= np.float32(self.levels * self.kernel_.scale_)
+            return G
+        return self.kernel_._scaled(A, B, same=False)
+
+    def _column_gram_cpu(self, rows: np.ndarray, Zc: np.ndarray) -> np.ndarray:
+        """:meth:`column_gram` on the CPU in NumPy (validated, scaled rows; preprocessed columns Zc): one sgemm
+        and the kernel function in place, or the min-sum of the hist levels; no torch op, whose small CPU
+        calls cost more than the product itself at a few dozen columns."""
+        k = self.kernel_
+        if self.kernel == "hist":
+            qb = self._levels_np(Zc)
+            G = np.empty((rows.shape[0], Zc.shape[0]), dtype=np.float32)
+            fused = _numba_level_minsum()
+            low, span = k.min_.astype(np.float32), (k.max_ - k.min_).astype(np.float32)
+            if fused is not None:
+                fused(np.ascontiguousarray(rows, dtype=np.float32), low, span, float(self.levels),
+                      self.quantization == "round", qb, G)
+            else:
+                constant = span <= 0
+                a = rows - low
+                a /= np.where(constant, np.float32(1.0), span)
+                a[:, constant] = 0.0
+                np.clip(a, 0.0, 1.0, out=a)
+                G[...] = np.minimum(self._levels_np(a)[:, None, :], qb[None, :, :]).sum(2, dtype=np.float32)
+            G /= np.float32(self.levels * k.scale_)
+            return G
+        G, nonzero = _normalised_product(rows, Zc)
+        return self._apply_to_product(G, nonzero, Zc)
+
+    def _apply_to_product(self, G: np.ndarray, nonzero: np.ndarray, Zc: np.ndarray) -> np.ndarray:
+        """linear / poly2 / rbf values, in place, from the product G of l2-normalised rows with the columns Zc."""
+        k = self.kernel_
+        if self.kernel != "linear":
+            g = np.float32(0.5 / k.sigma_**2) if self.kernel == "rbf" else np.float32(0.0)
+            _apply(self.kernel, G, nonzero, _squared_norms(Zc), offset=float(self.offset), g=g)
+        if k.scale_ != 1.0:
+            G /= np.float32(k.scale_)
+        return G
+
+    def _levels_np(self, a: np.ndarray) -> np.ndarray:
+        """:meth:`_levels` in NumPy: float64 Q v (exact for float32 v), floored, as float32 (n, d)."""
+        scaled = a.astype(np.float64)
+        scaled *= self.levels
+        if self.quantization == "round":
+            scaled += 0.5
+        return np.floor(scaled, out=scaled).astype(np.float32)
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Fitted attributes as plain arrays: the kernel's under ``kernel_.``, then the rbf landmarks.
