@@ -12,7 +12,7 @@ export GENRE_DATA_HOME := $(DATA_HOME)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench all piano piano-features folk scaling oramas oramas-mumu formats clean
+.PHONY: install demo test bench all piano piano-features folk scaling oramas oramas-mumu formats dm2kmn-study clean
 comma := ,
 
 install: $(STAMP)
@@ -50,7 +50,7 @@ bench: install
 # Every experiment: the experiment files (experiments/piano.toml: the piano eras, kern-eras stand-in, with
 # composer- and work-grouped splits; experiments/folk.toml: the full folk-dance set), then the feature suite and
 # the scaling comparison on their stores. `genre run` is cache-aware: what is up to date is not recomputed.
-all: piano piano-features folk scaling oramas oramas-mumu formats
+all: piano piano-features folk scaling oramas oramas-mumu formats dm2kmn-study
 
 PIANO_SPLITS := group:composer:0.7 group:work:0.7
 piano: install
@@ -102,6 +102,14 @@ oramas-mumu: install
 formats: install
 	GENRE_DATA_HOME=$(DATA_HOME)/../formats-home $(BIN)/python experiments/formats.py --root $(KERN_ERAS) \
 	  --work $(DATA_HOME)/../formats-work --per-era 30 --out experiments/formats-results.json
+
+# Issue 13 section 2: DM2KMN variants (the spec's fine-tuning alternatives, stronger inputs) against the DKN and the
+# single-kernel SVMs, the variant chosen by its CV estimate on the training part; tables and the fine-tuning
+# evidence in experiments/dm2kmn-study-results-*.md. Needs the features of `make piano` (mfcc, timbre, rhythm,
+# minilm) and of `make demo`.
+dm2kmn-study: piano demo
+	$(BIN)/python experiments/dm2kmn_study.py --data piano $(foreach s,$(PIANO_SPLITS),--split $(s)) --jobs $(JOBS)
+	$(BIN)/python experiments/dm2kmn_study.py --data $(DEMO) --split groupkfold:title:5 --no-strong --jobs $(JOBS)
 
 clean:
 	rm -rf $(DATA_HOME)/$(DEMO) .pytest_cache

@@ -144,6 +144,46 @@ def test_cv_model_selection_records_choices(data):
     assert net.ft_cv_[str(net.ft_lr_)][net.ft_epochs_ // 2] >= best - 1e-12
 
 
+def test_finetune_curves_are_fold_means_of_real_diagnostics(data):
+    """ft_curves_: per lr, one point per checkpoint; the val_acc curve averages the folds' validation
+    accuracies, epoch 0 is the SVM-initialised network (no prediction changed, RE as the initial map's), and
+    the curves, history and CV table survive a state round trip and reach the extra metrics."""
+    net = DM2KMNClassifier(dkn=DKNClassifier(hidden=4, max_iter=10, C=1.0), ft_lr_grid=(1e-3, 1e-1),
+                           ft_max_epochs=4, ft_eval_every=2, random_state=0)
+    folds = []
+    original = net._finetune
+
+    def spy(*args):
+        out = original(*args)
+        if args[-2] is not None:
+            folds.append((args[-4], out[4]))
+        return out
+
+    net._finetune = spy
+    net.fit_gram(data["G"][:, :60], data["y"][:60], map_grams=data["M"][:, :60])
+    assert set(net.ft_curves_) == {"0.001", "0.1"}
+    for lr, curve in net.ft_curves_.items():
+        assert curve["epoch"] == [0, 2, 4]
+        runs = [h for rate, h in folds if f"{rate:g}" == lr]
+        assert len(runs) == 5  # the DKN's cv folds
+        np.testing.assert_allclose(curve["val_acc"], np.mean([[p["val_acc"] for p in h] for h in runs], 0))
+        assert curve["val_changed"][0] == 0.0
+        assert all(0.0 <= v <= 1.0 for key in ("train_acc", "active", "val_acc") for v in curve[key])
+        assert all(np.isfinite(curve["loss"])) and all(r >= 0 for r in curve["re"])
+    # epoch 0: identical for every rate (no step taken yet)
+    a, b = net.ft_curves_["0.001"], net.ft_curves_["0.1"]
+    assert a["re"][0] == pytest.approx(b["re"][0]) and a["train_acc"][0] == pytest.approx(b["train_acc"][0])
+    # a large rate moves the maps away from the DKN: RE grows over the epochs
+    assert b["re"][-1] > b["re"][0]
+    extra = net.extra_metrics()
+    assert extra["finetune_curves"] == net.ft_curves_
+    assert extra["finetune_cv_best"] == pytest.approx(max(max(v) for v in net.ft_cv_.values()))
+    loaded = DM2KMNClassifier(dkn=DKNClassifier(hidden=4, max_iter=10, C=1.0), ft_lr_grid=(1e-3, 1e-1),
+                              ft_max_epochs=4, ft_eval_every=2, random_state=0).load_state_dict(net.state_dict())
+    assert loaded.ft_curves_ == net.ft_curves_ and loaded.ft_cv_ == net.ft_cv_
+    assert loaded.ft_history_ == net.ft_history_
+
+
 def test_finetune_selection_matches_a_reference_loop(data):
     """The (lr, epochs) choice equals a hand-written loop over the same folds, runs and scorer."""
     from genrecli.models.dm2kmn import _linear_svm_heads

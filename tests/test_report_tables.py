@@ -64,3 +64,29 @@ def test_protocol_table_marks_the_best_the_tied_the_floor_and_fusion():
     assert float(lo) < 100 * (best == y).mean() < float(hi)
     assert rows["majority|audio/x"][5] == "1.0" and rows["majority|audio/x"][6] == "—"
     assert len(per_class_rows(table)) == 6 and per_class_rows(table)[0][3].startswith("a (n=")
+
+
+# ------------------------------------------------------------------------- DM2KMN fine-tuning curves (issue 13)
+def test_finetune_curves_are_rendered_from_the_aggregated_extra(tmp_path):
+    """One row per (rate, checkpoint) from the fold x seed aggregate of DM2KMNClassifier.ft_curves_, rates in
+    numeric order, unreached checkpoints as a dash; the PNG is written; a run without curves has no table."""
+    from genrecli.pipeline.evaluate import _aggregate_extra
+    from genrecli.pipeline.report import _curves_png, finetune_curve_rows
+
+    def curve(acc0, acc1, nan_last=False):
+        return {"epoch": [0, 5], "loss": [0.2, 0.1], "train_acc": [1.0, 1.0], "active": [0.1, 0.05],
+                "re": [2.0, 2.5], "val_acc": [acc0, float("nan") if nan_last else acc1], "val_changed": [0.0, 0.02]}
+
+    folds = [{"finetune_curves": {"0.01": curve(0.5, 0.6), "0.001": curve(0.5, 0.5)}},
+             {"finetune_curves": {"0.01": curve(0.7, 0.8), "0.001": curve(0.7, 0.7, nan_last=True)}}]
+    m = _metrics("dm2kmn", ["audio/mfcc"], [], {}, 0.5)
+    m["summary"]["extra"] = _aggregate_extra(folds)
+    rows = finetune_curve_rows(m)
+    assert rows[0][:2] == ["lr", "epoch"] and len(rows) == 1 + 2 * 2
+    assert [r[:2] for r in rows[1:]] == [["0.001", "0"], ["0.001", "5"], ["0.01", "0"], ["0.01", "5"]]
+    val = rows[0].index("val acc %")
+    assert rows[4][val] == "70.0 ± 10.0"  # lr 0.01, epoch 5: mean of 0.6 and 0.8
+    assert rows[2][val] == "—"  # a fold diverged there (NaN)
+    assert _curves_png(m, tmp_path / "c.png") and (tmp_path / "c.png").stat().st_size > 0
+    plain = _metrics("dkn", ["audio/mfcc"], [], {}, 0.5)
+    assert finetune_curve_rows(plain) == [] and not _curves_png(plain, tmp_path / "d.png")

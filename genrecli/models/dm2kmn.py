@@ -327,6 +327,13 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
 
     Model selection (C, and the fine-tuning rate and epochs) is :mod:`genrecli.models.selection`: the DKN's
     ``cv`` stratified folds of the training rows, balanced accuracy.
+
+    Fine-tuning diagnostics: ``ft_cv_`` {lr: validation score per checkpoint}; ``ft_curves_`` {lr: fold-mean
+    curve} with, per checkpoint epoch, the fold's training loss, training accuracy, ``active`` (share of
+    one-vs-rest hinge terms with margin < 1: the only ones the hinge gradient comes from), ``re`` (Frobenius
+    RE in percent against the DKN kernel), validation accuracy and ``val_changed`` (share of validation
+    predictions changed since epoch 0); ``ft_history_`` the final fit's loss per epoch. The report draws them
+    (its fine-tuning curves section).
     """
 
     def __init__(self, dkn=None, *, landmarks="all", energy=0.99, rel_eps=1e-7, levels=DEFAULT_LEVELS,
@@ -574,7 +581,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         Wc, bc = _linear_svm_heads(F_top, y_z, n_classes, omega, C, seed, self.top_solver)
         with torch.no_grad():
             self.re_train_initial_ = relative_error(self._inner_train(ctx, Ws, Ps), K_dkn)
-        self.ft_lr_, self.ft_epochs_, self.ft_cv_ = None, 0, {}
+        self.ft_lr_, self.ft_epochs_, self.ft_cv_, self.ft_curves_ = None, 0, {}, {}
         self.ft_history_ = []
         if self.finetune:
             lr, epochs = self._select_finetune(ctx, Ws, Ps, Wc, bc, F_top, y_z, n_classes, omega, C, K_dkn,
@@ -792,6 +799,14 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
             "map_columns": int(len(self.landmarks_) if getattr(self, "columns_", None) is None else len(self.columns_)),
             "finetune_lr": self.ft_lr_,
             "finetune_epochs": self.ft_epochs_,
+            # CV fold-mean curves per learning rate (epoch, loss, train_acc, active, re, val_acc, val_changed)
+            # and the final fit's per-epoch loss: the report's fine-tuning curves
+            "finetune_curves": getattr(self, "ft_curves_", {}),
+            # the CV estimate (balanced accuracy on the training part) of the chosen (lr, epochs): comparable
+            # across DM2KMN variants, so a choice among them can be made without the test part
+            "finetune_cv_best": (float(np.nanmax([x for v in self.ft_cv_.values() for x in v]))
+                                 if getattr(self, "ft_cv_", None) else None),
+            "finetune_history": [{"epoch": h["epoch"], "loss": h["loss"]} for h in getattr(self, "ft_history_", [])],
         }
         if grams_test is not None:
             G = _check_grams(grams_test, "grams_test", self.n_train_, len(self.weights_[0]))
@@ -877,7 +892,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
             self.re_train_initial_ = relative_error(self._inner_train(ctx, Ws, Ps), K_dkn)
 
         # 3) fine-tuning, (lr, epochs) by CV
-        self.ft_lr_, self.ft_epochs_, self.ft_cv_ = None, 0, {}
+        self.ft_lr_, self.ft_epochs_, self.ft_cv_, self.ft_curves_ = None, 0, {}, {}
         self.ft_history_ = []
         if self.finetune:
             lr, epochs = self._select_finetune(ctx, Ws, Ps, Wc, bc, F_top, y_idx, n_classes, omega, C, K_dkn,
@@ -1077,12 +1092,15 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         checkpoints = list(range(0, max_ep + 1, every))
         candidates = [(lr, ep) for ep in checkpoints for lr in lr_grid]
 
+        fold_curves = {f"{lr:g}": [] for lr in lr_grid}
+
         def fold_scores(tr, va):
             Wc0, bc0 = _linear_svm_heads(F_top[:, tr], y_idx[tr], n_classes, omega, C, seed, self.top_solver)
             table = np.zeros((len(lr_grid), len(checkpoints)))
             for i, lr in enumerate(lr_grid):
                 _, _, _, _, hist = self._finetune(ctx, Ws, Ps, Wc0, bc0, tr, y_idx, n_classes, omega, C, K_dkn, lr,
                                                   max_ep, (va, every), seed)
+                fold_curves[f"{lr:g}"].append(hist)
                 scores = [h["val_score"] for h in hist if "val_score" in h]
                 scores = scores + [0.0] * (len(checkpoints) - len(scores))  # diverged runs score 0 afterwards
                 table[i] = scores[: len(checkpoints)]
@@ -1092,6 +1110,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         if result.n_folds:
             means = result.scores.reshape(len(checkpoints), len(lr_grid))
             self.ft_cv_ = {f"{lr:g}": means[:, i].tolist() for i, lr in enumerate(lr_grid)}
+            self.ft_curves_ = {lr: _mean_curve(runs, checkpoints) for lr, runs in fold_curves.items()}
         return result.best
 
     def _finetune(self, ctx, Ws, Ps, Wc, bc, rows, y_idx, n_classes, omega, C, K_dkn, lr, epochs, val, seed):
@@ -1121,15 +1140,28 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         bs = len(rows) if self.batch_size is None else max(1, min(int(self.batch_size), len(rows)))
         hist = []
 
+        first_pred = {}
+
         def evaluate(epoch, loss_val):
+            """The curve point of a CV fold: the fold's training loss, training accuracy, share of active hinge
+            terms (margin < 1: the only rows the hinge gradient comes from), RE against the DKN kernel,
+            validation accuracy / score and the share of validation predictions changed since epoch 0."""
             rec = {"epoch": epoch, "loss": loss_val}
-            if val is not None:
-                with torch.no_grad():
-                    va = torch.as_tensor(val[0], device=dev)
-                    S = head_scores(self._maps_of(ctx, Wp, Pp, va), Wc_t, bc_t)
-                    pred = _heads_argmax(S, n_classes)
-                    rec["val_acc"] = float((pred == y_t[va]).float().mean())
-                    rec["val_score"] = label_score(y_idx[val[0]], pred.cpu().numpy())
+            with torch.no_grad():
+                S_tr = head_scores(self._maps_of(ctx, Wp, Pp, rows_t), Wc_t, bc_t)
+                rec["train_acc"] = float((_heads_argmax(S_tr, n_classes) == y_t[rows_t]).float().mean())
+                rec["active"] = float(((Yb[rows_t] * S_tr) < 1.0).float().mean())
+                if epoch == 0:  # the loss before any step, so the curve starts where the SVM left it
+                    rec["loss"] = float(_loss(self.loss, S_tr, Yb[rows_t], sw[rows_t], y_t[rows_t], n_classes)
+                                        + 0.5 * lam * (Wc_t ** 2).sum())
+                rec["re"] = relative_error(self._inner_train(ctx, Wp, Pp), K_dkn)["re_fro"]
+                va = torch.as_tensor(val[0], device=dev)
+                S = head_scores(self._maps_of(ctx, Wp, Pp, va), Wc_t, bc_t)
+                pred = _heads_argmax(S, n_classes)
+                first_pred.setdefault("val", pred)
+                rec["val_acc"] = float((pred == y_t[va]).float().mean())
+                rec["val_changed"] = float((pred != first_pred["val"]).float().mean())
+                rec["val_score"] = label_score(y_idx[val[0]], pred.cpu().numpy())
             hist.append(rec)
 
         if val is not None:
@@ -1259,6 +1291,9 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
             "meta.info_json": pack_json({"ranks": self.ranks_, "re_train": self.re_train_,
                                          "re_train_initial": self.re_train_initial_, "ft_lr": self.ft_lr_,
                                          "ft_epochs": self.ft_epochs_,
+                                         "ft_curves": getattr(self, "ft_curves_", {}),
+                                         "ft_cv": getattr(self, "ft_cv_", {}),
+                                         "ft_history": getattr(self, "ft_history_", []),
                                          "input_names": getattr(self, "input_names_", None)}),
         })
         for k, v in self.dkn_.state_dict().items():
@@ -1290,6 +1325,9 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         info = unpack_json(d["meta.info_json"])
         self.ranks_, self.re_train_, self.re_train_initial_ = info["ranks"], info["re_train"], info["re_train_initial"]
         self.ft_lr_, self.ft_epochs_ = info["ft_lr"], info["ft_epochs"]
+        # states saved before the curves were recorded have none
+        self.ft_curves_, self.ft_history_ = info.get("ft_curves", {}), info.get("ft_history", [])
+        self.ft_cv_ = info.get("ft_cv", {})
         dk = {k[len("dkn_model."):]: v for k, v in d.items() if k.startswith("dkn_model.")}
         template = clone(self.dkn) if self.dkn is not None else DKNClassifier()
         if self.dkn is None or not hasattr(self.dkn, "weights_"):  # as _make_dkn: a DKN this model trains
@@ -1349,6 +1387,25 @@ def _next_inner(Kx, Q):
 class _Ctx:
     def __init__(self, **kw):
         self.__dict__.update(kw)
+
+
+CURVE_KEYS = ("loss", "train_acc", "active", "re", "val_acc", "val_changed")
+
+
+def _mean_curve(runs: list, checkpoints: list) -> dict:
+    """Fold-mean fine-tuning curve: {'epoch': checkpoints, key: [mean over folds] for key in CURVE_KEYS}.
+
+    runs: one history per CV fold (:meth:`DM2KMNClassifier._finetune` with ``val``); a fold whose run diverged
+    (fewer points) is left out of the later means, a checkpoint no fold reached is NaN.
+    """
+    out = {"epoch": list(checkpoints)}
+    for key in CURVE_KEYS:
+        col = []
+        for j in range(len(checkpoints)):
+            vals = [float(h[j][key]) for h in runs if j < len(h) and key in h[j]]
+            col.append(float(np.mean(vals)) if vals else float("nan"))
+        out[key] = col
+    return out
 
 
 def _heads_argmax(S, n_classes):

@@ -24,6 +24,11 @@ Per split of the corpus (single-label runs; the statistics are those of :mod:`ge
   recorded: the date of config.json), split spec and seed, seeds, options, the model's full parameters
   (hash), and every input's feature parameters with their hash and content key.
 
+* **DM2KMN fine-tuning curves** of every fine-tuned DM2KMN run whose learning rate / epochs were chosen by CV:
+  per rate and checkpoint, the CV fold means of the training loss and accuracy, the share of active hinge
+  terms, RE against the DKN kernel, the validation accuracy and the share of validation predictions changed
+  since epoch 0 (table and PNG).
+
 ``results.csv`` is tidy: one row per run x fold x repeat x seed x metric.
 """
 
@@ -202,6 +207,63 @@ def model_table(metrics: list[dict], split: str) -> list[list[str]]:
     return rows if len(rows) > 1 else []
 
 
+CURVE_COLUMNS = (("loss", "train loss", 1.0, 4), ("train_acc", "train acc %", 100.0, 1),
+                 ("active", "active hinge %", 100.0, 1), ("re", "RE %", 1.0, 2),
+                 ("val_acc", "val acc %", 100.0, 1), ("val_changed", "val changed %", 100.0, 1))
+
+
+def finetune_curve_rows(m: dict) -> list[list[str]]:
+    """The DM2KMN fine-tuning curves of one run: per learning rate and checkpoint epoch, the CV fold means
+    (mean ± std over the run's folds × seeds) of the training loss, training accuracy, share of active hinge
+    terms, RE against the DKN kernel, validation accuracy and share of validation predictions changed since
+    epoch 0 (:attr:`DM2KMNClassifier.ft_curves_`). [] for a run without curves."""
+    curves = m["summary"].get("extra", {}).get("finetune_curves")
+    if not isinstance(curves, dict) or not curves:
+        return []
+    rows = [["lr", "epoch", *[label for _, label, _, _ in CURVE_COLUMNS]]]
+    for lr in sorted(curves, key=float):
+        c = curves[lr]
+        epochs = c.get("epoch", {}).get("mean", [])
+        for j, ep in enumerate(epochs):
+            cells = []
+            for key, _, scale, digits in CURVE_COLUMNS:
+                v = c.get(key, {})
+                mean, std = v.get("mean", []), v.get("std", [])
+                cells.append("—" if j >= len(mean) or not np.isfinite(mean[j])
+                             else f"{mean[j] * scale:.{digits}f} ± {std[j] * scale:.{digits}f}")
+            rows.append([lr, f"{ep:g}", *cells])
+    return rows
+
+
+def _curves_png(m: dict, path: Path) -> bool:
+    """Fine-tuning curves of one DM2KMN run: training and validation accuracy (left) and RE (right) against
+    the epoch, one colour per learning rate (CV fold means)."""
+    curves = m["summary"].get("extra", {}).get("finetune_curves")
+    if not isinstance(curves, dict) or not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_re) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for i, lr in enumerate(sorted(curves, key=float)):
+        c, colour = curves[lr], f"C{i}"
+        ep = c["epoch"]["mean"]
+        ax_acc.plot(ep, 100 * np.asarray(c["train_acc"]["mean"]), "--", color=colour, label=f"train, lr {lr}")
+        ax_acc.plot(ep, 100 * np.asarray(c["val_acc"]["mean"]), "-", color=colour, label=f"validation, lr {lr}")
+        ax_re.plot(ep, c["re"]["mean"], "-", color=colour, label=f"lr {lr}")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy % (CV fold mean)")
+    ax_re.set(xlabel="epoch", ylabel="RE % (Frobenius, vs DKN)")
+    ax_acc.legend(fontsize=6)
+    ax_re.legend(fontsize=6)
+    fig.suptitle(f"{m['run']}: fine-tuning curves", fontsize=8)
+    fig.tight_layout()
+    _save_png(fig, path)
+    plt.close(fig)
+    return True
+
+
 def markdown(rows: list[list[str]]) -> str:
     if not rows:
         return ""
@@ -373,6 +435,19 @@ def report(data: str, *, data_home: str | Path | None = None, force: bool = Fals
         models = model_table(metrics, split)
         if models:
             section(f"Models on all their inputs (Table-5 analogue) — split {split}", models)
+        for m in metrics:
+            if m["config"]["split"] != split:
+                continue
+            rows = finetune_curve_rows(m)
+            section(f"DM2KMN fine-tuning curves — {m['run']}", rows,
+                    "CV on the training part (the folds that choose the learning rate and the epochs), fold means "
+                    "± std over folds × seeds. Active hinge %: share of one-vs-rest hinge terms with margin < 1, "
+                    "the only terms the hinge gradient comes from; val changed %: validation predictions that "
+                    "differ from epoch 0's.", level_=3)
+            png = f"curves-{m['run']}.png"
+            if rows and _curves_png(m, paths.report / png):
+                md.extend([f"![fine-tuning curves]({png})", ""])
+                body.append(f"<figure><img src='{html.escape(png)}' alt='fine-tuning curves'></figure>")
     runs = runs_table(metrics)
     if len(runs) > 1:
         section("All runs (mean ± std over folds × seeds)", runs)
