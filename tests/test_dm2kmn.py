@@ -379,3 +379,19 @@ def test_cuda_matches_cpu(data):
     a = cpu.decision_gram(data["G"][:, 60:], map_grams_test=data["M"][:, 60:])
     b = gpu.decision_gram(data["G"][:, 60:], map_grams_test=data["M"][:, 60:])
     np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-2 * np.abs(a).max())
+
+
+def test_a_diverging_finetune_stops_at_its_last_finite_epoch(data):
+    """Unfrozen projections at a large rate blow up; the run stops at the last finite epoch instead of failing
+    in the simplex projection of NaN weights (the kern-eras study's train_projections crash), in the CV
+    (the diverged candidate scores 0 afterwards) and in the final fit."""
+    net = DM2KMNClassifier(dkn=DKNClassifier(hidden=4, max_iter=10, C=1.0), train_projections=True, ft_lr=1e3,
+                           ft_epochs=5, random_state=0)
+    net.fit_gram(data["G"][:, :60], data["y"][:60], map_grams=data["M"][:, :60])
+    assert all(np.isfinite(w).all() for w in net.weights_) and all(np.isfinite(p).all() for p in net.projections_)
+    assert len(net.ft_history_) < 5 and all(np.isfinite(h["loss"]) for h in net.ft_history_)
+    assert np.isfinite(net.decision_gram(data["G"][:, 60:], map_grams_test=data["M"][:, 60:])).all()
+    cv = DM2KMNClassifier(dkn=DKNClassifier(hidden=4, max_iter=10, C=1.0), train_projections=True,
+                          ft_lr_grid=(1e-3, 1e3), ft_max_epochs=4, ft_eval_every=2, random_state=0)
+    cv.fit_gram(data["G"][:, :60], data["y"][:60], map_grams=data["M"][:, :60])
+    assert cv.ft_lr_ == 1e-3 or cv.ft_epochs_ == 0

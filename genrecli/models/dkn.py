@@ -215,8 +215,9 @@ def dual_objective(Kout: torch.Tensor, beta: np.ndarray) -> float:
 
 
 def cv_select_C(Kout: np.ndarray, y_idx: np.ndarray, n_classes: int, omega: np.ndarray, grid, folds: int,
-                seed: int):
-    """C of ``grid`` by ``folds``-fold stratified CV of the one-vs-rest SVMs on a fixed output kernel.
+                seed: int, groups=None):
+    """C of ``grid`` by ``folds``-fold stratified CV of the one-vs-rest SVMs on a fixed output kernel
+    (stratified group folds with ``groups``, see :func:`~genrecli.models.selection.cv_folds`).
 
     Folds and scorer (balanced accuracy) of :mod:`genrecli.models.selection`; ties go to the smallest C.
     Returns (C, {C: mean validation score}); (grid[0], {}) when there are too few rows per class to fold.
@@ -234,7 +235,8 @@ def cv_select_C(Kout: np.ndarray, y_idx: np.ndarray, n_classes: int, omega: np.n
             out.append(task_score(y_idx[va], heads_to_scores(svm_scores(Kva, beta, b), n_classes)))
         return out
 
-    result = select_by_cv(candidates, fold_scores, cv_folds(y_idx, folds, seed=seed), default=float(grid[0]))
+    result = select_by_cv(candidates, fold_scores, cv_folds(y_idx, folds, seed=seed, groups=groups),
+                          default=float(grid[0]))
     scores = result.as_dict()
     return float(result.best), {float(C): scores[float(C)] for C in grid if float(C) in scores}
 
@@ -626,15 +628,17 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         return resolve_device(self.device)
 
     # -- feature-level interface -----------------------------------------------------------------------------
-    def fit(self, X, y):
-        """Fit the elementary kernels on X (train only), then train the DKN and its SVMs."""
+    def fit(self, X, y, *, cv_groups=None):
+        """Fit the elementary kernels on X (train only), then train the DKN and its SVMs.
+
+        ``cv_groups`` (n,): the group of each row for the C-selection CV (grouped folds), None: stratified."""
         X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2, ensure_all_finite=finite_mode(self.scale))
         classes, y_idx = _to_labels(y)
         if len(classes) < 2:
             raise ValueError("y has a single class; a classifier needs at least 2 classes")
         modalities = self._fit_kernels(X)
         grams = self._grams(X)
-        self._fit_gram_idx(grams, y_idx, classes, modalities)
+        self._fit_gram_idx(grams, y_idx, classes, modalities, cv_groups)
         return self
 
     def _heads_features(self, X) -> np.ndarray:
@@ -665,8 +669,9 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         return self.classes_[heads_to_scores(self._heads_features(X), len(self.classes_)).argmax(1)]
 
     # -- Gram-level interface --------------------------------------------------------------------------------
-    def fit_gram(self, grams, y, *, map_grams=None, modalities=None):
-        """Train on a stack of exact elementary training Grams (m, n_train, n_train) (map_grams unused)."""
+    def fit_gram(self, grams, y, *, map_grams=None, modalities=None, cv_groups=None):
+        """Train on a stack of exact elementary training Grams (m, n_train, n_train) (map_grams unused);
+        ``cv_groups`` as in :meth:`fit`."""
         G = _check_grams(grams)
         if G.shape[1] != G.shape[2]:
             raise ValueError(f"grams: training Grams must be square, got {G.shape}")
@@ -675,7 +680,7 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
             raise ValueError("y has a single class; a classifier needs at least 2 classes")
         if len(y_idx) != G.shape[1]:
             raise ValueError(f"y has {len(y_idx)} labels for {G.shape[1]} training tracks")
-        self._fit_gram_idx(G, y_idx, classes, modalities)
+        self._fit_gram_idx(G, y_idx, classes, modalities, cv_groups)
         return self
 
     def decision_gram(self, grams_test, *, map_grams_test=None):
@@ -731,7 +736,7 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         return out
 
     # -- internals -------------------------------------------------------------------------------------------
-    def _fit_gram_idx(self, G: np.ndarray, y_idx, classes, modalities):
+    def _fit_gram_idx(self, G: np.ndarray, y_idx, classes, modalities, cv_groups=None):
         if self.output not in OUTPUT_MODES:
             raise UsageError(f"output {self.output!r}: expected one of {', '.join(OUTPUT_MODES)}")
         dev = self._device()
@@ -747,7 +752,7 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         grid = tuple(float(c) for c in self.C_grid)
         if self.C == "cv":
             Kout0 = dkn_forward([torch.as_tensor(w, device=dev) for w in W0], K, g).double().cpu().numpy()
-            C_train, _ = cv_select_C(Kout0, y_idx, n_classes, omega, grid, int(self.cv), seed)
+            C_train, _ = cv_select_C(Kout0, y_idx, n_classes, omega, grid, int(self.cv), seed, cv_groups)
             del Kout0
         elif isinstance(self.C, numbers.Real) and self.C > 0:
             C_train = float(self.C)
@@ -759,7 +764,7 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
         Ws = [torch.as_tensor(w, device=dev) for w in res.weights]
         Kout = dkn_forward(Ws, K, g).double().cpu().numpy()
         if self.C == "cv":
-            C_final, self.cv_scores_ = cv_select_C(Kout, y_idx, n_classes, omega, grid, int(self.cv), seed)
+            C_final, self.cv_scores_ = cv_select_C(Kout, y_idx, n_classes, omega, grid, int(self.cv), seed, cv_groups)
         else:
             C_final, self.cv_scores_ = C_train, {}
         beta, b = solve_svms(Kout, ovr_targets(y_idx, n_classes), omega[y_idx], C_final)

@@ -439,7 +439,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         return self.selection_rows == "landmarks" and not isinstance(lm, str) and int(lm) < n
 
     # -- feature-level interface -----------------------------------------------------------------------------
-    def fit(self, X, y):
+    def fit(self, X, y, *, cv_groups=None):
         """Fit kernels and explicit maps on X (train only), train/take the DKN, build and fine-tune the maps.
 
         Parameters
@@ -449,12 +449,19 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
             ``selection_rows='landmarks'`` any row-sliceable array-like (NumPy array, memmap,
             ``h5py.Dataset``) is read in blocks of ``block_size`` rows (float32) and never loaded whole.
         y : array-like, shape (n,)
+        cv_groups : array-like, shape (n,), optional
+            The group of each row (composer, work, ...): every model-selection CV (the DKN's C, the top SVM's
+            C, the fine-tuning rate and epochs) then uses stratified group folds
+            (:func:`~genrecli.models.selection.cv_folds`); None: stratified folds.
 
         Returns
         -------
         self
         """
         self._validate_params()
+        self._cv_groups = None if cv_groups is None else np.asarray(cv_groups)
+        if self._cv_groups is not None and len(self._cv_groups) != len(y):
+            raise ValueError(f"cv_groups: {len(self._cv_groups)} values for {len(y)} rows")
         dkn = self._make_dkn()
         if (not isinstance(self.landmarks, str) and isinstance(self.landmarks, numbers.Integral)
                 and getattr(X, "ndim", 0) == 2 and self._streams(int(X.shape[0]))):
@@ -467,7 +474,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         idx = self._landmark_index(X.shape[0], y_idx, seed)
         Xz = X[idx]
         if not hasattr(dkn, "weights_"):
-            dkn.fit(Xz, classes[y_idx[idx]])
+            dkn.fit(Xz, classes[y_idx[idx]], cv_groups=self._groups_of(idx))
         elif not hasattr(dkn, "kernels_"):
             raise ValueError("dkn: fitted on Gram matrices (fit_gram), it cannot serve a feature-level fit; "
                              "pass it unfitted or fitted with fit(X, y)")
@@ -522,7 +529,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         idx = self._landmark_index(n, y_idx, seed, X=X, input_dims=dkn.input_dims)
         Xz = check_array(take_rows(X, idx), dtype=np.float32, ensure_all_finite=finite_mode(dkn.scale))
         if not hasattr(dkn, "weights_"):
-            dkn.fit(Xz, classes[y_idx[idx]])
+            dkn.fit(Xz, classes[y_idx[idx]], cv_groups=self._groups_of(idx))
         elif not hasattr(dkn, "kernels_"):
             raise ValueError("dkn: fitted on Gram matrices (fit_gram), it cannot serve a feature-level fit; "
                              "pass it unfitted or fitted with fit(X, y)")
@@ -577,7 +584,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         ctx = _Ctx(g=g, Gzz=Gzz_t, Gxz=None, all_lm=True, n=N, dev=dev, cols=self._cols(dev))
         with torch.no_grad():
             F_top = self._top_maps(ctx, Ws, Ps).cpu().numpy()
-        C = self._select_C(F_top, y_z, n_classes, omega, seed, dkn)
+        C = self._select_C(F_top, y_z, n_classes, omega, seed, dkn, groups=self._groups_of(idx))
         Wc, bc = _linear_svm_heads(F_top, y_z, n_classes, omega, C, seed, self.top_solver)
         with torch.no_grad():
             self.re_train_initial_ = relative_error(self._inner_train(ctx, Ws, Ps), K_dkn)
@@ -585,7 +592,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         self.ft_history_ = []
         if self.finetune:
             lr, epochs = self._select_finetune(ctx, Ws, Ps, Wc, bc, F_top, y_z, n_classes, omega, C, K_dkn,
-                                               seed, int(dkn.cv))
+                                               seed, int(dkn.cv), groups=self._groups_of(idx))
             if epochs > 0:
                 Ws, Ps, Wc, bc, hist = self._finetune_streamed(X, Gzz_t, Ws, Ps, Wc, bc, y_idx, n_classes, omega,
                                                                C, lr, epochs, seed)
@@ -626,9 +633,11 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         lam = 1.0 / (C * n)
         batches = list(row_blocks(n, self.batch_size))
         hist = []
+        good = _snapshot(params)
         for ep in range(1, int(epochs) + 1):
             order = torch.randperm(len(batches), generator=gen).tolist() if len(batches) > 1 else [0]
             ep_loss = 0.0
+            start = _snapshot(params)
             for b in order:
                 b0, b1 = batches[b]
                 opt.zero_grad()
@@ -653,6 +662,9 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
                 if pairs:  # one backward through the landmark maps for the whole mini-batch
                     torch.autograd.backward([f for f, _ in pairs], [gr for _, gr in pairs])
                 opt.step()
+                if not _finite(params):
+                    ep_loss = float("nan")
+                    break
                 with torch.no_grad():
                     for w in Wp:
                         if self.ft_constraint == "simplex":
@@ -660,9 +672,13 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
                         else:
                             w.clamp_(min=0.0)
                 ep_loss += (step_loss + float(reg.detach())) * (b1 - b0) / n
-            hist.append({"epoch": ep, "loss": ep_loss})
             if not math.isfinite(ep_loss):
+                # diverged: back to the parameters of the start of the last epoch whose loss was finite (the
+                # step after it produced the overflow), and stop
+                _restore(params, good)
                 break
+            good = start
+            hist.append({"epoch": ep, "loss": ep_loss})
         return [w.detach() for w in Wp], [p.detach() for p in Pp], Wc_t.detach(), bc_t.detach(), hist
 
     def _map_grams(self, X):
@@ -725,10 +741,11 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         return _softmax(heads_to_scores(self._heads_features(X), len(self.classes_)))
 
     # -- Gram-level interface --------------------------------------------------------------------------------
-    def fit_gram(self, grams, y, *, map_grams=None, modalities=None):
+    def fit_gram(self, grams, y, *, map_grams=None, modalities=None, cv_groups=None):
         """grams: exact elementary training Grams (m, n, n); map_grams: explicit-map inner products (m, n, n)
-        (None: the exact Grams, i.e. exact input maps)."""
+        (None: the exact Grams, i.e. exact input maps); cv_groups as in :meth:`fit`."""
         self._validate_params()
+        self._cv_groups = None if cv_groups is None else np.asarray(cv_groups)
         G = _check_grams(grams)
         if G.shape[1] != G.shape[2]:
             raise ValueError(f"grams: training Grams must be square, got {G.shape}")
@@ -746,7 +763,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         self.dkn_ = dkn
         Gz = G if len(idx) == G.shape[1] else np.ascontiguousarray(G[:, idx][:, :, idx])
         if not hasattr(dkn, "weights_"):
-            dkn.fit_gram(Gz, classes[y_idx[idx]], modalities=modalities)
+            dkn.fit_gram(Gz, classes[y_idx[idx]], modalities=modalities, cv_groups=self._groups_of(idx))
         elif dkn.n_train_ == G.shape[1] and len(idx) < G.shape[1]:
             raise ValueError("dkn: a DKN fitted on all training rows cannot serve landmarks < n (refit)")
         Gxz = M if len(idx) == M.shape[1] else np.ascontiguousarray(M[:, :, idx])
@@ -886,7 +903,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         F_top = self._top_maps(ctx, Ws, Ps).cpu().numpy()
 
         # 2) initial classifier: class-weighted OvR linear SVM, C by CV
-        C = self._select_C(F_top, y_idx, n_classes, omega, seed, dkn)
+        C = self._select_C(F_top, y_idx, n_classes, omega, seed, dkn, groups=self._groups_of(None))
         Wc, bc = _linear_svm_heads(F_top, y_idx, n_classes, omega, C, seed, self.top_solver)
         with torch.no_grad():
             self.re_train_initial_ = relative_error(self._inner_train(ctx, Ws, Ps), K_dkn)
@@ -896,7 +913,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         self.ft_history_ = []
         if self.finetune:
             lr, epochs = self._select_finetune(ctx, Ws, Ps, Wc, bc, F_top, y_idx, n_classes, omega, C, K_dkn,
-                                               seed, int(dkn.cv))
+                                               seed, int(dkn.cv), groups=self._groups_of(None))
             if epochs > 0:
                 Ws, Ps, Wc, bc, hist = self._finetune(ctx, Ws, Ps, Wc, bc, np.arange(n), y_idx, n_classes, omega,
                                                       C, K_dkn, lr, epochs, None, seed)
@@ -1060,7 +1077,12 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         Fz = [torch.as_tensor(f, device=dev) for f in self.landmark_maps_]
         return Ws, Ps, Fz
 
-    def _select_C(self, F_top, y_idx, n_classes, omega, seed, dkn):
+    def _groups_of(self, rows):
+        """The CV groups of training rows ``rows`` (None: all rows), or None without ``cv_groups``."""
+        g = getattr(self, "_cv_groups", None)
+        return None if g is None else (g if rows is None else g[np.asarray(rows)])
+
+    def _select_C(self, F_top, y_idx, n_classes, omega, seed, dkn, groups=None):
         """C of the linear SVMs on the top maps: the DKN's C, or by CV over its C_grid (ties -> smallest C)."""
         if dkn.C != "cv":
             return float(dkn.C)
@@ -1074,13 +1096,14 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
                 out.append(task_score(y_idx[va], heads_to_scores(S, n_classes)))
             return out
 
-        result = select_by_cv(grid, fold_scores, cv_folds(y_idx, int(dkn.cv), seed=seed),
+        result = select_by_cv(grid, fold_scores, cv_folds(y_idx, int(dkn.cv), seed=seed, groups=groups),
                               default=float(dkn.C_grid[0]))
         if result.n_folds:
             self.svm_cv_scores_ = result.as_dict()
         return float(result.best)
 
-    def _select_finetune(self, ctx, Ws, Ps, Wc, bc, F_top, y_idx, n_classes, omega, C, K_dkn, seed, n_splits):
+    def _select_finetune(self, ctx, Ws, Ps, Wc, bc, F_top, y_idx, n_classes, omega, C, K_dkn, seed, n_splits,
+                         groups=None):
         """(lr, epochs) of the fine-tuning by CV: fewest epochs first, then the first rate of ``ft_lr_grid``."""
         lr_grid = [float(self.ft_lr)] if self.ft_lr != "cv" else [float(v) for v in self.ft_lr_grid]
         if self.ft_epochs != "cv":
@@ -1106,7 +1129,8 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
                 table[i] = scores[: len(checkpoints)]
             return table.T.reshape(-1)  # candidate order: checkpoint-major
 
-        result = select_by_cv(candidates, fold_scores, cv_folds(y_idx, n_splits, seed=seed), default=(lr_grid[0], 0))
+        result = select_by_cv(candidates, fold_scores, cv_folds(y_idx, n_splits, seed=seed, groups=groups),
+                              default=(lr_grid[0], 0))
         if result.n_folds:
             means = result.scores.reshape(len(checkpoints), len(lr_grid))
             self.ft_cv_ = {f"{lr:g}": means[:, i].tolist() for i, lr in enumerate(lr_grid)}
@@ -1166,9 +1190,11 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
 
         if val is not None:
             evaluate(0, float("nan"))
+        good = _snapshot(params)
         for ep in range(1, int(epochs) + 1):
             perm = rows_t[torch.randperm(len(rows), generator=gen).to(dev)] if bs < len(rows) else rows_t
             ep_loss = 0.0
+            start = _snapshot(params)
             for b0 in range(0, len(rows), bs):
                 batch = perm[b0:b0 + bs]
                 opt.zero_grad()
@@ -1181,6 +1207,9 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
                     loss = loss + float(self.beta) * approx
                 loss.backward()
                 opt.step()
+                if not _finite(params):
+                    ep_loss = float("nan")
+                    break
                 with torch.no_grad():
                     for w in Wp:
                         if self.ft_constraint == "simplex":
@@ -1189,7 +1218,11 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
                             w.clamp_(min=0.0)
                 ep_loss += float(loss.detach()) * len(batch) / len(rows)
             if not math.isfinite(ep_loss):
+                # diverged: back to the parameters of the start of the last epoch whose loss was finite (the
+                # step after it produced the overflow), and stop
+                _restore(params, good)
                 break
+            good = start
             if val is None:
                 hist.append({"epoch": ep, "loss": ep_loss})
             elif ep % val[1] == 0:
@@ -1387,6 +1420,22 @@ def _next_inner(Kx, Q):
 class _Ctx:
     def __init__(self, **kw):
         self.__dict__.update(kw)
+
+
+def _snapshot(params) -> list:
+    return [p.detach().clone() for p in params]
+
+
+def _restore(params, snapshot) -> None:
+    with torch.no_grad():
+        for p, v in zip(params, snapshot):
+            p.copy_(v)
+
+
+def _finite(params) -> bool:
+    """Whether every parameter is finite after a step (a diverged step is not projected: the simplex projection
+    of NaN weights is undefined)."""
+    return all(bool(torch.isfinite(p).all()) for p in params)
 
 
 CURVE_KEYS = ("loss", "train_acc", "active", "re", "val_acc", "val_changed")

@@ -146,6 +146,22 @@ def _scale_options(model, options: Mapping) -> dict:
     return rest
 
 
+# ``inner_cv`` of the kernel models: how their model-selection CV (C; the DM2KMN's fine-tuning) folds the
+# training part. 'grouped' (default): by the groups of a grouped split (``group:KEY:F``, ``groupkfold:KEY:K``),
+# so that validation, like the test, is on unseen composers / works / titles; on other splits, and with
+# 'stratified', stratified folds (as before).
+GROUPED, STRATIFIED = "grouped", "stratified"
+INNER_CV = (GROUPED, STRATIFIED)
+
+
+def _inner_groups(model, cv_groups):
+    """The groups the model's selection CV uses: ``cv_groups`` (the split's groups of the training rows, None
+    on an ungrouped split) with inner_cv='grouped', else None."""
+    if model.inner_cv not in INNER_CV:
+        raise UsageError(f"inner_cv {model.inner_cv!r}: expected one of {', '.join(INNER_CV)}")
+    return None if cv_groups is None or model.inner_cv == STRATIFIED else np.asarray(cv_groups)
+
+
 def _check_y(y) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim == 1 and len(np.unique(y)) < 2:
@@ -189,6 +205,11 @@ class SVMModel(SVMPart, GenreModel):
     svm : :class:`~genrecli.models.svm.KernelSVM` or None
         The classifier (C by 5-fold CV on the training Gram, class weights n / (C n_c)); None: defaults.
         Options ``C``, ``C_grid``, ``cv``, ``class_weight`` configure it.
+    inner_cv : 'grouped' | 'stratified'
+        Folds of the model-selection CV on the training part: 'grouped' (default) holds out whole groups of
+        a grouped split (``group:KEY:F``, ``groupkfold:KEY:K``: the groups ``genre train`` passes as
+        ``cv_groups``), as the split's test part does; 'stratified' ignores them (the choice before issue 13;
+        on an ungrouped split both are stratified).
     random_state : int, seed of the CV folds.
 
     Attributes
@@ -199,12 +220,13 @@ class SVMModel(SVMPart, GenreModel):
     """
 
     def __init__(self, kernel="rbf", *, offset=DEFAULT_OFFSET, sigma=DEFAULT_SIGMA, scale=AUTO, svm=None,
-                 random_state=None):
+                 inner_cv=GROUPED, random_state=None):
         self.kernel = kernel
         self.offset = offset
         self.sigma = sigma
         self.scale = scale
         self.svm = svm
+        self.inner_cv = inner_cv
         self.random_state = random_state
 
 
@@ -213,7 +235,7 @@ class SVMModel(SVMPart, GenreModel):
 
         return ElementaryKernel(self.kernel, offset=self.offset, sigma=self.sigma, scale=method, input_name=name)
 
-    def fit(self, inputs, y, *, validation=None, cache: GramCache | None = None):
+    def fit(self, inputs, y, *, validation=None, cache: GramCache | None = None, cv_groups=None):
         from genrecli.models.svm import KernelSVM
 
         names = self._check_inputs(inputs, fitting=True)
@@ -232,7 +254,7 @@ class SVMModel(SVMPart, GenreModel):
             with warn_once():
                 K = kernel.fit_transform(X)
         svm = (clone(self.svm) if self.svm is not None else KernelSVM()).set_params(random_state=self.random_state)
-        svm.fit(K, y)
+        svm.fit(K, y, cv_groups=_inner_groups(self, cv_groups))
         # Rows with no dual weight in any one-vs-rest problem never contribute to a score: drop them.
         support = np.flatnonzero(np.any(svm.alpha_ != 0, axis=0))
         kernel.X_fit_ = np.ascontiguousarray(kernel.X_fit_[support])
@@ -315,13 +337,20 @@ class DKNModel(_MultiKernelModel):
     dkn : :class:`~genrecli.models.dkn.DKNClassifier` or None
         Its settings (``hidden``, ``depth``, ``activation``, ``C``, ...); ``kernels``, the input blocks, their
         ``scale``, ``random_state`` and ``device`` are set from this model. Every DKN option is accepted by ``-o``.
+    inner_cv : 'grouped' | 'stratified'
+        Folds of the model-selection CV on the training part: 'grouped' (default) holds out whole groups of
+        a grouped split (``group:KEY:F``, ``groupkfold:KEY:K``: the groups ``genre train`` passes as
+        ``cv_groups``), as the split's test part does; 'stratified' ignores them (the choice before issue 13;
+        on an ungrouped split both are stratified).
     random_state, device
     """
 
-    def __init__(self, kernels=DEFAULT_KERNELS, *, scale=AUTO, dkn=None, random_state=None, device="cpu"):
+    def __init__(self, kernels=DEFAULT_KERNELS, *, scale=AUTO, dkn=None, inner_cv=GROUPED, random_state=None,
+                 device="cpu"):
         self.kernels = kernels
         self.scale = scale
         self.dkn = dkn
+        self.inner_cv = inner_cv
         self.random_state = random_state
         self.device = device
 
@@ -351,7 +380,7 @@ class DKNModel(_MultiKernelModel):
                                scale=self._block_scales(names, scaling), input_names=tuple(names),
                                random_state=self.random_state, device=self.device)
 
-    def fit(self, inputs, y, *, validation=None, cache: GramCache | None = None):
+    def fit(self, inputs, y, *, validation=None, cache: GramCache | None = None, cv_groups=None):
         names, X, dims = self._blocks(inputs, fitting=True)
         y = _check_y(y)
         if y.ndim != 1:
@@ -359,11 +388,12 @@ class DKNModel(_MultiKernelModel):
         scaling = _scaling(self, names)
         est = self._estimator(names, dims, scaling)
         cached = self._cached(cache, est, names, scaling)
+        groups = _inner_groups(self, cv_groups)
         if cached is None:
             with warn_once():
-                est.fit(X, y)
+                est.fit(X, y, cv_groups=groups)
         else:
-            self._fit_cached(est, X, y, dims, names, cached)
+            self._fit_cached(est, X, y, dims, names, cached, groups)
         self.dkn_, self.input_names_, self.input_dims_, self.scaling_ = est, names, dims, scaling
         self.classes_, self.multilabel_ = np.asarray(est.classes_), False
         return self
@@ -375,13 +405,13 @@ class DKNModel(_MultiKernelModel):
                    for n in names for k in self.kernels]
         return None if any(e is None for e in entries) else entries
 
-    def _fit_cached(self, est, X, y, dims, names, entries):
+    def _fit_cached(self, est, X, y, dims, names, entries, cv_groups=None):
         from genrecli.kernels.elementary import ElementaryKernel
         from genrecli.models.dkn import split_columns
 
         grams = np.stack([K for K, _ in entries]).astype(np.float32, copy=False)
         modalities = [m for m in self._modalities(names) for _ in self.kernels]
-        est.fit_gram(grams, y, modalities=modalities)
+        est.fit_gram(grams, y, modalities=modalities, cv_groups=cv_groups)
         # Cached Grams are of unscaled kernels only (GramCache.get checks the scaling).
         est.kernels_ = [ElementaryKernel(k, offset=est.kernel_offset, sigma=est.sigma, device=est.device).set_state(state)
                         for (_, state), k in zip(entries, [k for _ in names for k in self.kernels])]
@@ -429,15 +459,21 @@ class DM2KMNModel(_MultiKernelModel):
         (``hidden``, ``depth``, ``C``, ...) to its DKN.
     finetune : bool
         False: the initial DM2KMN (registry entry ``dm2kmn-init``); True: fine-tuned (``dm2kmn``).
+    inner_cv : 'grouped' | 'stratified'
+        Folds of the model-selection CV on the training part: 'grouped' (default) holds out whole groups of
+        a grouped split (``group:KEY:F``, ``groupkfold:KEY:K``: the groups ``genre train`` passes as
+        ``cv_groups``), as the split's test part does; 'stratified' ignores them (the choice before issue 13;
+        on an ungrouped split both are stratified).
     random_state, device
     """
 
-    def __init__(self, kernels=DEFAULT_KERNELS, *, scale=AUTO, dm2kmn=None, finetune=True, random_state=None,
-                 device="cpu"):
+    def __init__(self, kernels=DEFAULT_KERNELS, *, scale=AUTO, dm2kmn=None, finetune=True, inner_cv=GROUPED,
+                 random_state=None, device="cpu"):
         self.kernels = kernels
         self.scale = scale
         self.dm2kmn = dm2kmn
         self.finetune = finetune
+        self.inner_cv = inner_cv
         self.random_state = random_state
         self.device = device
 
@@ -497,7 +533,7 @@ class DM2KMNModel(_MultiKernelModel):
         return (est.selection_rows == "landmarks" and isinstance(lm, (int, np.integer)) and not isinstance(lm, bool)
                 and int(lm) < int(n))
 
-    def fit(self, inputs, y, *, validation=None, cache=None):
+    def fit(self, inputs, y, *, validation=None, cache=None, cv_groups=None):
         names, X, dims = self._blocks(inputs, fitting=True, lazy=self.streams_rows(self._n_rows(inputs)))
         y = _check_y(y)
         if y.ndim != 1:
@@ -505,7 +541,7 @@ class DM2KMNModel(_MultiKernelModel):
         scaling = _scaling(self, names)
         est = self._estimator(names, dims, scaling)
         with warn_once():
-            est.fit(X, y)
+            est.fit(X, y, cv_groups=_inner_groups(self, cv_groups))
         self.dm2kmn_, self.input_names_, self.input_dims_, self.scaling_ = est, names, dims, scaling
         self.classes_, self.multilabel_ = np.asarray(est.classes_), False
         return self

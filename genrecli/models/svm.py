@@ -124,7 +124,10 @@ class KernelSVM(ClassifierMixin, BaseEstimator):
         tags.input_tags.pairwise = True
         return tags
 
-    def fit(self, X, y):
+    def fit(self, X, y, *, cv_groups=None):
+        """Fit on the (n, n) training Gram X; ``cv_groups`` (n,): groups of the C-selection CV
+        (:func:`~genrecli.models.selection.cv_folds`), None for stratified folds."""
+        self._cv_groups = None if cv_groups is None else np.asarray(cv_groups)
         K = np.asarray(X, dtype=np.float64)
         y = np.asarray(y)
         if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] != len(y):
@@ -161,7 +164,8 @@ class KernelSVM(ClassifierMixin, BaseEstimator):
                 out.append(task_score(y[va], scores, classes=None if self.multilabel_ else classes))
             return out
 
-        result = select_by_cv(self.C_grid, fold_scores, cv_folds(y, self.cv, seed=self.random_state), default=1.0)
+        folds = cv_folds(y, self.cv, seed=self.random_state, groups=getattr(self, "_cv_groups", None))
+        result = select_by_cv(self.C_grid, fold_scores, folds, default=1.0)
         if result.n_folds:
             self.cv_scores_ = result.scores
         return float(result.best)

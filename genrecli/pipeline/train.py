@@ -258,6 +258,7 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
     feature_state = _feature_states(paths, names)
     label_embeddings = _label_embeddings(paths, names)
     group_ids = _group_ids(spec, probe, manifest)
+    split_groups = _split_groups(manifest, config["split"]) if "cv_groups" in inspect.signature(probe.fit).parameters else None
     for fold in range(n_folds):
         train_rows, test_rows = train_test_indices(assignment, fold)
         tr, te = train_rows[valid[train_rows]], test_rows[valid[test_rows]]
@@ -287,6 +288,8 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
                 est.set_checkpoint_dir(run_dir / ".checkpoints" / out_dir.name)
             validation = None if val_rows is None else (_rows(arrays, paths, names, val_rows), y_all[val_rows])
             kwargs = {"validation": validation}
+            if split_groups is not None:  # the model's selection CV folds by the split's groups (inner_cv)
+                kwargs["cv_groups"] = split_groups[fit_rows]
             if cache is not None:
                 kwargs["cache"] = cache
             if label_embeddings is not None and "label_embeddings" in inspect.signature(est.fit).parameters:
@@ -330,6 +333,17 @@ def _train_run(spec, config, digest, paths, info, assignment, y_all, manifest, o
                 ui.info(f"{label}: accuracy {float(np.mean(y_pred == y_all[te])):.3f} on {len(te)} test tracks (fit {fit_s:.1f} s)")
     if primary:
         _write_predictions(run_dir, n_folds, seeds, len(config["labels"]), bool(config["multilabel"]))
+
+
+def _split_groups(manifest, split_id: str) -> np.ndarray | None:
+    """The group of every track under a grouped split (``group:KEY:F``, ``groupkfold:KEY:K``), else None.
+
+    Passed (training rows only) as ``cv_groups`` to the models whose ``fit`` takes it, so that their
+    model-selection CV holds out whole groups, as the split does (their ``inner_cv`` option)."""
+    parts = str(manifest.split_specs.get(split_id, split_id)).split(":")
+    if parts[0] not in ("group", "groupkfold") or len(parts) < 2:
+        return None
+    return np.asarray(manifest.group_values(parts[1])).astype(str)
 
 
 def _group_ids(spec, probe, manifest) -> np.ndarray | None:
