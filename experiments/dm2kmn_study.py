@@ -253,7 +253,8 @@ def markdown(data: str, tables: dict) -> str:
         md += ["", f"Best single-kernel SVM: {t['best_svm']}. Selected DM2KMN: the variant with the best CV estimate "
                "on the training part (the test part is not used to choose).", ""]
         md.append("")
-        paper = [r for r in t["rows"] if r["system"] == "dm2kmn" and r["variant"] in ("paper", "paper-all-columns")]
+        paper = [r for r in t["rows"] if r["system"] == "dm2kmn"
+                 and (r["variant"] in ("paper", "paper-all-columns") or r is t["selected"])]
         if paper:
             md += ["Fine-tuning evidence (CV fold means on the training part, epoch 0 → last checkpoint), per rate:", "",
                    "| variant | inputs | lr | last epoch | train acc % | active hinge % | val acc % | val changed % | RE % |",

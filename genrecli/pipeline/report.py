@@ -254,7 +254,7 @@ def _curves_png(m: dict, path: Path) -> bool:
         ax_acc.plot(ep, 100 * np.asarray(c["val_acc"]["mean"]), "-", color=colour, label=f"validation, lr {lr}")
         ax_re.plot(ep, c["re"]["mean"], "-", color=colour, label=f"lr {lr}")
     ax_acc.set(xlabel="epoch", ylabel="accuracy % (CV fold mean)")
-    ax_re.set(xlabel="epoch", ylabel="RE % (Frobenius, vs DKN)")
+    ax_re.set(xlabel="epoch", ylabel="RE % (Frobenius, vs DKN)", yscale="log")  # a diverging rate spans decades
     ax_acc.legend(fontsize=6)
     ax_re.legend(fontsize=6)
     fig.suptitle(f"{m['run']}: fine-tuning curves", fontsize=8)
