@@ -182,9 +182,8 @@ def study_tables(data: str, data_home: str, splits: list[str], *, resamples: int
                 if best_svm is not None:
                     row["vs_svm"] = protocol._compare(s, best_svm, opts, manifest, split)
                 curves = e.get("finetune_curves") or {}
-                lr = e.get("finetune_lr", {}).get("mean") if isinstance(e.get("finetune_lr"), dict) else None
                 row["curves"] = _curve_summary(curves)
-                row["lr"] = lr
+                row["lr"] = (e.get("finetune_lr") or {}).get("mean")
             rows.append(row)
         selected = select_variant(rows)
         out[split] = {"rows": rows, "selected": selected, "best_svm": _row_name(best_svm) if best_svm else None}
@@ -218,12 +217,14 @@ def _curve_summary(curves: dict) -> dict:
     return out
 
 
-def _pct(x, digits=1):
-    return "—" if x is None or not np.isfinite(x) else f"{100 * x:.{digits}f}"
-
-
 def _num(x, digits):
     return "" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(x, digits=1):
+    from genrecli.pipeline.protocol import _pct as pct  # the report's own formatting
+
+    return pct(x, digits)
 
 
 def _ci(ci):
