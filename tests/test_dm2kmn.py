@@ -18,6 +18,7 @@ from genrecli.models.dm2kmn import (
     DM2KMNClassifier,
     build_projections,
     head_scores,
+    heads_to_scores,
     propagate,
     relative_error,
 )
@@ -272,10 +273,25 @@ def test_extra_metrics_from_feature_rows(data):
     assert np.isclose(sum(m["ri_dm2kmn"]["per_kernel"]), 100.0) and np.isclose(sum(m["ri_dkn"]["per_kernel"]), 100.0)
     # the same RE as the Gram-level path on the same rows
     G = net.dkn_._grams(X[60:])
-    M = net._map_grams(X[60:])
+    M = net._map_grams(X[60:], shared=True)
     assert m["re_test"] == relative_error(net.map_inner(M), net.dkn_.output_gram(G))
     d = net.dkn_.extra_metrics_features(X[60:], repeats=1)
     assert d["forward_time_dkn_s"] > 0 and d["network_time_dkn_s"] > 0 and d["n_test"] == 30
+
+
+@pytest.mark.parametrize("landmarks", ["all", 40])
+def test_forward_on_shared_map_products_equals_the_per_map_forward(data, landmarks):
+    """Prediction builds a modality's input Grams with one shared validation and product
+    (maps.map_grams_block); the fit's per-map map_gram gives the same Grams and scores to float32 rounding."""
+    X, y, dims = data["X"], data["y"], data["dims"]
+    net = _feature_net(dims, landmarks=landmarks).fit(X[:60], y[:60])
+    per_map, shared = net._map_grams(X[60:]), net._map_grams(X[60:], shared=True)
+    for a, b in zip(per_map, shared):  # rbf: float32 cancellation in the distances, up to about 1e-5
+        assert np.abs(a - b).max() <= 3e-5 * np.abs(a).max()
+    reference = net._heads(per_map)
+    np.testing.assert_allclose(net._heads_features(X[60:]), reference, rtol=1e-4, atol=1e-5)
+    labels = net.classes_[heads_to_scores(reference, len(net.classes_)).argmax(1)]
+    assert np.array_equal(net.predict(X[60:]), labels)
 
 
 def test_dkn_parameter_cloned_or_used_as_is(data):

@@ -204,3 +204,64 @@ def test_rbf_map_gram_against_the_training_rows_maps_them_once_per_fit(monkeypat
     em.set_state(other.get_state())  # another map: the cached training side must not survive
     np.testing.assert_allclose(em.map_gram(Y), other.map_gram(Y), rtol=1e-6, atol=1e-7)
     assert calls.count(True) == 3  # em after set_state, and other
+
+
+# ------------------------------------------------------------------- a DM2KMN block's maps against its landmarks
+
+
+def block_maps(X, *, scale="none", energy=0.99, landmarks="all", levels=10):
+    kw = dict(scale=scale, random_state=0)
+    return [ExplicitMap("linear", **kw).fit(X), ExplicitMap("poly2", **kw).fit(X),
+            ExplicitMap("rbf", energy=energy, landmarks=landmarks, **kw).fit(X),
+            ExplicitMap("hist", levels=levels, **kw).fit(X)]
+
+
+@pytest.mark.parametrize("scale", ["none", "standard"])
+@pytest.mark.parametrize("energy, landmarks", [(1.0, "all"), (0.6, "all"), (0.99, 50)])
+def test_map_grams_block_equals_each_maps_own_map_gram(blocks, scale, energy, landmarks):
+    """The shared validation and product (linear, poly2, rbf on the training rows as landmarks) and the
+    folded rbf operator (high rank) or the two-step product (low rank, or landmarks a subset) give each
+    map's map_gram to float32 rounding; hist exactly."""
+    X, Y = features(140, 40, 6), features(33, 40, 7)
+    ems = block_maps(X, scale=scale, energy=energy, landmarks=landmarks)
+    out = np.full((len(ems), len(Y), len(X)), np.nan, dtype=np.float32)
+    maps.map_grams_block(ems, Y, out)
+    for em, got in zip(ems, out):
+        assert rel(got, em.map_gram(Y)) < 1e-5, em.kernel
+    np.testing.assert_array_equal(out[3], ems[3].map_gram(Y))
+    rbf = ems[2]
+    folded = rbf._rbf_gram_operator() is not None
+    Nz, r = rbf.projection_.shape
+    assert folded == (Nz * len(X) < r * (Nz + len(X)))
+    if energy == 1.0 and landmarks == "all":
+        assert folded  # r near N: one (Nz, N) GEMM instead of two
+
+
+def test_map_grams_block_runs_each_map_gram_where_the_scalings_differ(monkeypatch):
+    X, Y = features(60, 12, 8), features(9, 12, 9)
+    ems = block_maps(X)[:2] + block_maps(X, scale="standard")[2:]
+    calls = []
+    own = ExplicitMap.map_gram
+    monkeypatch.setattr(ExplicitMap, "map_gram", lambda self, A, B=None: calls.append(self.kernel) or own(self, A, B))
+    out = np.empty((4, 9, 60), dtype=np.float32)
+    maps.map_grams_block(ems, Y, out)
+    assert calls == ["linear", "poly2", "rbf", "hist"]
+    monkeypatch.setattr(ExplicitMap, "map_gram", own)
+    for em, got in zip(ems, out):
+        np.testing.assert_array_equal(got, em.map_gram(Y))
+
+
+def test_rbf_gram_operator_is_rebuilt_after_set_state_and_refit():
+    X, Y = features(80, 16, 10), features(11, 16, 11)
+    em = ExplicitMap("rbf", energy=1.0, random_state=0).fit(X)
+    first = em._rbf_gram_operator()
+    assert first is not None and em._rbf_gram_operator() is first  # cached per fit
+    other = ExplicitMap("rbf", energy=1.0, random_state=0).fit(features(80, 16, 12))
+    em.set_state(other.get_state())
+    assert em._rbf_gram_operator() is not first
+    out = np.empty((1, 11, 80), dtype=np.float32)
+    maps.map_grams_block([em], Y, out)
+    assert rel(out[0], other.map_gram(Y)) < 1e-5
+    em.fit(X)
+    maps.map_grams_block([em], Y, out)
+    assert rel(out[0], ExplicitMap("rbf", energy=1.0, random_state=0).fit(X).map_gram(Y)) < 1e-5

@@ -113,8 +113,8 @@ def test_blocked_transform_never_holds_all_rows(data, monkeypatch):
     seen = []
     original = DM2KMNClassifier._map_grams
 
-    def tracking(self, rows):
-        out = original(self, rows)
+    def tracking(self, rows, **kw):
+        out = original(self, rows, **kw)
         seen.append(out.shape)
         return out
 

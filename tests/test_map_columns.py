@@ -158,7 +158,9 @@ def test_columns_in_the_streamed_fit(data):
     b = DM2KMNClassifier(_dkn(dims), block_size=None, **kw).fit(X[:60], y[:60])
     assert len(a.columns_) == 10 and set(a.columns_.tolist()) <= set(range(40))
     assert np.array_equal(a.columns_, b.columns_)
-    np.testing.assert_allclose(a.decision_function(X[60:]), b.decision_function(X[60:]), rtol=1e-4, atol=1e-4)
+    # Blocks change only the float32 rounding of the Grams (scores within 1e-5 before fine-tuning); two
+    # epochs of Adam amplify it to a few 1e-4 (measured 2.7e-4 with numpy 2.4, torch 2.13).
+    np.testing.assert_allclose(a.decision_function(X[60:]), b.decision_function(X[60:]), rtol=1e-3, atol=1e-3)
 
 
 def test_gram_level_fit_with_columns(data, dkn):

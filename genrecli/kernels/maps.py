@@ -98,6 +98,55 @@ def column_grams_block(maps, X, rows, out) -> None:
         em._apply_to_product(out[i], product[1], Zc)
 
 
+def map_grams_block(maps, X, out) -> None:
+    """:meth:`ExplicitMap.map_gram` of every map of one input block against its training rows, into ``out``
+    (len(maps), n, N): a DM2KMN's input Grams of new rows against its N landmarks.
+
+    On the CPU, where the maps share their feature scaling, the block is validated and scaled once and the
+    kernels that see l2-normalised rows share one product with the training rows: linear and poly2 (exact
+    kernels against ``X_fit_``) and rbf (its kernel against its landmarks, when they are the training rows,
+    then one operator folding the projection and the training rows' map,
+    :meth:`ExplicitMap._rbf_gram_operator`). Before, each of the 4 maps of a block validated X and ran its
+    own (n, d) x (d, N) product. The values equal the maps' own ``map_gram`` to float32 rounding (the row
+    norms are divided out of the product instead of into the rows; tests/test_kernels_maps.py bounds the
+    difference). On a GPU, or with another scaling per map, each map runs its own ``map_gram``.
+    """
+    if any(em.scale != maps[0].scale for em in maps) or resolve_device(maps[0].device).type != "cpu":
+        for i, em in enumerate(maps):
+            out[i] = em.map_gram(X)
+        return
+    A = maps[0]._validated(X)
+    shared: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = []  # (columns, their product with A)
+
+    def product(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        for columns, done in shared:
+            if columns is Z or (columns.shape == Z.shape and np.array_equal(columns, Z)):
+                return done
+        done = _normalised_product(A, Z)
+        shared.append((Z, done))
+        return done
+
+    for i, em in enumerate(maps):
+        if em.kernel == "hist":
+            out[i] = em._hist_map_gram(X, None, validated=A) if em._packed_ok() else em.map_gram(X)
+            continue
+        Z = em.landmarks_ if em.kernel == "rbf" else em.kernel_.X_fit_
+        G, nonzero = product(Z)
+        if em.kernel != "rbf":
+            out[i] = G
+            em._apply_to_product(out[i], nonzero, Z)
+            continue
+        k = G.copy()
+        _apply("rbf", k, nonzero, _squared_norms(Z), offset=0.0, g=np.float32(0.5 / em.kernel_.sigma_**2))
+        if em.kernel_.scale_ != 1.0:
+            k /= np.float32(em.kernel_.scale_)
+        operator = em._rbf_gram_operator()
+        if operator is None:
+            np.matmul(k @ em.projection_, em._training_map(torch.device("cpu")).T, out=out[i])
+        else:
+            np.matmul(k, operator, out=out[i])
+
+
 _PARALLEL_MIN_WORK = 1 << 24
 
 
@@ -410,7 +459,7 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
             else:
                 self.projection_ = kpca_projection(torch.from_numpy(K_Z).to(device), energy=self.energy).cpu().numpy()
             del K_Z
-        self._training_rbf_map = None
+        self._training_rbf_map = self._rbf_operator = None
         self._set_dims()
         return self
 
@@ -438,7 +487,7 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         X = _estimator_features(self, X, reset=False, finite=False)
         return self.kernel_._prep(self.kernel_._input(X), device)
 
-    def _packed_levels(self, X) -> np.ndarray:
+    def _packed_levels(self, X, *, validated=None) -> np.ndarray:
         """The hist map of X (the training rows when None) bit-packed: (n, Q * ceil(d / 64)) uint64 words.
 
         Word block t of a row has bit j set where feature j's level is at least t + 1: the unary code, level by
@@ -446,7 +495,7 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         blocks (levels as uint8): no (n, d) float64 or (n, Q d) float32 intermediate.
         """
         prepared = X is None
-        rows = self.kernel_.X_fit_ if prepared else self._validated(X)
+        rows = self.kernel_.X_fit_ if prepared else validated if validated is not None else self._validated(X)
         (n, d), Q = rows.shape, self.levels
         words = (d + 63) // 64
         packed = np.zeros((n, Q, words * 8), dtype=np.uint8)
@@ -473,9 +522,14 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
                 packed[start:stop, t, : (d + 7) // 8] = np.packbits(q > t, axis=1, bitorder="little")
         return packed.reshape(n, Q * words * 8).view(np.uint64)
 
-    def _hist_map_gram(self, X, Y) -> np.ndarray:
-        """CPU hist map_gram from bit-packed unary codes: exact integer counts, half of them when X is Y."""
-        A = self._packed_levels(X)
+    def _packed_ok(self) -> bool:
+        """Whether the CPU hist map_gram can use bit-packed levels (Q <= 255, numba present)."""
+        return self.levels <= _PACKED_LEVELS and _numba_popcount_gram() is not None
+
+    def _hist_map_gram(self, X, Y, *, validated=None) -> np.ndarray:
+        """CPU hist map_gram from bit-packed unary codes: exact integer counts, half of them when X is Y.
+        ``validated``: the rows of X already checked and scaled (:meth:`_validated`)."""
+        A = self._packed_levels(X, validated=validated)
         B = A if X is None and Y is None else self._packed_levels(Y)
         same = B is A or (A.shape == B.shape and np.array_equal(A, B))
         G = np.empty((A.shape[0], B.shape[0]), dtype=np.float32)
@@ -533,6 +587,20 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         if cached is None or cached[0] != str(device):
             cached = self._training_rbf_map = (str(device), self._rbf_rows(None, device))
         return cached[1]
+
+    def _rbf_gram_operator(self) -> np.ndarray | None:
+        """``projection_ @ training map^T`` (n_landmarks, n_train) on the CPU, or None where it costs more.
+
+        The rbf map_gram of new rows is their kernel against the landmarks times the projection times the
+        training rows' map transposed; folding the last two into one operator turns two GEMMs (2 n Nz r +
+        2 n r N flops) into one (2 n Nz N) and is used when Nz N < r (Nz + N), which also bounds its memory
+        by that of the projection and the training map together. Computed once per fit or set_state."""
+        (Nz, r), N = self.projection_.shape, self.kernel_.X_fit_.shape[0]
+        if Nz * N >= r * (Nz + N):
+            return None
+        if getattr(self, "_rbf_operator", None) is None:
+            self._rbf_operator = np.ascontiguousarray(self.projection_ @ self._training_map(torch.device("cpu")).T)
+        return self._rbf_operator
 
     def _rbf_map(self, A: torch.Tensor) -> np.ndarray:
         """The rbf map of preprocessed rows on a torch device (the CPU uses :meth:`_rbf_rows`)."""
@@ -629,8 +697,7 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         if self.kernel == "rbf":
             return _pairwise("linear", _tensor(self._rbf_rows(X, device), device),
                              _tensor(self._training_map(device) if Y is None else self._rbf_rows(Y, device), device))
-        if (self.kernel == "hist" and device.type == "cpu" and self.levels <= _PACKED_LEVELS
-                and _numba_popcount_gram() is not None):
+        if self.kernel == "hist" and device.type == "cpu" and self._packed_ok():
             return self._hist_map_gram(X, Y)
         A, B = self._rows(X, device), self._rows(Y, device)
         if self.exact_:
@@ -753,6 +820,6 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
             self.landmarks_ = np.ascontiguousarray(_as_array(state["landmarks_"]), dtype=np.float32)
             self.landmark_indices_ = np.asarray(_as_array(state["landmark_indices_"]), dtype=np.int64)
             self.projection_ = np.ascontiguousarray(_as_array(state["projection_"]), dtype=np.float32)
-        self._training_rbf_map = None
+        self._training_rbf_map = self._rbf_operator = None
         self._set_dims()
         return self

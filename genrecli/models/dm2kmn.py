@@ -56,7 +56,7 @@ from genrecli.device import resolve_device
 from genrecli.errors import UsageError
 from genrecli.kernels import DEFAULT_ENERGY, DEFAULT_LEVELS, DEFAULT_QUANTIZATION
 from genrecli.kernels.landmarks import SELECTIONS, read_rows, row_blocks, select_landmarks, take_rows
-from genrecli.kernels.maps import ExplicitMap, column_grams_block, kpca_projection
+from genrecli.kernels.maps import ExplicitMap, column_grams_block, kpca_projection, map_grams_block
 from genrecli.models.dkn import (
     DKNClassifier,
     _best_time,
@@ -681,19 +681,25 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
             hist.append({"epoch": ep, "loss": ep_loss})
         return [w.detach() for w in Wp], [p.detach() for p in Pp], Wc_t.detach(), bc_t.detach(), hist
 
-    def _map_grams(self, X):
+    def _map_grams(self, X, *, shared=False):
         """Inner products of the explicit input maps of X with those of the column landmarks: (m, n_x, s).
 
         All N landmarks (``map_gram``) with ``columns_`` None, else the s columns ``columns_``
-        (:meth:`~genrecli.kernels.maps.ExplicitMap.column_gram`: exact rbf values against them)."""
+        (:meth:`~genrecli.kernels.maps.ExplicitMap.column_gram`: exact rbf values against them). ``shared``
+        (prediction): against all N landmarks, the maps of one modality share their validation and product
+        (:func:`~genrecli.kernels.maps.map_grams_block`, equal to ``map_gram`` to float32 rounding); the fit
+        keeps each map's own ``map_gram``, so a refit gives the model it gave before."""
         per_modality = len(self.maps_) // len(self.slices_)
         cols = getattr(self, "columns_", None)
         width = len(self.landmarks_) if cols is None else len(cols)
         out = np.empty((len(self.maps_), X.shape[0], width), dtype=np.float32)
-        if cols is not None:
+        if cols is not None or shared:
             for b, sl in enumerate(self.slices_):
-                column_grams_block(self.maps_[b * per_modality:(b + 1) * per_modality], X[:, sl], cols,
-                                   out[b * per_modality:(b + 1) * per_modality])
+                group, dest = self.maps_[b * per_modality:(b + 1) * per_modality], out[b * per_modality:(b + 1) * per_modality]
+                if cols is None:
+                    map_grams_block(group, X[:, sl], dest)
+                else:
+                    column_grams_block(group, X[:, sl], cols, dest)
             return out
         for i, em in enumerate(self.maps_):
             sl = self.slices_[i // per_modality]
@@ -715,7 +721,8 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
             n = src.shape[0]
         if n == 0:
             validate_data(self, np.asarray(X), reset=False)  # scikit-learn's message for 0 rows
-        out = [self._heads(self._map_grams(self._block_rows(src, s0, s1))) for s0, s1 in row_blocks(n, self.block_size)]
+        out = [self._heads(self._map_grams(self._block_rows(src, s0, s1), shared=True))
+               for s0, s1 in row_blocks(n, self.block_size)]
         return out[0] if len(out) == 1 else np.concatenate(out, 0)
 
     def decision_function(self, X):
@@ -865,7 +872,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError("extra_metrics_features needs a DKN with elementary kernels (a feature-level fit)")
         X = validate_data(self, X_test, dtype=np.float64, reset=False, ensure_all_finite=finite_mode(self.dkn_.scale))
         out = self.extra_metrics(repeats=repeats)
-        M = self._map_grams(X)  # (m, n_test, N) input-map inner products against the landmarks
+        M = self._map_grams(X, shared=True)  # (m, n_test, N) input-map inner products against the landmarks
         G = self.dkn_._grams(X)  # (m, n_test, N) exact elementary Grams against the DKN's training rows
         out["re_test"] = relative_error(self.map_inner(M), self.dkn_.output_gram(G))
         out.update({

@@ -553,7 +553,7 @@ class DM2KMNModel(_MultiKernelModel):
         est = self.dm2kmn_
         if isinstance(X, RowConcat):  # row views: scored block_size rows at a time, never read whole
             return np.asarray(heads_to_scores(est._heads_features(X), len(est.classes_)), dtype=np.float32)
-        return np.asarray(heads_to_scores(est._heads(est._map_grams(X)), len(est.classes_)), dtype=np.float32)
+        return np.asarray(heads_to_scores(est._heads(est._map_grams(X, shared=True)), len(est.classes_)), dtype=np.float32)
 
     def extra_metrics(self, inputs) -> dict:
         """The DM2KMN's test metrics (:meth:`DM2KMNClassifier.extra_metrics_features`). On row views (the
