@@ -11,6 +11,10 @@ folk-dance ABC tunes (music21's corpus), both converted by the stage's own conve
 time; the CPU-time ratio beside it is steadier on a machine shared with other jobs. A second table repeats
 fp32 against bf16 with torch limited to one thread (``--one-thread-reps``): on a loaded machine two threads
 spend much of their time waiting on each other, which hides the arithmetic's own ratio.
+
+On a CPU without fast bfloat16 matmuls (no AMX; extract-text's default runtime 'auto' is fp32 there,
+:func:`genrecli.text.encoders.resolve_runtime`) bf16 is not timed on the texts, which would take about 20x
+fp32's time: one product of BERT-layer shapes in fp32 and in bf16 gives its ratio instead, in the same run.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpy as np
 
 from genrecli.datasets import get_dataset
 from genrecli.text.convert import score_to_text
-from genrecli.text.encoders import TfidfEncoder, TransformerEncoder
+from genrecli.text.encoders import TfidfEncoder, TransformerEncoder, resolve_runtime
 
 MAX_CLIPS, BATCH = 4, 16
 
@@ -93,6 +97,26 @@ class _OrtModel:
         return types.SimpleNamespace(last_hidden_state=torch.from_numpy(out))
 
 
+def _bf16_product_ratio(reps: int = 5) -> str:
+    """One (512 x 384) x (384 x 1536) product (a MiniLM feed-forward layer of a 512-token clip) timed in
+    float32 and bfloat16 on the CPU, best of ``reps``: the line the text table prints where bf16 is not timed."""
+    import torch
+
+    a, b = torch.randn(512, 384), torch.randn(384, 1536)
+    best = {}
+    for dt in (torch.float32, torch.bfloat16):
+        x, y = a.to(dt), b.to(dt)
+        x @ y
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            x @ y
+            times.append(time.perf_counter() - t)
+        best[dt] = min(times)
+    return (f"a 512 x 384 x 1536 product took {best[torch.float32] * 1e3:.1f} ms in fp32 and "
+            f"{best[torch.bfloat16] * 1e3:.1f} ms in bf16 ({best[torch.bfloat16] / best[torch.float32]:.1f}x slower)")
+
+
 def _timed(enc, texts):
     w, c = time.perf_counter(), time.process_time()
     vectors = enc.encode(texts)
@@ -117,8 +141,10 @@ def main() -> None:
     else:
         texts, corpus = folk, "folk-dances ABC"
     on_cpu = opts.device == "cpu"
+    default = resolve_runtime("auto", opts.device)
+    shipped = ("fp32", "bf16") if default == "bf16" else ("fp32",)
     encoders = {rt: TransformerEncoder(None, device=opts.device, max_clips=MAX_CLIPS, batch_size=BATCH, runtime=rt)
-                for rt in ("fp32", "bf16")}
+                for rt in shipped}
     for enc in encoders.values():
         enc.encode(texts[:1])  # load the model and warm up outside the timing
     n_clips = int(sum(min(c, MAX_CLIPS) for c in encoders["fp32"].clip_counts(texts)))
@@ -137,11 +163,11 @@ def main() -> None:
         except ImportError:
             pass
     load = os.getloadavg()
-    wall = {k: [] for k in ("fp32", "bf16", *extra)}
+    wall = {k: [] for k in (*shipped, *extra)}
     cpu = {k: [] for k in wall}
     vecs, folk_vecs = {}, {}
     for rep in range(opts.reps):
-        for rt in ("fp32", "bf16"):
+        for rt in shipped:
             vecs[rt], w, c = _timed(encoders[rt], texts)
             wall[rt].append(w), cpu[rt].append(c)
     swap = TransformerEncoder(None, device=opts.device, max_clips=MAX_CLIPS, batch_size=BATCH)
@@ -154,10 +180,10 @@ def main() -> None:
         folk_vecs[name] = swap.encode(folk)
         vecs["fp32"], w, c = _timed(encoders["fp32"], texts)  # fp32 again, so every runtime has a neighbour
         wall["fp32"].append(w), cpu["fp32"].append(c)
-    for rt in ("fp32", "bf16"):
+    for rt in shipped:
         folk_vecs[rt] = encoders[rt].encode(folk)
     one = {"fp32": [], "bf16": []}
-    if on_cpu and opts.one_thread_reps > 0:
+    if on_cpu and opts.one_thread_reps > 0 and default == "bf16":
         import torch
 
         threads = torch.get_num_threads()
@@ -184,13 +210,17 @@ def main() -> None:
     TfidfEncoder().fit(texts).transform(texts)
     tfidf_s = time.perf_counter() - t0
 
+    if default != "bf16":
+        print(f"bf16 not timed on the texts: this CPU has no fast bfloat16 matmuls, so 'auto' (extract-text's "
+              f"default) is fp32 here; {_bf16_product_ratio()}\n")
     print(f"Corpus: {corpus}; {len(texts)} texts, {n_clips} clips of <=512 tokens (<= {MAX_CLIPS} per text), batch "
           f"{BATCH}, device {opts.device}. Cosines against fp32 over these texts and over {len(folk)} folk-dance ABC tunes.\n")
     print("| runtime | shipped | runs | wall s (median) | clips/s | × fp32 (wall) | × fp32 (CPU time) "
           "| min cos kern | mean cos kern | min cos folk | mean cos folk |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['runtime']} | {'yes' + (' (reference)' if r['runtime'] == 'fp32' else ' (default)' if r['runtime'] == 'bf16' else '') if r['shipped'] else 'no'} "
+        label = ", ".join(x for x, on in (("reference", r["runtime"] == "fp32"), ("auto", r["runtime"] == default)) if on)
+        print(f"| {r['runtime']} | {('yes' + (f' ({label})' if label else '')) if r['shipped'] else 'no'} "
               f"| {r['runs']} | {r['seconds']} | {r['clips_per_s']} | {r['ratio']} | {r['cpu_ratio']} "
               f"| {r['cos_min_kern']:.5f} | {r['cos_mean_kern']:.5f} | {r['cos_min_folk']:.5f} | {r['cos_mean_folk']:.5f} |")
     if one["fp32"]:

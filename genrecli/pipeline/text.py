@@ -248,7 +248,7 @@ def extract_text(
     batch_size: int = 16,
     sequence: bool = False,
     max_tokens: int | None = None,
-    runtime: str = "bf16",
+    runtime: str = "auto",
     text_format: str = "auto",
     jobs: int | None = 1,
     data_home: str | Path | None = None,
@@ -264,10 +264,12 @@ def extract_text(
     ``sequence=True`` (transformer encoders only) writes the token-level outputs instead, to
     ``/text/<encoder>-seq`` (see :func:`_extract_sequences`); the pooled group is not touched.
 
-    ``runtime`` is how a transformer computes (:data:`genrecli.text.encoders.RUNTIMES`): the default 'bf16'
-    gives up to about 3x the clips/s of the 'fp32' reference on CPUs with bfloat16 matmuls (BENCHMARKS.md),
-    within cosine 0.9999 of it; a runtime other than fp32 is recorded in the encoder params (so caches and
-    ``genre predict`` use the same one). TF-IDF ignores it.
+    ``runtime`` is how a transformer computes (:data:`genrecli.text.encoders.RUNTIMES`): 'bf16' gives up to
+    about 3x the clips/s of the 'fp32' reference on CPUs with AMX bfloat16 matmuls (BENCHMARKS.md), within
+    cosine 0.9999 of it, and is far slower than fp32 on CPUs without them; the default 'auto' picks bf16
+    where it is fast and fp32 elsewhere (:func:`genrecli.text.encoders.resolve_runtime`). A runtime other
+    than fp32 is recorded in the encoder params (so caches and ``genre predict`` use the same one). TF-IDF
+    ignores it.
 
     ``text_format`` (:data:`genrecli.text.symbolic.TEXT_FORMAT_CHOICES`) is the encoding scores are read in:
     'raw' (each file in its own syntax, the paper's choice), or one canonical encoding for every format,
@@ -285,7 +287,7 @@ def extract_text(
     """
     from genrecli.text.symbolic import resolve_text_format
 
-    from genrecli.text.encoders import TransformerEncoder, label_embeddings, make_encoder
+    from genrecli.text.encoders import TransformerEncoder, label_embeddings, make_encoder, resolve_runtime
 
     if not sequence and max_tokens is not None:
         raise UsageError("max_tokens applies to token sequences only (sequence=True / --sequence)")
@@ -305,6 +307,9 @@ def extract_text(
     texts, valid, source_digest, failures = convert_sources(paths, keep_metadata=keep_metadata, force=force,
                                                             text_format=fmt, jobs=jobs, executor=executor)
     result.failures.update(failures)
+    if encoder != "tfidf" and runtime == "auto":
+        runtime = resolve_runtime(runtime, device)
+        ui.info(f"text runtime: {runtime} ({'bfloat16 matmuls are fast here' if runtime == 'bf16' else 'no fast bfloat16 matmuls here'}; --runtime fp32|bf16 to choose)")
     options = {} if encoder == "tfidf" else dict(clip_tokens=clip_tokens, pooling=pooling, max_clips=max_clips,
                                                  batch_size=batch_size, runtime=runtime)
     enc = make_encoder(encoder, device=device, **options)

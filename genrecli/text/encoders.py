@@ -32,7 +32,7 @@ ENCODER_NAMES = ("minilm", "tfidf")
 # slower than fp32 ones, so only AMX counts as fast bf16. Measured and left out (BENCHMARKS.md, text section):
 # torch dynamic int8 (min cosine 0.98 against fp32 on real scores; 0.99 only with the FFN layers kept fp32, at
 # 1.2x) and ONNX Runtime (fp32 and int8 both slower than torch fp32 on the AMX CPU).
-RUNTIMES = ("fp32", "bf16")  # extract-text defaults to bf16; the class to the fp32 reference
+RUNTIMES = ("fp32", "bf16")  # extract-text defaults to 'auto' (resolve_runtime); the class to the fp32 reference
 _MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _POOLINGS = ("cls", "mean")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -424,6 +424,27 @@ def _first_token_only(model, enabled: bool):
     return last.first_token_only()
 
 
+
+
+def resolve_runtime(runtime: str, device="cpu") -> str:
+    """The runtime ``runtime`` names on ``device``: 'auto' is 'bf16' where bfloat16 matmuls are fast (a CPU
+    with AMX tiles, or a CUDA device that supports bfloat16) and 'fp32' elsewhere; any other name is itself.
+
+    Why not bf16 everywhere: on a CPU without AMX, torch's bfloat16 matmul is a slow fallback (on this
+    project's AVX2-only AMD EPYC a 512 x 384 x 1536 product took 1.19 s in bf16 against 53 ms in fp32), so
+    bf16 there would make the stage about 20x slower instead of up to 3x faster. Where the CPU cannot be
+    probed (a torch without the probe) 'auto' keeps the fp32 reference."""
+    if runtime != "auto":
+        return runtime
+    import torch
+
+    from genrecli.device import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return "bf16" if probe is not None and probe() else "fp32"
 
 
 def _cpu_has_fast_bf16_matmuls() -> bool:
