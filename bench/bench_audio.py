@@ -173,18 +173,20 @@ BASELINES = {"mel": "mel", "cqt": "cqt", "harmonic+percussive": "hpss", "mfcc": 
 
 
 def synthesis_timing(n: int, rounds: int = 2) -> dict:
-    """CPU seconds per kern-eras piece, score -> 30 s of audio at 22.05 kHz, three ways, alternated per piece:
+    """CPU seconds per kern-eras piece, score -> 30 s of audio at 22.05 kHz, four ways, alternated per piece:
 
-    before: music21 conversion + a fresh TinySoundFont synth (the SoundFont parsed per render, as before);
-    first run: music21 conversion + the per-process loaded synth; cached: rendering the MIDI from the
-    store's /synth/midi cache (no music21). Also the split of the first run into parse / MIDI / render.
+    before: music21's stock (copying) MIDI conversion + a fresh TinySoundFont synth (the SoundFont parsed per
+    render), the state before issue 14; copying MIDI: the stock conversion + the per-process loaded synth;
+    first run: the in-place conversion (``synth._IN_PLACE``) + the loaded synth, what ``score_to_midi`` does
+    now; cached: rendering the MIDI from the store's /synth/midi cache (no music21). Also the split of the
+    first run into parse (the kern opening, as ``score_to_midi`` parses it) / MIDI / render, with the MIDI
+    step timed both ways on two parses of the piece.
     """
     import contextlib
     import io
 
-    from music21 import converter
-
     from genrecli.audio import synth
+    from genrecli.text.symbolic import read_with_music21
 
     root = ROOT.parent / "shared" / "data" / "kern-eras"
     if not root.is_dir():
@@ -192,34 +194,55 @@ def synthesis_timing(n: int, rounds: int = 2) -> dict:
     pieces = sorted(root.rglob("*.krn"))
     pieces = pieces[:: max(1, len(pieces) // n)][:n]
     cpu = time.process_time
-    totals = {"before": 0.0, "first_run": 0.0, "cached": 0.0, "parse": 0.0, "midi": 0.0, "render": 0.0}
-    synth.render_midi(synth.score_to_midi(path=pieces[0], max_seconds=SECONDS), sr=22050)  # imports, warm-up
+
+    def convert(path, in_place):
+        default, synth._IN_PLACE = synth._IN_PLACE, in_place
+        try:
+            return synth.score_to_midi(path=path, max_seconds=SECONDS)
+        finally:
+            synth._IN_PLACE = default
+
+    def parse(path):
+        return synth._parse_kern_opening(path, None, SECONDS) or read_with_music21(path, None, "humdrum")
+
+    totals = dict.fromkeys(["before", "copying_midi", "first_run", "cached", "parse", "midi", "midi_copying", "render"], 0.0)
+    for in_place in (False, True):  # imports, warm-up
+        synth.render_midi(convert(pieces[0], in_place), sr=22050)
     with contextlib.redirect_stderr(io.StringIO()):
         for _ in range(rounds):
             for path in pieces:
                 t = cpu()
                 synth._synth_for.cache_clear()
-                synth.render_midi(synth.score_to_midi(path=path, max_seconds=SECONDS), sr=22050)
+                synth.render_midi(convert(path, False), sr=22050)
                 totals["before"] += cpu() - t
                 t = cpu()
-                midi = synth.score_to_midi(path=path, max_seconds=SECONDS)
+                synth.render_midi(convert(path, False), sr=22050)
+                totals["copying_midi"] += cpu() - t
+                t = cpu()
+                midi = convert(path, True)
                 synth.render_midi(midi, sr=22050)
                 totals["first_run"] += cpu() - t
                 t = cpu()
                 synth.render_midi(midi, sr=22050)
                 totals["cached"] += cpu() - t
                 t0 = cpu()
-                score = converter.parse(path, format="humdrum", forceSource=True, storePickle=False)
+                score = parse(path)
                 t1 = cpu()
-                midi = synth._midi_bytes(score, SECONDS)
+                midi = synth._midi_bytes(score, SECONDS, in_place=True)
                 t2 = cpu()
                 synth.render_midi(midi, sr=22050)
+                t3 = cpu()
+                score = parse(path)  # the in-place conversion changed the first
+                t4 = cpu()
+                synth._midi_bytes(score, SECONDS)
                 totals["parse"] += t1 - t0
                 totals["midi"] += t2 - t1
-                totals["render"] += cpu() - t2
+                totals["render"] += t3 - t2
+                totals["midi_copying"] += cpu() - t4
     per = {k: v / (rounds * len(pieces)) for k, v in totals.items()}
     return {"pieces": len(pieces), "rounds": rounds, "cpu_seconds_per_piece": per,
-            "ratio_first_run": per["before"] / per["first_run"], "ratio_cached": per["before"] / per["cached"]}
+            "ratio_copying_midi": per["before"] / per["copying_midi"], "ratio_first_run": per["before"] / per["first_run"],
+            "ratio_cached": per["before"] / per["cached"], "ratio_midi_in_place": per["midi_copying"] / per["midi"]}
 
 
 def end_to_end_wall(files, jobs: int) -> float:
@@ -305,10 +328,13 @@ def main(argv=None):
               f"{synthesis['rounds']} rounds, alternated):\n")
         print("| path | s per piece | speed-up |")
         print("|---|---:|---:|")
-        print(f"| before (music21 + fresh synth) | {per['before']:.3f} | 1.0 |")
-        print(f"| first run (music21 + loaded synth) | {per['first_run']:.3f} | {synthesis['ratio_first_run']:.2f} |")
+        print(f"| before (music21 copying MIDI + fresh synth) | {per['before']:.3f} | 1.0 |")
+        print(f"| copying MIDI (music21 copying MIDI + loaded synth) | {per['copying_midi']:.3f} | "
+              f"{synthesis['ratio_copying_midi']:.2f} |")
+        print(f"| first run (in-place MIDI + loaded synth) | {per['first_run']:.3f} | {synthesis['ratio_first_run']:.2f} |")
         print(f"| cached MIDI (render only) | {per['cached']:.3f} | {synthesis['ratio_cached']:.1f} |")
-        print(f"\nfirst run split: parse {per['parse']:.3f} s, MIDI {per['midi']:.3f} s, render {per['render']:.3f} s")
+        print(f"\nfirst run split: parse {per['parse']:.3f} s, MIDI {per['midi']:.3f} s (copying: {per['midi_copying']:.3f} s, "
+              f"{synthesis['ratio_midi_in_place']:.2f}x), render {per['render']:.3f} s")
     print(f"load average during the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

@@ -12,6 +12,7 @@ import importlib.util
 import io
 import pathlib
 import re
+import threading
 from typing import Callable
 
 import numpy as np
@@ -422,11 +423,25 @@ def score_to_midi(
 
     score = checked_parse(parse, name=name, fmt=fmt)
     try:
-        return _midi_bytes(score, max_seconds)
+        return _score_midi(score, max_seconds, name, in_place=fmt == "humdrum" and _in_place_supported())
+    except _ChangedOnFailure:
+        # music21 failed on a score the in-place conversion had already changed, so the fall-backs would
+        # not see the score music21 read: start again from a fresh parse, the stock (copying) way.
+        return _score_midi(checked_parse(parse, name=name, fmt=fmt), max_seconds, name, in_place=False)
+
+
+def _score_midi(score, max_seconds: float | None, name: str, *, in_place: bool) -> bytes:
+    """:func:`_midi_bytes`, retried once with distinct context objects where music21 met one object twice."""
+    try:
+        return _midi_bytes(score, max_seconds, in_place=in_place)
+    except _ChangedOnFailure:
+        raise
     except Exception as exc:
         if "already found in this Stream" in str(exc) and _distinct_context_objects(score):
             try:  # only on failure, so that every score music21 already converted keeps its exact MIDI
-                return _midi_bytes(score, max_seconds)
+                return _midi_bytes(score, max_seconds, in_place=in_place)
+            except _ChangedOnFailure:
+                raise
             except Exception as again:
                 exc = again
         raise InputError(f"{name}: music21 cannot convert the score to MIDI ({one_line(exc)})") from None
@@ -498,16 +513,19 @@ def _distinct_context_objects(score) -> int:
     return copied
 
 
-def _midi_bytes(score, max_seconds: float | None) -> bytes:
+def _midi_bytes(score, max_seconds: float | None, *, in_place: bool = False) -> bytes:
     """MIDI of the opening (when ``max_seconds``), else of the whole score; straight through if repeats fail.
 
     The whole score is the fall-back of the opening: a cut may split a repeat that the whole score closes,
     and music21 rejects some cut streams ("... is already found in this Stream"). A score whose repeats
     music21 cannot expand ("badly formed repeats") is played straight through (SOURCE.md: this fixes all
     such files).
+
+    With ``in_place`` (``score`` is ours to change), each attempt converts its stream without music21's
+    copies (:func:`_prepare_in_place`); an attempt that fails after changing the stream raises
+    :class:`_ChangedOnFailure`, as the next attempts would see another score than music21's reading.
     """
     from music21 import bar, repeat
-    from music21.midi.translate import streamToMidiFile
 
     candidates = ([lambda: _opening(score, max_seconds)] if max_seconds is not None else []) + [lambda: score]
     error: Exception | None = None
@@ -516,10 +534,139 @@ def _midi_bytes(score, max_seconds: float | None) -> bytes:
             score.remove(list(score.recurse().getElementsByClass((bar.Repeat, repeat.RepeatMark))), recurse=True)
         for make in candidates:
             try:
-                return streamToMidiFile(make()).writestr()
+                return _midi_file(make(), in_place=in_place).writestr()
+            except _ChangedOnFailure:
+                raise
             except Exception as exc:  # noqa: BLE001 - ExpanderException and music21's errors on cut streams
                 error = exc
     raise error
+
+
+# --------------------------------------------------------------- MIDI conversion without music21's copies
+#
+# music21's MIDI writer (streamToMidiFile -> prepareStreamForMidi) deep-copies the whole stream before it
+# changes it (repeat expansion copies it once more): a quarter of the CPU time of a kern-eras opening. Our
+# scores are parsed for the conversion and thrown away after it, so the copies protect nothing. A
+# dispatcher in place of music21's prepareStreamForMidi runs the same steps without the copies for the
+# one stream we hand over, and music21's own function for every other caller.
+#
+# Only Humdrum scores are converted in place, the kind the identity of the MIDI bytes is tested on
+# (tests/test_synth_speed.py). Elsewhere a context search can see the difference: a MusicXML chord's
+# per-note volumes are realised by searching their notes' contexts, which reach other dynamics from the
+# parsed objects than from their copies (other velocities in joplin/maple_leaf_rag.mxl).
+
+_IN_PLACE = True  # False: the stock, copying conversion (bench/bench_audio.py times both)
+_IN_PLACE_MUSIC21 = "10.5."  # the release whose prepareStreamForMidi and expandRepeats are repeated here
+
+
+class _ChangedOnFailure(Exception):
+    """An in-place conversion failed after it had changed the stream it converts."""
+
+
+class _Owned(threading.local):
+    stream = None  # the stream being converted in place (None: every stream goes the stock way)
+    changed = False  # whether the in-place conversion of ``stream`` has changed it yet
+
+
+_OWNED = _Owned()
+_STOCK_PREPARE: list = []  # music21's prepareStreamForMidi, once the dispatcher replaced it
+
+
+def _in_place_supported() -> bool:
+    """Whether to convert in place: the flag is on and music21 is the release the steps were taken from."""
+    import music21
+
+    return _IN_PLACE and music21.__version__.startswith(_IN_PLACE_MUSIC21)
+
+
+def _midi_file(stream_obj, *, in_place: bool):
+    """music21's ``streamToMidiFile(stream_obj)``; with ``in_place``, without copying ``stream_obj``."""
+    from music21.midi import translate
+
+    if not in_place:
+        return translate.streamToMidiFile(stream_obj)
+    if not _STOCK_PREPARE:
+        _STOCK_PREPARE.append(translate.prepareStreamForMidi)
+        translate.prepareStreamForMidi = _prepare_dispatch
+    _OWNED.stream, _OWNED.changed = stream_obj, False
+    try:
+        return translate.streamToMidiFile(stream_obj)
+    except Exception as exc:
+        if _OWNED.changed:
+            raise _ChangedOnFailure(one_line(exc)) from exc
+        raise
+    finally:
+        _OWNED.stream = None
+
+
+def _prepare_dispatch(s):
+    """music21's ``prepareStreamForMidi``: in place for the stream handed over by :func:`_midi_file`."""
+    if s is not None and s is _OWNED.stream:
+        return _prepare_in_place(s)
+    return _STOCK_PREPARE[0](s)
+
+
+def _prepare_in_place(s):
+    """music21 10.5's ``midi.translate.prepareStreamForMidi`` of ``s``, changing ``s`` instead of a copy.
+
+    The same steps: repeats expanded (:func:`_expand_repeats_uncopied`), the tempo, time and key signature
+    marks moved into a conductor part, volumes realised per part, and a single stream put into a score.
+    """
+    from music21 import stream, volume
+    from music21.midi.translate import conductorStream
+
+    if s[stream.Measure]:
+        s = _expand_repeats_uncopied(s)
+    _OWNED.changed = True
+    conductor = conductorStream(s)
+    if s.hasPartLikeStreams():
+        for part in s.getElementsByClass(stream.Stream):
+            volume.realizeVolume(part)
+        s.insert(0, conductor)
+        return s
+    volume.realizeVolume(s)
+    out = stream.Score()
+    out.insert(0, conductor)
+    out.insert(0, s)
+    return out
+
+
+def _expand_repeats_uncopied(s):
+    """music21 10.5's ``s.expandRepeats()`` (a Score's or a Part's), made of ``s``'s own objects.
+
+    ``repeat.Expander.process(deepcopy=False)`` expands the measures themselves (repeated measures are
+    still copies: each pass needs its own); the other elements move into the expanded stream uncopied.
+    Every part is checked for expandable repeats before any is expanded, so that badly formed repeats
+    (the usual failure, then played straight through) fail before anything is changed. The spanners are
+    not reconnected to the copies: the MIDI writer reads no spanner.
+    """
+    from music21 import repeat, stream
+
+    parts = list(s.getElementsByClass(stream.Part)) if isinstance(s, stream.Score) else [s]
+    expanders = []
+    for part in parts:
+        if not part.hasMeasures():
+            raise stream.StreamException("cannot process repeats on Stream that does not contain measures")
+        expanders.append(repeat.Expander(part))
+        if expanders[-1].isExpandable() is False:
+            raise repeat.ExpanderException("cannot expand Stream: badly formed repeats or repeat expressions")
+    _OWNED.changed = True
+    expanded = []
+    for part, expander in zip(parts, expanders):
+        post = expander.process(deepcopy=False)
+        for element in part.getElementsNotOfClass(stream.Measure):
+            if "RepeatBracket" not in element.classes:
+                post.insert(part.elementOffset(element), element)
+        expanded.append(post)
+    if not isinstance(s, stream.Score):
+        return expanded[0]
+    post = s.cloneEmpty(derivationMethod="expandRepeats")
+    post.mergeAttributes(s)
+    for element in s.iter().getElementsNotOfClass(stream.Part):
+        post.insert(s.elementOffset(element), element)
+    for part in expanded:
+        post.insert(0, part)
+    return post
 
 
 def _opening(score, max_seconds: float):
