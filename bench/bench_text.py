@@ -13,8 +13,9 @@ fp32 against bf16 with torch limited to one thread (``--one-thread-reps``): on a
 spend much of their time waiting on each other, which hides the arithmetic's own ratio.
 
 On a CPU without fast bfloat16 matmuls (no AMX; extract-text's default runtime 'auto' is fp32 there,
-:func:`genrecli.text.encoders.resolve_runtime`) bf16 is not timed on the texts, which would take about 20x
-fp32's time: one product of BERT-layer shapes in fp32 and in bf16 gives its ratio instead, in the same run.
+:func:`genrecli.text.encoders.resolve_runtime`) bf16 is not timed on the texts (its matmuls ran 32x slower
+than fp32's on an AVX2 EPYC, so the runs would take many times fp32's): one product of BERT-layer shapes in
+fp32 and in bf16 gives its ratio instead, in the same run.
 """
 
 from __future__ import annotations

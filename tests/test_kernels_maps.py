@@ -265,3 +265,19 @@ def test_rbf_gram_operator_is_rebuilt_after_set_state_and_refit():
     em.fit(X)
     maps.map_grams_block([em], Y, out)
     assert rel(out[0], ExplicitMap("rbf", energy=1.0, random_state=0).fit(X).map_gram(Y)) < 1e-5
+
+
+def test_map_grams_block_runs_each_map_gram_where_the_fitted_scalers_differ(monkeypatch):
+    """The same scale option fitted on other rows is another scaling: one validated block cannot serve both."""
+    X, Y = features(60, 12, 13), features(9, 12, 14)
+    ems = [ExplicitMap("linear", scale="standard").fit(X), ExplicitMap("poly2", scale="standard").fit(X[:30])]
+    assert not maps._one_cpu_scaling(ems) and maps._one_cpu_scaling(ems[:1] * 2)
+    calls = []
+    own = ExplicitMap.map_gram
+    monkeypatch.setattr(ExplicitMap, "map_gram", lambda self, A, B=None: calls.append(self.kernel) or own(self, A, B))
+    out = [np.empty((9, 60), dtype=np.float32), np.empty((9, 30), dtype=np.float32)]  # N: 60 and 30 training rows
+    maps.map_grams_block(ems, Y, out)
+    assert calls == ["linear", "poly2"]
+    monkeypatch.setattr(ExplicitMap, "map_gram", own)
+    for em, got in zip(ems, out):
+        np.testing.assert_array_equal(got, em.map_gram(Y))

@@ -96,15 +96,12 @@ def barline_quarters(
             barlines.append((index, now if timing else None, open_repeat))
             timing = timing and (until is None or now < until)
             continue
-        if not timing:
-            for column, token in enumerate(tokens):
-                if kinds[column] == "**kern" and token != ".":
-                    _duration(token)  # a token without a rhythm still makes the file uncuttable
-            continue
         for column, token in enumerate(tokens):
             if kinds[column] == "**kern" and token != ".":
-                ends[column] = now + _duration(token)
-        later = [end for kind, end in zip(kinds, ends) if kind == "**kern" and end > now]
+                duration = _duration(token)  # past ``until`` too: a token without a rhythm makes the file uncuttable
+                if timing:
+                    ends[column] = now + duration
+        later = [end for kind, end in zip(kinds, ends) if kind == "**kern" and end > now] if timing else None
         if later:
             now = min(later)
     return barlines

@@ -72,16 +72,28 @@ def _normalised_product(rows: np.ndarray, Zc: np.ndarray) -> tuple[np.ndarray, n
     return G, nonzero.astype(np.float32)
 
 
+def _one_cpu_scaling(maps) -> bool:
+    """Whether the maps of a block run on the CPU and scale their input alike (the same ``scale`` and equal
+    fitted scalers): then one validated, scaled copy of a block serves them all."""
+    if resolve_device(maps[0].device).type != "cpu" or any(em.scale != maps[0].scale for em in maps):
+        return False
+    if maps[0].kernel_.scaler_ is None:  # scale 'none' in every map
+        return True
+    states = [em.kernel_.scaler_.get_state() for em in maps]
+    return all(np.array_equal(state[key], states[0][key]) for state in states[1:] for key in states[0])
+
+
 def column_grams_block(maps, X, rows, out) -> None:
     """:meth:`ExplicitMap.column_gram` of every map of one input block into ``out`` (len(maps), n, s).
 
     The maps of a block are fitted on the same rows with the same feature scaling: on the CPU the block is
     validated and scaled once, and linear, poly2 and rbf, which see the same l2-normalised rows, share one
     product with the column rows, each kernel applying its function to a copy. Equal to the maps' own
-    ``column_gram`` (same operations; tested). Elsewhere (another scaling per map, a GPU) each map on its own.
+    ``column_gram`` (same operations; tested). Elsewhere (another scaling per map, :func:`_one_cpu_scaling`;
+    a GPU) each map on its own.
     """
     rows = np.asarray(rows, dtype=np.int64)
-    if any(em.scale != maps[0].scale for em in maps) or resolve_device(maps[0].device).type != "cpu":
+    if not _one_cpu_scaling(maps):
         for i, em in enumerate(maps):
             out[i] = em.column_gram(X, rows)
         return
@@ -109,9 +121,10 @@ def map_grams_block(maps, X, out) -> None:
     :meth:`ExplicitMap._rbf_gram_operator`). Before, each of the 4 maps of a block validated X and ran its
     own (n, d) x (d, N) product. The values equal the maps' own ``map_gram`` to float32 rounding (the row
     norms are divided out of the product instead of into the rows; tests/test_kernels_maps.py bounds the
-    difference). On a GPU, or with another scaling per map, each map runs its own ``map_gram``.
+    difference). On a GPU, or with another scaling per map (:func:`_one_cpu_scaling`), each map runs its own
+    ``map_gram``.
     """
-    if any(em.scale != maps[0].scale for em in maps) or resolve_device(maps[0].device).type != "cpu":
+    if not _one_cpu_scaling(maps):
         for i, em in enumerate(maps):
             out[i] = em.map_gram(X)
         return
@@ -136,10 +149,7 @@ def map_grams_block(maps, X, out) -> None:
             out[i] = G
             em._apply_to_product(out[i], nonzero, Z)
             continue
-        k = G.copy()
-        _apply("rbf", k, nonzero, _squared_norms(Z), offset=0.0, g=np.float32(0.5 / em.kernel_.sigma_**2))
-        if em.kernel_.scale_ != 1.0:
-            k /= np.float32(em.kernel_.scale_)
+        k = em._apply_to_product(G.copy(), nonzero, Z)  # the rbf kernel against the landmarks
         operator = em._rbf_gram_operator()
         if operator is None:
             np.matmul(k @ em.projection_, em._training_map(torch.device("cpu")).T, out=out[i])

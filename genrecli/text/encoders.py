@@ -430,29 +430,28 @@ def resolve_runtime(runtime: str, device="cpu") -> str:
     """The runtime ``runtime`` names on ``device``: 'auto' is 'bf16' where bfloat16 matmuls are fast (a CPU
     with AMX tiles, or a CUDA device that supports bfloat16) and 'fp32' elsewhere; any other name is itself.
 
-    Why not bf16 everywhere: on a CPU without AMX, torch's bfloat16 matmul is a slow fallback (on this
-    project's AVX2-only AMD EPYC a 512 x 384 x 1536 product took 1.19 s in bf16 against 53 ms in fp32), so
-    bf16 there would make the stage about 20x slower instead of up to 3x faster. Where the CPU cannot be
-    probed (a torch without the probe) 'auto' keeps the fp32 reference."""
+    Why not bf16 everywhere: on a CPU without AMX, torch's bfloat16 matmul is a slow fallback (on an
+    AVX2-only AMD EPYC a 512 x 384 x 1536 product took 504 ms in bf16 against 15.8 ms in fp32;
+    bench/bench_text.py prints this ratio), so bf16 there is far slower than fp32 instead of up to 3x
+    faster. Where the CPU cannot be probed (a torch without the probe) 'auto' keeps the fp32 reference."""
     if runtime != "auto":
         return runtime
     import torch
 
     from genrecli.device import resolve_device
 
-    dev = resolve_device(device)
-    if dev.type == "cuda":
+    if resolve_device(device).type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return "bf16" if probe is not None and probe() else "fp32"
+    return "bf16" if _cpu_has_fast_bf16_matmuls(unknown=False) else "fp32"
 
 
-def _cpu_has_fast_bf16_matmuls() -> bool:
-    """Whether bfloat16 matmuls beat float32 ones on this CPU: AMX tiles (AVX512-BF16 alone measured slower)."""
+def _cpu_has_fast_bf16_matmuls(*, unknown: bool = True) -> bool:
+    """Whether bfloat16 matmuls beat float32 ones on this CPU: AMX tiles (AVX512-BF16 alone measured slower).
+    ``unknown``: the answer where this torch has no probe (True for the warning: do not warn)."""
     import torch
 
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return probe is None or bool(probe())  # unknown (no probe in this torch): do not warn
+    return unknown if probe is None else bool(probe())
 
 
 def _split(ids, body):
