@@ -5,9 +5,10 @@
 The clips are the first 30 s of pieces from the music21 corpus rendered with the General-MIDI
 SoundFont, written once as 44.1 kHz WAV files (cached in --cache); every measurement decodes them
 from disk, as ``genre extract-audio`` does for audio datasets. Each configuration runs a fresh
-ProcessPoolExecutor whose workers import the package, set torch to ``cores // jobs`` threads and
-warm up the feature (model loading, filter banks) before the clock starts, so the numbers are steady-
-state throughput. The baseline is a plain per-file librosa loop in one process over the same files
+ProcessPoolExecutor whose workers import the package, limit torch and BLAS to ``cores // jobs`` threads and
+warm up the feature (model loading, filter banks); the clock starts once every worker has (a barrier),
+so the numbers are steady-state throughput. Fast features pass over the clips ``--rounds`` times (one pass of
+16 clips takes well under a second with two workers). The baseline is a plain per-file librosa loop in one process over the same files
 (librosa.load at the feature's rate + the librosa transform), for the librosa-expressible features.
 VGGish runs with random weights (no weights file ships; the cost is the same).
 """
@@ -81,13 +82,13 @@ def _duration(path) -> float:
 _STATE: dict = {}
 
 
-def _init(names, options, threads, warm_path, device="cpu"):
-    import torch
-
-    torch.set_num_threads(threads)
+def _init(names, options, threads, warm_path, device="cpu", barrier=None):
     from genrecli.audio.features import extract_track
+    from genrecli.pipeline.workers import _limit_threads
 
-    _STATE.update(names=names, options=options, device=device)
+    _limit_threads(threads)  # as the stage's workers do
+
+    _STATE.update(names=names, options=options, device=device, barrier=barrier)
     extract_track({"audio": warm_path}, names, max_seconds=5.0, options=options, device=device)  # load models, filters
 
 
@@ -119,16 +120,20 @@ def _librosa(path, kind):
     return path
 
 
-def measure(names, files, jobs, options, cores, device="cpu") -> float:
+def measure(names, files, jobs, options, cores, device="cpu", rounds=1) -> float:
     threads = max(1, cores // jobs)
     context = multiprocessing.get_context("spawn" if device != "cpu" else None)  # CUDA cannot follow a fork
+    barrier = context.Barrier(jobs)
     with concurrent.futures.ProcessPoolExecutor(jobs, initializer=_init, mp_context=context,
-                                                initargs=(names, options, threads, str(files[0]), device)) as pool:
-        list(pool.map(_sleep, range(jobs)))  # wait for every worker's warm-up
+                                                initargs=(names, options, threads, str(files[0]), device, barrier)) as pool:
+        # One task per worker, each held at the barrier until every worker has taken one: the clock starts
+        # only once all workers have warmed up. (A sleep per task let one warm worker take them all while
+        # another was still importing, which charged its start-up to the measured wall time.)
+        list(pool.map(_wait_for_all, range(jobs)))
         start = time.perf_counter()
-        list(pool.map(_ours, [str(f) for f in files]))
+        list(pool.map(_ours, [str(f) for f in files] * rounds))
         wall = time.perf_counter() - start
-    return sum(_duration(f) for f in files) / wall
+    return rounds * sum(_duration(f) for f in files) / wall
 
 
 def _pool_mfcc(source):
@@ -137,16 +142,16 @@ def _pool_mfcc(source):
     return extract_track(source, ["mfcc"], max_seconds=SECONDS)
 
 
-def _sleep(_):
-    time.sleep(0.2)
+def _wait_for_all(_):
+    _STATE["barrier"].wait(timeout=600)
 
 
-def measure_librosa(kind, files) -> float:
+def measure_librosa(kind, files, rounds=1) -> float:
     _librosa(str(files[0]), kind)  # warm-up (numba, filter caches)
     start = time.perf_counter()
-    for f in files:
-        _librosa(str(f), kind)
-    return sum(_duration(f) for f in files) / (time.perf_counter() - start)
+    for f in [str(f) for f in files] * rounds:
+        _librosa(f, kind)
+    return rounds * sum(_duration(f) for f in files) / (time.perf_counter() - start)
 
 
 def frontend_timing() -> dict:
@@ -266,6 +271,8 @@ def main(argv=None):
     parser.add_argument("--features", default=None, help="comma-separated groups (default: all)")
     parser.add_argument("--cache", type=pathlib.Path, default=pathlib.Path(tempfile.gettempdir()) / "genre-bench-audio")
     parser.add_argument("--jobs", default="1,2")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="passes over the clips per fast-feature measurement (a pass of 16 clips takes < 0.3 s)")
     parser.add_argument("--device", default="cpu", help="where neural encoders and torch front ends run")
     parser.add_argument("--synthesis", type=int, default=10, help="kern-eras pieces for the synthesis case (0: none)")
     args = parser.parse_args(argv)
@@ -290,11 +297,13 @@ def main(argv=None):
     for group in groups:
         names = group.split("+")
         subset = files[: args.slow_files] if group in SLOW else files[: args.files]
-        row = {"feature": group, "files": len(subset), "audio_seconds": round(sum(_duration(f) for f in subset), 1)}
+        rounds = 1 if group in SLOW else args.rounds
+        row = {"feature": group, "files": len(subset), "rounds": rounds,
+               "audio_seconds": round(sum(_duration(f) for f in subset), 1)}
         for jobs in job_counts:
-            row[f"jobs{jobs}"] = round(measure(names, subset, jobs, options, cores, args.device), 1)
+            row[f"jobs{jobs}"] = round(measure(names, subset, jobs, options, cores, args.device, rounds), 1)
         if group in BASELINES:
-            row["librosa_loop"] = round(measure_librosa(BASELINES[group], subset), 1)
+            row["librosa_loop"] = round(measure_librosa(BASELINES[group], subset, rounds), 1)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
@@ -309,12 +318,17 @@ def main(argv=None):
               "synthesis": synthesis}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
-    header = "| feature | files | " + " | ".join(f"jobs={j}" for j in job_counts) + " | librosa loop (1 proc) |"
+    most = max(job_counts)
+    header = ("| feature | files x rounds | " + " | ".join(f"jobs={j}" for j in job_counts)
+              + f" | librosa loop (1 proc) | jobs={most} / librosa |")
     print(header)
-    print("|" + "---|" * (3 + len(job_counts)))
+    print("|" + "---|" * (4 + len(job_counts)))
     for row in rows:
-        cells = [row["feature"], str(row["files"])] + [f"{row[f'jobs{j}']:.1f}" for j in job_counts]
-        cells.append(f"{row['librosa_loop']:.1f}" if "librosa_loop" in row else "–")
+        cells = [row["feature"], f"{row['files']} x {row['rounds']}"] + [f"{row[f'jobs{j}']:.1f}" for j in job_counts]
+        if "librosa_loop" in row:
+            cells += [f"{row['librosa_loop']:.1f}", f"{row[f'jobs{most}'] / row['librosa_loop']:.2f}"]
+        else:
+            cells += ["–", "–"]
         print("| " + " | ".join(cells) + " |")
     fe = result["cpu_mel_frontend_seconds"]
     print(f"\nCPU mel spectrogram, 30 s @ 22.05 kHz: librosa {fe['librosa'] * 1000:.0f} ms, "

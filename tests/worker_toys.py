@@ -89,3 +89,13 @@ def log_and_sleep_from_40(item):
     while x >= 40 and (Path(folder) / "sleep").exists():
         time.sleep(0.2)
     return square(item)
+
+
+def thread_limits(item):
+    """The torch and BLAS thread counts the worker runs with (``v`` = [torch, most BLAS threads])."""
+    import numpy  # noqa: F401 - loads NumPy's OpenBLAS, the pool the limit must reach
+    import torch
+    from threadpoolctl import threadpool_info
+
+    blas = max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=0)
+    return {"v": np.array([torch.get_num_threads(), blas], dtype=np.float32)}

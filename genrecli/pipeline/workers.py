@@ -415,6 +415,13 @@ def _exit_with(sentinel: int) -> None:
 
 
 def _limit_threads(n: int) -> None:
+    """At most ``n`` threads for torch and for the BLAS / OpenMP pools NumPy and SciPy load (OpenBLAS).
+
+    N workers each running an all-core OpenBLAS oversubscribe the cores: the mel spectrogram of two workers
+    ran at a third of the rate of one (bench/bench_audio.py, BENCHMARKS.md).
+    """
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(n)
+    threadpool_limits(limits=n)  # not as a context manager: the limit holds for the worker's life
