@@ -281,3 +281,37 @@ def test_map_grams_block_runs_each_map_gram_where_the_fitted_scalers_differ(monk
     monkeypatch.setattr(ExplicitMap, "map_gram", own)
     for em, got in zip(ems, out):
         np.testing.assert_array_equal(got, em.map_gram(Y))
+
+
+def test_hist_packed_levels_are_the_same_from_the_parallel_and_the_serial_kernel(monkeypatch):
+    train, test = features(90, 130, 13), features(40, 130, 14)
+    model = ExplicitMap("hist", levels=7).fit(train)
+    serial = model._packed_levels(test), model._packed_levels(None)
+    monkeypatch.setattr(maps, "_PARALLEL_MIN_WORK", 0)
+    parallel = model._packed_levels(test), model._packed_levels(None)
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_hist_map_gram_packs_the_training_rows_once_per_fit(monkeypatch):
+    """map_gram(X) against the training rows packs their levels once, not per call; set_state, a refit or a
+    replaced X_fit_ packs them again, and every result equals the unary reference."""
+    X, Y = features(60, 20, 15), features(25, 20, 16)
+    em = ExplicitMap("hist").fit(X)
+    calls = []
+    pack = ExplicitMap._packed_levels
+    monkeypatch.setattr(ExplicitMap, "_packed_levels",
+                        lambda self, A, **kw: calls.append(A is None) or pack(self, A, **kw))
+
+    def expected(model, rows):
+        counts = unary_reference(model, Y) @ unary_reference(model, rows).T
+        return counts.astype(np.float32) / np.float32(model.levels * model.kernel_.scale_)
+
+    np.testing.assert_array_equal(em.map_gram(Y), expected(em, X))
+    np.testing.assert_array_equal(em.map_gram(Y), expected(em, X))
+    assert calls.count(True) == 1
+    em.set_state(ExplicitMap("hist").fit(X[:30]).get_state())
+    np.testing.assert_array_equal(em.map_gram(Y), expected(em, X[:30]))
+    em.fit(X[10:])
+    np.testing.assert_array_equal(em.map_gram(Y), expected(em, X[10:]))
+    assert calls.count(True) == 3

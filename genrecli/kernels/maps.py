@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from genrecli.kernels.elementary import (
 # Rows per block of the CPU rbf map: its (rows, N) kernel block and (rows, d) preprocessed rows stay near 4 MiB
 # (1024 rows at N, d ~ 1000: smaller blocks cut OpenBLAS sgemm from ~77 to ~16 GFLOP/s on 2 shared cores).
 _MAP_ELEMENTS = 16 * _CACHE_ELEMENTS
-# Largest Q of the bit-packed histogram map_gram (levels are stored as uint8).
+# Largest Q of the bit-packed histogram map_gram (its popcount sums, Q d at most, stay exact in float32).
 _PACKED_LEVELS = 255
 
 
@@ -58,13 +59,30 @@ def _l2_rows(X: np.ndarray) -> np.ndarray:
     return X / np.where(norms > 0, norms, np.float32(1.0))[:, None]
 
 
+def _torch_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b`` of float32 NumPy arrays by torch's CPU GEMM, into ``out`` (C-ordered) when given.
+
+    For the products of a DM2KMN forward (:func:`map_grams_block`, :func:`column_grams_block`), which sit
+    between torch's network and numba's popcounts: after an OpenBLAS (NumPy) GEMM its threads spin for a while,
+    and on 2 cores they slowed the torch and numba steps after it; with every product in torch's thread pool
+    the forward of 5000 rows took 0.40 s instead of 0.58 (bench/bench_dm2kmn.py --gflops, 2-core Xeon).
+    """
+    with warnings.catch_warnings():  # read-only inputs (a loaded model's arrays) are only read
+        warnings.simplefilter("ignore", UserWarning)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    if out is None:
+        return torch.matmul(ta, tb).numpy()
+    torch.matmul(ta, tb, out=torch.from_numpy(out))
+    return out
+
+
 def _normalised_product(rows: np.ndarray, Zc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(l2-normalised rows) @ Zc^T, computed as the raw product with its rows divided by the norms after: an
     (n, s) pass instead of an (n, d) normalised copy. Returns the product and the rows' squared norms after
     normalisation (1, or 0 for a zero row)."""
     norms = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64)).astype(np.float32)
     nonzero = norms > 0
-    G = rows @ Zc.T
+    G = _torch_matmul(rows, Zc.T)
     G *= np.where(nonzero, np.float32(1.0) / np.where(nonzero, norms, np.float32(1.0)), np.float32(0.0))[:, None]
     return G, nonzero.astype(np.float32)
 
@@ -149,12 +167,74 @@ def map_grams_block(maps, X, out) -> None:
         k = em._apply_to_product(G.copy(), nonzero, Z)  # the rbf kernel against the landmarks
         operator = em._rbf_gram_operator()
         if operator is None:
-            np.matmul(k @ em.projection_, em._training_map(torch.device("cpu")).T, out=out[i])
+            _torch_matmul(_torch_matmul(k, em.projection_), em._training_map(torch.device("cpu")).T, out=out[i])
         else:
-            np.matmul(k, operator, out=out[i])
+            _torch_matmul(k, operator, out=out[i])
 
 
 _PARALLEL_MIN_WORK = 1 << 24
+
+
+@functools.cache
+def _numba_pack_levels():
+    """Compiled CPU kernel writing the bit-packed unary hist levels of rows (:meth:`ExplicitMap._packed_levels`)
+    in one pass per row, or None without numba.
+
+    Per value: v = clip((x - low) / span, 0, 1) in float32 (0 where span <= 0; ``prepared`` rows are v
+    already), level = floor(Q v (+ 1/2)) in float64 (as :meth:`ExplicitMap._levels`), then bits j of word
+    blocks 0 .. level - 1 set. The NumPy passes it replaces (subtract, divide, clip, upcast, scale, floor,
+    one comparison and packbits per level) were 10-15 % of a DM2KMN forward.
+    """
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(cache=True)
+    def pack_row(x, low, span, Q, rounding, prepared, words, out):
+        level = np.empty(64, dtype=np.int64)
+        d = x.shape[0]
+        for w in range(words):
+            j0 = w * 64
+            width = min(64, d - j0)
+            for b in range(width):
+                j = j0 + b
+                if prepared:
+                    v = x[j]
+                elif span[j] <= 0:
+                    v = np.float32(0.0)
+                else:
+                    v = np.float32(np.float32(x[j] - low[j]) / span[j])
+                    v = min(max(v, np.float32(0.0)), np.float32(1.0))
+                t = np.float64(v) * Q
+                if rounding:
+                    t += 0.5
+                level[b] = int(math.floor(t))
+            for k in range(Q):  # one word per level: bit b set where feature j0 + b reaches level k + 1
+                word = np.uint64(0)
+                for b in range(width):
+                    word |= np.uint64(level[b] > k) << np.uint64(b)
+                out[k * words + w] = word
+
+    @numba.njit(parallel=True, cache=True)
+    def pack_parallel(X, low, span, Q, rounding, prepared, out):
+        words = (X.shape[1] + 63) // 64
+        for i in numba.prange(X.shape[0]):
+            pack_row(X[i], low, span, Q, rounding, prepared, words, out[i])
+
+    @numba.njit(cache=True)
+    def pack_serial(X, low, span, Q, rounding, prepared, out):
+        words = (X.shape[1] + 63) // 64
+        for i in range(X.shape[0]):
+            pack_row(X[i], low, span, Q, rounding, prepared, words, out[i])
+
+    def pack(X, low, span, Q, rounding, prepared):
+        out = np.zeros((X.shape[0], Q * ((X.shape[1] + 63) // 64)), dtype=np.uint64)
+        kernel = pack_parallel if X.size * Q >= _PARALLEL_MIN_WORK else pack_serial
+        kernel(X, low, span, int(Q), bool(rounding), bool(prepared), out)
+        return out
+
+    return pack
 
 
 @functools.cache
@@ -457,7 +537,9 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
                 indices = np.sort(check_random_state(self.random_state).choice(n, self.landmarks, replace=False))
             device = resolve_device(self.device)
             self.landmark_indices_ = indices.astype(np.int64)
-            self.landmarks_ = self.kernel_.X_fit_[indices]
+            # All rows: the training rows themselves (no copy; a DM2KMN's forward then sees at once that the rbf
+            # map's product with its landmarks is the one linear and poly2 share, without comparing them).
+            self.landmarks_ = self.kernel_.X_fit_ if len(indices) == n else self.kernel_.X_fit_[indices]
             Z = _tensor(self.landmarks_, device)
             K_Z = self.kernel_._scaled(Z, Z, same=True)
             if device.type == "cpu":
@@ -467,7 +549,7 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
             else:
                 self.projection_ = kpca_projection(torch.from_numpy(K_Z).to(device), energy=self.energy).cpu().numpy()
             del K_Z
-        self._training_rbf_map = self._rbf_operator = None
+        self._training_rbf_map = self._rbf_operator = self._packed_training = None
         self._set_dims()
         return self
 
@@ -499,46 +581,33 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         """The hist map of X (the training rows when None) bit-packed: (n, Q * ceil(d / 64)) uint64 words.
 
         Word block t of a row has bit j set where feature j's level is at least t + 1: the unary code, level by
-        level, so ``popcount(a & b)`` summed over the words is ``sum_j min(q(x_j), q(y_j))``. Built in row
-        blocks (levels as uint8): no (n, d) float64 or (n, Q d) float32 intermediate.
+        level, so ``popcount(a & b)`` summed over the words is ``sum_j min(q(x_j), q(y_j))``. One compiled
+        pass per row (:func:`_numba_pack_levels`; callers check :meth:`_packed_ok`): no (n, d) intermediate.
         """
         prepared = X is None
         rows = self.kernel_.X_fit_ if prepared else validated if validated is not None else self._validated(X)
-        (n, d), Q = rows.shape, self.levels
-        words = (d + 63) // 64
-        packed = np.zeros((n, Q, words * 8), dtype=np.uint8)
-        low, span = self.kernel_.min_, self.kernel_.max_ - self.kernel_.min_
-        constant = span <= 0
-        divisor = np.where(constant, np.float32(1.0), span)
-        block = max(1, 4 * _CACHE_ELEMENTS // max(1, d))
-        for start in range(0, n, block):
-            stop = min(n, start + block)
-            if prepared:
-                a = rows[start:stop]
-            else:  # ElementaryKernel._prep of hist in NumPy: the same float32 operations, and no torch thread spin
-                a = rows[start:stop] - low
-                a /= divisor
-                a[:, constant] = 0.0
-                np.clip(a, 0.0, 1.0, out=a)
-            # As _levels: float64, so Q * v is exact and a value on a level boundary stays on it.
-            scaled = a.astype(np.float64)
-            scaled *= Q
-            if self.quantization == "round":
-                scaled += 0.5
-            q = np.floor(scaled, out=scaled).astype(np.uint8)
-            for t in range(Q):
-                packed[start:stop, t, : (d + 7) // 8] = np.packbits(q > t, axis=1, bitorder="little")
-        return packed.reshape(n, Q * words * 8).view(np.uint64)
+        low = np.ascontiguousarray(self.kernel_.min_, dtype=np.float32)
+        span = np.ascontiguousarray(self.kernel_.max_ - self.kernel_.min_, dtype=np.float32)
+        return _numba_pack_levels()(np.ascontiguousarray(rows, dtype=np.float32), low, span, self.levels,
+                                    self.quantization == "round", prepared)
 
     def _packed_ok(self) -> bool:
         """Whether the CPU hist map_gram can use bit-packed levels (Q <= 255, numba present)."""
-        return self.levels <= _PACKED_LEVELS and _numba_popcount_gram() is not None
+        return self.levels <= _PACKED_LEVELS and _numba_popcount_gram() is not None and _numba_pack_levels() is not None
+
+    def _packed_training_levels(self) -> np.ndarray:
+        """:meth:`_packed_levels` of the training rows, computed once per fit or set_state (and again should
+        ``kernel_.X_fit_`` be replaced): a DM2KMN scores block after block against the same rows."""
+        cached = getattr(self, "_packed_training", None)
+        if cached is None or cached[0] is not self.kernel_.X_fit_:
+            cached = self._packed_training = (self.kernel_.X_fit_, self._packed_levels(None))
+        return cached[1]
 
     def _hist_map_gram(self, X, Y, *, validated=None) -> np.ndarray:
         """CPU hist map_gram from bit-packed unary codes: exact integer counts, half of them when X is Y.
         ``validated``: the rows of X already checked and scaled (:meth:`_validated`)."""
         A = self._packed_levels(X, validated=validated)
-        B = A if X is None and Y is None else self._packed_levels(Y)
+        B = A if X is None and Y is None else self._packed_training_levels() if Y is None else self._packed_levels(Y)
         same = B is A or (A.shape == B.shape and np.array_equal(A, B))
         G = np.empty((A.shape[0], B.shape[0]), dtype=np.float32)
         _numba_popcount_gram()(A, A if same else B, G, same)
@@ -774,9 +843,11 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
     def _apply_to_product(self, G: np.ndarray, nonzero: np.ndarray, Zc: np.ndarray) -> np.ndarray:
         """linear / poly2 / rbf values, in place, from the product G of l2-normalised rows with the columns Zc."""
         k = self.kernel_
-        if self.kernel != "linear":
-            g = np.float32(0.5 / k.sigma_**2) if self.kernel == "rbf" else np.float32(0.0)
-            _apply(self.kernel, G, nonzero, _squared_norms(Zc), offset=float(self.offset), g=g)
+        if self.kernel == "rbf":
+            g = np.float32(0.5 / k.sigma_**2)
+            _apply(self.kernel, G, nonzero, _squared_norms(Zc), offset=0.0, g=g)
+        elif self.kernel == "poly2":  # no norms: (G + c)^2
+            _apply(self.kernel, G, None, None, offset=float(self.offset), g=np.float32(0.0))
         if k.scale_ != 1.0:
             G /= np.float32(k.scale_)
         return G
@@ -828,6 +899,6 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
             self.landmarks_ = np.ascontiguousarray(_as_array(state["landmarks_"]), dtype=np.float32)
             self.landmark_indices_ = np.asarray(_as_array(state["landmark_indices_"]), dtype=np.int64)
             self.projection_ = np.ascontiguousarray(_as_array(state["projection_"]), dtype=np.float32)
-        self._training_rbf_map = self._rbf_operator = None
+        self._training_rbf_map = self._rbf_operator = self._packed_training = None
         self._set_dims()
         return self

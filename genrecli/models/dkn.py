@@ -87,6 +87,16 @@ class Activation:
             out = out * u + c
         return out
 
+    def apply_(self, u: torch.Tensor) -> torch.Tensor:
+        """g(u) written over u (inference: no graph), the same values as ``g(u)``; poly allocates as ``g(u)``."""
+        if self.name == "exp":
+            return u.exp_()
+        if self.name == "expm1":
+            return u.expm1_()
+        if self.name == "cosh":
+            return u.cosh_()
+        return self(u)
+
     def derivative(self, u: torch.Tensor, gu: torch.Tensor) -> torch.Tensor:
         """g'(u), given u and gu = g(u)."""
         if self.name == "exp":
@@ -150,7 +160,7 @@ def dkn_forward(weights, K: torch.Tensor, g: Activation, *, row_chunk: int | Non
         for r0 in range(0, a, row_chunk):
             A = K[:, r0:r0 + row_chunk]
             for li, W in enumerate(weights):
-                A = combine(W, A, g)
+                A = combine(W, A, g, in_place=True)
                 if return_all:
                     outs[li + 1][:, r0:r0 + row_chunk] = A
             if not return_all:
@@ -158,10 +168,13 @@ def dkn_forward(weights, K: torch.Tensor, g: Activation, *, row_chunk: int | Non
     return outs if return_all else outs[0]
 
 
-def combine(W: torch.Tensor, A: torch.Tensor, g: Activation) -> torch.Tensor:
-    """g( sum_q W[q, p] A[q] ) for every unit p: (m_in, a, b) -> (m_out, a, b)."""
+def combine(W: torch.Tensor, A: torch.Tensor, g: Activation, *, in_place: bool = False) -> torch.Tensor:
+    """g( sum_q W[q, p] A[q] ) for every unit p: (m_in, a, b) -> (m_out, a, b).
+
+    ``in_place`` (no autograd): g is applied over the product instead of into a new tensor."""
     q, a, b = A.shape
-    return g((W.T @ A.reshape(q, a * b)).reshape(W.shape[1], a, b))
+    u = (W.T @ A.reshape(q, a * b)).reshape(W.shape[1], a, b)
+    return g.apply_(u) if in_place else g(u)
 
 
 def class_weights(y_idx: np.ndarray, n_classes: int, mode, classes=None) -> np.ndarray:
@@ -807,7 +820,7 @@ class DKNClassifier(_KernelInputsMixin, ClassifierMixin, BaseEstimator):
             for r0 in range(0, n_test, chunk):
                 A = K[:, r0:r0 + chunk]
                 for W in Ws:
-                    A = combine(W, A, g)
+                    A = combine(W, A, g, in_place=True)
                 if A.shape[0] == 1:
                     out[r0:r0 + chunk] = A[0] @ beta.T + b
                 else:

