@@ -845,12 +845,21 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         k = self.kernel_
         if self.kernel == "rbf":
             g = np.float32(0.5 / k.sigma_**2)
-            _apply(self.kernel, G, nonzero, _squared_norms(Zc), offset=0.0, g=g)
+            _apply(self.kernel, G, nonzero, self._column_squared_norms(Zc), offset=0.0, g=g)
         elif self.kernel == "poly2":  # no norms: (G + c)^2
             _apply(self.kernel, G, None, None, offset=float(self.offset), g=np.float32(0.0))
         if k.scale_ != 1.0:
             G /= np.float32(k.scale_)
         return G
+
+    def _column_squared_norms(self, Zc: np.ndarray) -> np.ndarray:
+        """:func:`_squared_norms` of column rows, kept for the landmarks (the columns of every forward block)."""
+        if Zc is not getattr(self, "landmarks_", None):
+            return _squared_norms(Zc)
+        cached = getattr(self, "_landmark_norms", None)
+        if cached is None or cached[0] is not Zc:
+            cached = self._landmark_norms = (Zc, _squared_norms(Zc))
+        return cached[1]
 
     def _levels_np(self, a: np.ndarray) -> np.ndarray:
         """:meth:`_levels` in NumPy: float64 Q v (exact for float32 v), floored, as float32 (n, d)."""
