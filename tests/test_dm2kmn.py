@@ -351,6 +351,29 @@ def test_inference_operators_built_once_and_match_the_factored_network(initial, 
     assert not np.allclose(swapped._heads(M_te), first)
 
 
+def test_cache_sized_inference_chunks_score_as_one_block(initial, data, monkeypatch):
+    """_heads runs the CPU network in row chunks of _HEADS_CHUNK_BYTES with the activation in place; the scores
+    are those of a single chunk to float32 rounding (rows are independent), down to a chunk of one row."""
+    import genrecli.models.dm2kmn as dm2kmn_module
+
+    M_te = data["M"][:, 60:]
+    monkeypatch.setattr(dm2kmn_module, "_HEADS_CHUNK_BYTES", 1 << 40)
+    whole = initial._heads(M_te)
+    for size in (1, 4 * 16 * M_te.shape[2] * 7):  # one row per chunk; 7 rows (the last chunk shorter)
+        monkeypatch.setattr(dm2kmn_module, "_HEADS_CHUNK_BYTES", size)
+        # float32 rounding only: a one-row chunk is a matrix-vector product, summed in another order
+        np.testing.assert_allclose(initial._heads(M_te), whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
+
+
+@pytest.mark.parametrize("name", ["exp", "expm1", "cosh", "poly"])
+def test_activation_in_place_equals_the_activation(name):
+    u = torch.linspace(-3, 3, 301, dtype=torch.float32).reshape(7, 43)
+    g = Activation(name)
+    expected = g(u)
+    v = u.clone()
+    assert torch.equal(g.apply_(v), expected)
+
+
 def test_predict_proba_only_with_cross_entropy(data):
     X, y, dims = data["X"], data["y"], data["dims"]
     dkn = DKNClassifier(input_dims=dims, hidden=4, max_iter=5, C=1.0)
