@@ -200,17 +200,17 @@ def synthesis_timing(n: int, rounds: int = 2) -> dict:
     pieces = pieces[:: max(1, len(pieces) // n)][:n]
     cpu = time.process_time
 
-    def convert(path, in_place):
+    def convert(path, in_place, converter="music21"):
         default, synth._IN_PLACE = synth._IN_PLACE, in_place
         try:
-            return synth.score_to_midi(path=path, max_seconds=SECONDS)
+            return synth.score_to_midi(path=path, max_seconds=SECONDS, converter=converter)
         finally:
             synth._IN_PLACE = default
 
     def parse(path):
         return synth._parse_kern_opening(path, None, SECONDS) or read_with_music21(path, None, "humdrum")
 
-    totals = dict.fromkeys(["before", "copying_midi", "first_run", "cached", "parse", "midi", "midi_copying", "render"], 0.0)
+    totals = dict.fromkeys(["before", "copying_midi", "first_run", "native", "cached", "parse", "midi", "midi_copying", "render"], 0.0)
     for in_place in (False, True):  # imports, warm-up
         synth.render_midi(convert(pieces[0], in_place), sr=22050)
     with contextlib.redirect_stderr(io.StringIO()):
@@ -227,6 +227,9 @@ def synthesis_timing(n: int, rounds: int = 2) -> dict:
                 midi = convert(path, True)
                 synth.render_midi(midi, sr=22050)
                 totals["first_run"] += cpu() - t
+                t = cpu()
+                synth.render_midi(convert(path, True, "auto"), sr=22050)  # native kern converter, music21 where it declines
+                totals["native"] += cpu() - t
                 t = cpu()
                 synth.render_midi(midi, sr=22050)
                 totals["cached"] += cpu() - t
@@ -247,6 +250,7 @@ def synthesis_timing(n: int, rounds: int = 2) -> dict:
     per = {k: v / (rounds * len(pieces)) for k, v in totals.items()}
     return {"pieces": len(pieces), "rounds": rounds, "cpu_seconds_per_piece": per,
             "ratio_copying_midi": per["before"] / per["copying_midi"], "ratio_first_run": per["before"] / per["first_run"],
+            "ratio_native": per["before"] / per["native"],
             "ratio_cached": per["before"] / per["cached"], "ratio_midi_in_place": per["midi_copying"] / per["midi"]}
 
 
@@ -346,6 +350,8 @@ def main(argv=None):
         print(f"| copying MIDI (music21 copying MIDI + loaded synth) | {per['copying_midi']:.3f} | "
               f"{synthesis['ratio_copying_midi']:.2f} |")
         print(f"| first run (in-place MIDI + loaded synth) | {per['first_run']:.3f} | {synthesis['ratio_first_run']:.2f} |")
+        print(f"| native kern converter first (converter=auto, music21 where it declines) + loaded synth | "
+              f"{per['native']:.3f} | {synthesis['ratio_native']:.2f} |")
         print(f"| cached MIDI (render only) | {per['cached']:.3f} | {synthesis['ratio_cached']:.1f} |")
         print(f"\nfirst run split: parse {per['parse']:.3f} s, MIDI {per['midi']:.3f} s (copying: {per['midi_copying']:.3f} s, "
               f"{synthesis['ratio_midi_in_place']:.2f}x), render {per['render']:.3f} s")

@@ -129,7 +129,7 @@ def kern_eras(relative: str) -> pathlib.Path:
 def both_openings(path):
     with contextlib.redirect_stderr(io.StringIO()):
         return (synth.score_to_midi(path=path, max_seconds=SECONDS, opening="score"),
-                synth.score_to_midi(path=path, max_seconds=SECONDS, opening="text"))
+                synth.score_to_midi(path=path, max_seconds=SECONDS, opening="text", converter="music21"))
 
 
 @pytest.mark.parametrize("relative", [

@@ -26,7 +26,7 @@ def kern_eras(relative: str) -> pathlib.Path:
 def convert(path, *, in_place: bool, max_seconds: float | None = SECONDS, monkeypatch) -> bytes:
     monkeypatch.setattr(synth, "_IN_PLACE", in_place)
     with contextlib.redirect_stderr(io.StringIO()):
-        return synth.score_to_midi(path=path, max_seconds=max_seconds)
+        return synth.score_to_midi(path=path, max_seconds=max_seconds, converter="music21")
 
 
 @pytest.fixture

@@ -45,6 +45,9 @@ from genrecli.kernels.elementary import (
     _tensor,
 )
 
+# Landmark counts up to which the CPU eigendecomposition runs on one BLAS thread: its tridiagonal reduction is
+# memory-bound, and on shared cores a 2-thread dsyevd of N = 1000 took 0.5-9 s against a steady 0.3 s on one.
+_EIGH_ONE_THREAD = 2048
 # Rows per block of the CPU rbf map: its (rows, N) kernel block and (rows, d) preprocessed rows stay near 4 MiB
 # (1024 rows at N, d ~ 1000: smaller blocks cut OpenBLAS sgemm from ~77 to ~16 GFLOP/s on 2 shared cores).
 _MAP_ELEMENTS = 16 * _CACHE_ELEMENTS
@@ -303,14 +306,13 @@ def _eigh_in_place(K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     LAPACK dsyevd (SciPy's OpenBLAS), as torch.linalg.eigh on the CPU, but in place: the vectors are written
     over K (its transpose is the same Fortran-ordered matrix), so nothing beyond the solver's workspace is
-    allocated. It runs on the BLAS threads the process has: all cores, or a worker's share of them
-    (:func:`genrecli.pipeline.workers._limit_threads`). At N = 1000 on an idle 2-core Xeon: 0.128 s on one
-    thread, 0.077 s on two. (Up to N = 2048 it used to run on one thread, after 2-thread runs of 0.5-9 s on
-    2 cores shared with a load of 5-6; a machine that busy is slower on every multi-threaded step.)
+    allocated.
     """
     from scipy.linalg import eigh
+    from threadpoolctl import threadpool_limits
 
-    return eigh(K.T, overwrite_a=True, check_finite=False, driver="evd")
+    with threadpool_limits(limits=1 if K.shape[0] <= _EIGH_ONE_THREAD else None, user_api="blas"):
+        return eigh(K.T, overwrite_a=True, check_finite=False, driver="evd")
 
 
 def _projection_cpu(K: np.ndarray, energy: float, rel_eps: float, allow_empty: bool, dtype) -> np.ndarray | None:

@@ -102,11 +102,13 @@ def conversion_params() -> dict:
     """What turns a score into MIDI (the cache key's second half; music21's version included)."""
     import music21
 
-    from genrecli.audio.synth import DEFAULT_OPENING
+    from genrecli.audio.kern_midi import VERSION as NATIVE_KERN_VERSION
+    from genrecli.audio.synth import DEFAULT_CONVERTER, DEFAULT_OPENING
 
+    # Another opening or converter gives other MIDI bytes (the same notes within max_seconds).
     return {"converter": "music21", "music21": music21.__version__,
             "score_to_midi": "genrecli.audio.synth.score_to_midi, opening bars that sound within max_seconds",
-            "opening": DEFAULT_OPENING}  # another opening gives other MIDI bytes (the same notes within max_seconds)
+            "opening": DEFAULT_OPENING, "kern_converter": DEFAULT_CONVERTER, "native_kern": NATIVE_KERN_VERSION}
 
 
 def _score_key(source: dict, conversion_digest: str) -> str | None:
