@@ -30,6 +30,25 @@ def native(path):
         return kern_midi.kern_midi(handle.read(), max_seconds=SECONDS)
 
 
+def compare_with_music21(files, *, audio: bool) -> tuple[int, list]:
+    """How many of ``files`` the converter accepts, and (name, difference) for each accepted one whose notes (and,
+    with ``audio``, rendered samples) are not music21's."""
+    accepted, wrong = 0, []
+    for path in files:
+        try:
+            ours = native(path)
+        except kern_midi.Declined:
+            continue
+        accepted += 1
+        theirs = music21_midi(path=path)
+        difference = synth.notes_difference(synth.midi_notes(theirs), synth.midi_notes(ours), max_seconds=SECONDS)
+        if difference is None and audio and not np.array_equal(synth.render_midi(ours), synth.render_midi(theirs)):
+            difference = "rendered audio differs"
+        if difference is not None:
+            wrong.append((path.name, difference))
+    return accepted, wrong
+
+
 # Files the converter accepts (spine splits and joins, dynamics, grace notes, ties), from each era.
 ACCEPTED = ["Baroque/bach-wtc__wtc2f23.krn", "Classical/haydn__sonata49-1.krn", "Romantic/chopin-first-editions__001-1-BRZ.krn"]
 
@@ -93,17 +112,7 @@ def test_every_accepted_kern_eras_file_is_music21s():
     files = sorted(KERN_ERAS.rglob("*.krn"))
     if not files:
         pytest.skip("kern-eras not available")
-    accepted, wrong = 0, []
-    for path in files:
-        try:
-            ours = native(path)
-        except kern_midi.Declined:
-            continue
-        accepted += 1
-        difference = synth.notes_difference(synth.midi_notes(music21_midi(path=path)), synth.midi_notes(ours),
-                                            max_seconds=SECONDS)
-        if difference is not None:
-            wrong.append((path.name, difference))
+    accepted, wrong = compare_with_music21(files, audio=False)
     print(f"native kern conversion accepted {accepted}/{len(files)}")
     assert not wrong, wrong
 
@@ -114,19 +123,7 @@ def test_a_sample_of_kern_eras_files_it_accepts_gives_music21s_notes_and_audio()
     files = sorted(KERN_ERAS.rglob("*.krn"))[::40]
     if not files:
         pytest.skip("kern-eras not available")
-    accepted, wrong = 0, []
-    for path in files:
-        try:
-            ours = native(path)
-        except kern_midi.Declined:
-            continue
-        accepted += 1
-        theirs = music21_midi(path=path)
-        difference = synth.notes_difference(synth.midi_notes(theirs), synth.midi_notes(ours), max_seconds=SECONDS)
-        if difference is None and not np.array_equal(synth.render_midi(ours), synth.render_midi(theirs)):
-            difference = "rendered audio differs"
-        if difference is not None:
-            wrong.append((path.name, difference))
+    accepted, wrong = compare_with_music21(files, audio=True)
     assert accepted >= len(files) // 4, accepted
     assert not wrong, wrong
 

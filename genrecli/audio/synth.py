@@ -429,16 +429,22 @@ def score_to_midi(
         raise UsageError(f"unknown score opening {opening!r} (expected text or score)")
     if converter not in CONVERTERS:
         raise UsageError(f"unknown score converter {converter!r} (expected {' or '.join(CONVERTERS)})")
-    if fmt == "humdrum" and opening == "text" and max_seconds is not None and converter == "auto":
-        midi = _native_kern_midi(path, text, max_seconds)
+    cut_opening = fmt == "humdrum" and opening == "text" and max_seconds is not None
+    # read once, for the native converter and the cut music21 parses (the whole score is parsed from the path)
+    try:
+        kern_text = _read_kern_text(path, text) if cut_opening else None
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read the score ({exc.strerror or exc})") from None
+    if cut_opening and converter == "auto":
+        midi = _native_kern_midi(kern_text, max_seconds)
         if midi is not None:
             return midi
     from genrecli.text.symbolic import checked_parse, read_with_music21
 
     def parse():
         score = None
-        if fmt == "humdrum" and opening == "text" and max_seconds is not None:
-            score = _parse_kern_opening(path, text, max_seconds)
+        if cut_opening:
+            score = _parse_kern_opening(None, kern_text, max_seconds)
         return score if score is not None else read_with_music21(path, text, fmt)
 
     score = checked_parse(parse, name=name, fmt=fmt)
@@ -450,13 +456,18 @@ def score_to_midi(
         return _score_midi(checked_parse(parse, name=name, fmt=fmt), max_seconds, name, in_place=False)
 
 
-def _native_kern_midi(path: pathlib.Path | None, text: str | None, max_seconds: float) -> bytes | None:
-    """:func:`~genrecli.audio.kern_midi.kern_midi` of the score read as music21 reads it, None where it declines."""
+def _read_kern_text(path: pathlib.Path | None, text: str | None) -> str:
+    """``text``, or the Humdrum file at ``path`` read as music21's HumdrumFile reads it (Latin-1)."""
+    if text is not None:
+        return text
+    with open(path, encoding="latin-1") as handle:
+        return handle.read()
+
+
+def _native_kern_midi(text: str, max_seconds: float) -> bytes | None:
+    """:func:`~genrecli.audio.kern_midi.kern_midi` of a Humdrum text, None where it declines."""
     from genrecli.audio.kern_midi import Declined, kern_midi
 
-    if text is None:
-        with open(path, encoding="latin-1") as handle:  # what music21's HumdrumFile does
-            text = handle.read()
     try:
         return kern_midi(text, max_seconds=max_seconds)
     except Declined as why:
@@ -494,9 +505,7 @@ def _parse_kern_opening(path: pathlib.Path | None, text: str | None, max_seconds
 
     from genrecli.audio.humdrum import kern_opening
 
-    if text is None:
-        with open(path, encoding="latin-1") as handle:  # what music21's HumdrumFile does
-            text = handle.read()
+    text = _read_kern_text(path, text)
     qpm = 120.0  # music21 plays a score without tempo marks at 120 quarter notes a minute
     for mark in re.findall(r"(?:^|\t)\*MM([^\t\n]*)", text, flags=re.MULTILINE):
         try:

@@ -179,40 +179,52 @@ _PARALLEL_MIN_WORK = 1 << 24
 
 
 @functools.cache
-def _numba_pack_levels():
-    """Compiled CPU kernel writing the bit-packed unary hist levels of rows (:meth:`ExplicitMap._packed_levels`)
-    in one pass per row, or None without numba.
-
-    Per value: v = clip((x - low) / span, 0, 1) in float32 (0 where span <= 0; ``prepared`` rows are v
-    already), level = floor(Q v (+ 1/2)) in float64 (as :meth:`ExplicitMap._levels`), then bits j of word
-    blocks 0 .. level - 1 set. The NumPy passes it replaces (subtract, divide, clip, upcast, scale, floor,
-    one comparison and packbits per level) were 10-15 % of a DM2KMN forward.
-    """
+def _numba_hist_level():
+    """The compiled hist level of one raw value, or None without numba: v = clip((x - low) / span, 0, 1) in
+    float32 (0 where span <= 0), level = floor(Q v (+ 1/2)) in float64 (as :meth:`ExplicitMap._levels`, so a
+    value on a level boundary stays on it). Preprocessed rows (already v) take low 0 and span 1, which leave
+    them as they are."""
     try:
         import numba
     except ImportError:
         return None
 
+    @numba.njit(cache=True, inline="always")
+    def hist_level(x, low, span, Q, rounding):
+        if span <= 0:
+            v = np.float32(0.0)
+        else:
+            v = np.float32(np.float32(x - low) / span)
+            v = min(max(v, np.float32(0.0)), np.float32(1.0))
+        t = np.float64(v) * Q
+        if rounding:
+            t += 0.5
+        return math.floor(t)
+
+    return hist_level
+
+
+@functools.cache
+def _numba_pack_levels():
+    """Compiled CPU kernel writing the bit-packed unary hist levels of rows (:meth:`ExplicitMap._packed_levels`)
+    in one pass per row, or None without numba: bits j of word blocks 0 .. level - 1 set, the level of each
+    value from :func:`_numba_hist_level`. The NumPy passes it replaces (subtract, divide, clip, upcast, scale,
+    floor, one comparison and packbits per level) were 10-15 % of a DM2KMN forward.
+    """
+    level_of = _numba_hist_level()
+    if level_of is None:
+        return None
+    import numba
+
     @numba.njit(cache=True)
-    def pack_row(x, low, span, Q, rounding, prepared, words, out):
+    def pack_row(x, low, span, Q, rounding, words, out):
         level = np.empty(64, dtype=np.int64)
         d = x.shape[0]
         for w in range(words):
             j0 = w * 64
             width = min(64, d - j0)
             for b in range(width):
-                j = j0 + b
-                if prepared:
-                    v = x[j]
-                elif span[j] <= 0:
-                    v = np.float32(0.0)
-                else:
-                    v = np.float32(np.float32(x[j] - low[j]) / span[j])
-                    v = min(max(v, np.float32(0.0)), np.float32(1.0))
-                t = np.float64(v) * Q
-                if rounding:
-                    t += 0.5
-                level[b] = int(math.floor(t))
+                level[b] = level_of(x[j0 + b], low[j0 + b], span[j0 + b], Q, rounding)
             for k in range(Q):  # one word per level: bit b set where feature j0 + b reaches level k + 1
                 word = np.uint64(0)
                 for b in range(width):
@@ -220,21 +232,21 @@ def _numba_pack_levels():
                 out[k * words + w] = word
 
     @numba.njit(parallel=True, cache=True)
-    def pack_parallel(X, low, span, Q, rounding, prepared, out):
+    def pack_parallel(X, low, span, Q, rounding, out):
         words = (X.shape[1] + 63) // 64
         for i in numba.prange(X.shape[0]):
-            pack_row(X[i], low, span, Q, rounding, prepared, words, out[i])
+            pack_row(X[i], low, span, Q, rounding, words, out[i])
 
     @numba.njit(cache=True)
-    def pack_serial(X, low, span, Q, rounding, prepared, out):
+    def pack_serial(X, low, span, Q, rounding, out):
         words = (X.shape[1] + 63) // 64
         for i in range(X.shape[0]):
-            pack_row(X[i], low, span, Q, rounding, prepared, words, out[i])
+            pack_row(X[i], low, span, Q, rounding, words, out[i])
 
-    def pack(X, low, span, Q, rounding, prepared):
+    def pack(X, low, span, Q, rounding):
         out = np.zeros((X.shape[0], Q * ((X.shape[1] + 63) // 64)), dtype=np.uint64)
         kernel = pack_parallel if X.size * Q >= _PARALLEL_MIN_WORK else pack_serial
-        kernel(X, low, span, int(Q), bool(rounding), bool(prepared), out)
+        kernel(X, low, span, int(Q), bool(rounding), out)
         return out
 
     return pack
@@ -249,24 +261,15 @@ def _numba_level_minsum():
     float64 (as :meth:`ExplicitMap._levels`, so a value on a level boundary stays on it), then
     ``sum_j min(level_j, qb_kj)`` for every column k. No (n, d) temporary.
     """
-    try:
-        import numba
-    except ImportError:
+    level_of = _numba_hist_level()
+    if level_of is None:
         return None
+    import numba
 
     @numba.njit(cache=True)
     def levels_row(x, low, span, Q, rounding, out):
         for j in range(x.shape[0]):
-            sp = span[j]
-            if sp <= 0:
-                v = np.float32(0.0)
-            else:
-                v = np.float32(np.float32(x[j] - low[j]) / sp)
-                v = min(max(v, np.float32(0.0)), np.float32(1.0))
-            t = np.float64(v) * Q
-            if rounding:
-                t += 0.5
-            out[j] = np.float32(math.floor(t))
+            out[j] = np.float32(level_of(x[j], low[j], span[j], Q, rounding))
 
     def rows(X, low, span, Q, rounding, qb, out, i):
         d = X.shape[1]
@@ -551,7 +554,7 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
             else:
                 self.projection_ = kpca_projection(torch.from_numpy(K_Z).to(device), energy=self.energy).cpu().numpy()
             del K_Z
-        self._training_rbf_map = self._rbf_operator = self._packed_training = None
+        self._training_rbf_map = self._rbf_operator = None
         self._set_dims()
         return self
 
@@ -586,20 +589,23 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         level, so ``popcount(a & b)`` summed over the words is ``sum_j min(q(x_j), q(y_j))``. One compiled
         pass per row (:func:`_numba_pack_levels`; callers check :meth:`_packed_ok`): no (n, d) intermediate.
         """
-        prepared = X is None
-        rows = self.kernel_.X_fit_ if prepared else validated if validated is not None else self._validated(X)
-        low = np.ascontiguousarray(self.kernel_.min_, dtype=np.float32)
-        span = np.ascontiguousarray(self.kernel_.max_ - self.kernel_.min_, dtype=np.float32)
+        if X is None:  # the training rows, preprocessed already: low 0 and span 1 leave them as they are
+            rows = self.kernel_.X_fit_
+            low, span = np.zeros(rows.shape[1], np.float32), np.ones(rows.shape[1], np.float32)
+        else:
+            rows = validated if validated is not None else self._validated(X)
+            low = np.ascontiguousarray(self.kernel_.min_, dtype=np.float32)
+            span = np.ascontiguousarray(self.kernel_.max_ - self.kernel_.min_, dtype=np.float32)
         return _numba_pack_levels()(np.ascontiguousarray(rows, dtype=np.float32), low, span, self.levels,
-                                    self.quantization == "round", prepared)
+                                    self.quantization == "round")
 
     def _packed_ok(self) -> bool:
         """Whether the CPU hist map_gram can use bit-packed levels (Q <= 255, numba present)."""
         return self.levels <= _PACKED_LEVELS and _numba_popcount_gram() is not None and _numba_pack_levels() is not None
 
     def _packed_training_levels(self) -> np.ndarray:
-        """:meth:`_packed_levels` of the training rows, computed once per fit or set_state (and again should
-        ``kernel_.X_fit_`` be replaced): a DM2KMN scores block after block against the same rows."""
+        """:meth:`_packed_levels` of the training rows, computed once per ``kernel_.X_fit_`` (a fit, set_state or
+        a replaced X_fit_ brings a new array): a DM2KMN scores block after block against the same rows."""
         cached = getattr(self, "_packed_training", None)
         if cached is None or cached[0] is not self.kernel_.X_fit_:
             cached = self._packed_training = (self.kernel_.X_fit_, self._packed_levels(None))
@@ -910,6 +916,6 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
             self.landmarks_ = np.ascontiguousarray(_as_array(state["landmarks_"]), dtype=np.float32)
             self.landmark_indices_ = np.asarray(_as_array(state["landmark_indices_"]), dtype=np.int64)
             self.projection_ = np.ascontiguousarray(_as_array(state["projection_"]), dtype=np.float32)
-        self._training_rbf_map = self._rbf_operator = self._packed_training = None
+        self._training_rbf_map = self._rbf_operator = None
         self._set_dims()
         return self
