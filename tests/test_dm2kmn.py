@@ -260,6 +260,28 @@ def test_state_dict_round_trip_feature_level(data, tmp_path, landmarks):
     assert a["re_test"] == b["re_test"] and a["ri_dkn"] == b["ri_dkn"]
 
 
+def test_the_maps_of_a_block_share_one_training_rows_array_after_fit_and_load(data):
+    """maps.share_training_rows: equal preprocessed training rows (linear, poly2, rbf and its all-row landmarks)
+    are one array after fit and after load_state_dict, and the forward scores exactly as with separate copies."""
+    X, y, dims = data["X"], data["y"], data["dims"]
+    net = _feature_net(dims).fit(X[:60], y[:60])
+    loaded = _feature_net(dims).load_state_dict(net.state_dict())
+    per_block = len(net.dkn_.kernels)
+    for model in (net, loaded):
+        for start in range(0, len(model.maps_), per_block):
+            by_kernel = {em.kernel: em for em in model.maps_[start:start + per_block]}
+            rows = by_kernel["linear"].kernel_.X_fit_
+            assert by_kernel["poly2"].kernel_.X_fit_ is rows and by_kernel["rbf"].kernel_.X_fit_ is rows
+            assert by_kernel["rbf"].landmarks_ is rows
+    scores = net.decision_function(X[60:])
+    for em in net.maps_:  # separate copies, as before the sharing
+        em.kernel_.X_fit_ = em.kernel_.X_fit_.copy()
+        if em.kernel == "rbf":
+            em.landmarks_ = em.kernel_.X_fit_ if em.landmarks == "all" else em.landmarks_.copy()
+    assert np.array_equal(net.decision_function(X[60:]), scores)
+    assert np.array_equal(loaded.decision_function(X[60:]), scores)
+
+
 def test_extra_metrics_from_feature_rows(data):
     """RE / RI / forward times of the DM2KMN and its DKN from test feature rows, in one call."""
     X, y, dims = data["X"], data["y"], data["dims"]

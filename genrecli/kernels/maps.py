@@ -101,6 +101,30 @@ def _one_cpu_scaling(maps) -> bool:
     return all(np.array_equal(state[key], states[0][key]) for state in states[1:] for key in states[0])
 
 
+def share_training_rows(maps) -> None:
+    """Let the fitted maps of one input block whose preprocessed training rows are equal hold one array.
+
+    A DM2KMN's linear, poly2 and rbf maps of a block each keep the same l2-normalised training rows (and its
+    all-row rbf landmarks are those rows); with one array, :func:`map_grams_block` sees that they share their
+    product by identity instead of comparing (n, d) arrays on every forward (about 1 ms of a 385-row forward).
+    Values, and so every result, are unchanged.
+    """
+    kept: list[np.ndarray] = []
+
+    def shared(rows: np.ndarray) -> np.ndarray:
+        same = next((other for other in kept if other is rows or (other.shape == rows.shape
+                     and other.dtype == rows.dtype and np.array_equal(other, rows))), None)
+        if same is None:
+            kept.append(rows)
+            return rows
+        return same
+
+    for em in maps:
+        em.kernel_.X_fit_ = shared(em.kernel_.X_fit_)
+        if em.kernel == "rbf":  # all-row landmarks (a loaded model holds them as a separate copy)
+            em.landmarks_ = shared(em.landmarks_)
+
+
 def column_grams_block(maps, X, rows, out) -> None:
     """:meth:`ExplicitMap.column_gram` of every map of one input block into ``out`` (len(maps), n, s).
 

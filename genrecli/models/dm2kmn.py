@@ -56,7 +56,7 @@ from genrecli.device import resolve_device
 from genrecli.errors import UsageError
 from genrecli.kernels import DEFAULT_ENERGY, DEFAULT_LEVELS, DEFAULT_QUANTIZATION
 from genrecli.kernels.landmarks import SELECTIONS, read_rows, row_blocks, select_landmarks, take_rows
-from genrecli.kernels.maps import ExplicitMap, column_grams_block, kpca_projection, map_grams_block
+from genrecli.kernels.maps import ExplicitMap, column_grams_block, kpca_projection, map_grams_block, share_training_rows
 from genrecli.models.dkn import (
     DKNClassifier,
     _best_time,
@@ -510,6 +510,7 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
             for kname in dkn.kernels:
                 maps.append(self._input_map(kname, dkn, block).fit(Xz[:, sl]))
                 labels.append(f"{mod}/{kname}")
+            share_training_rows(maps[-len(dkn.kernels):])
         self.maps_ = maps
         self.input_names_ = labels
 
@@ -717,14 +718,14 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
         memory is O(m block_size N) whatever n_x.
         """
         if (not isinstance(X, np.ndarray) and not hasattr(X, "iloc") and getattr(X, "ndim", 0) == 2
-                and hasattr(X, "__getitem__")):  # a store dataset or view: read block by block
-            src, n = X, int(X.shape[0])
+                and hasattr(X, "__getitem__")):  # a store dataset or view: read and check block by block
+            src, n, checked = X, int(X.shape[0]), False
         else:
             src = validate_data(self, X, dtype=np.float32, reset=False, ensure_all_finite=finite_mode(self.dkn_.scale))
-            n = src.shape[0]
+            n, checked = src.shape[0], True
         if n == 0:
             validate_data(self, np.asarray(X), reset=False)  # scikit-learn's message for 0 rows
-        out = [self._heads(self._map_grams(self._block_rows(src, s0, s1), shared=True))
+        out = [self._heads(self._map_grams(src[s0:s1] if checked else self._block_rows(src, s0, s1), shared=True))
                for s0, s1 in row_blocks(n, self.block_size)]
         return out[0] if len(out) == 1 else np.concatenate(out, 0)
 
@@ -1393,6 +1394,9 @@ class DM2KMNClassifier(ClassifierMixin, BaseEstimator):
                 pre = f"inmap.{i}."
                 em = self._input_map(kernels[i % len(kernels)], self.dkn_, i // len(kernels))
                 maps.append(em.set_state({k[len(pre):]: v for k, v in d.items() if k.startswith(pre)}))
+            per_block = len(kernels)
+            for start in range(0, len(maps), per_block):
+                share_training_rows(maps[start:start + per_block])
             self.maps_ = maps
             if info.get("input_names") is not None:
                 self.input_names_ = list(info["input_names"])
