@@ -105,10 +105,8 @@ def _run(case: str, side: str, X, device: str, sigma: float):
             "hist gram": lambda: hist_kernel(X, device=device),
             "rbf map fit+transform, 1000 landmarks": lambda: ExplicitMap(
                 "rbf", landmarks=1000, random_state=0, device=device
-            )
-            .fit(X)
-            .transform(X),
-            "rbf map fit+transform, all landmarks": lambda: ExplicitMap("rbf", device=device).fit(X).transform(X),
+            ).fit_transform(X),
+            "rbf map fit+transform, all landmarks": lambda: ExplicitMap("rbf", device=device).fit_transform(X),
             "hist map_gram (Q=10)": lambda: ExplicitMap("hist", device=device).fit(X).map_gram(X),
         }[case]()
     return {

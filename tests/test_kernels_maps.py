@@ -11,6 +11,7 @@ import torch
 from sklearn.kernel_approximation import Nystroem
 
 from genrecli.kernels import ElementaryKernel, ExplicitMap, elementary, kpca_projection, maps
+from genrecli.errors import UsageError
 
 
 def features(n, d, seed):
@@ -94,7 +95,7 @@ def test_rbf_map_inner_products_match_sklearn_nystroem_on_the_same_landmarks(blo
 @pytest.mark.parametrize("scale", ["none", "standard"])
 def test_rbf_map_matches_the_previous_construction_at_99_percent(blocks, scale):
     train, test = features(400, 48, 4), features(150, 48, 5)
-    model = ExplicitMap("rbf", landmarks=120, random_state=1, scale=scale).fit(train)
+    model = ExplicitMap("rbf", landmarks=120, random_state=1, scale=scale, eigensolver="float64").fit(train)
     K_Z = model.kernel_.gram(train[model.landmark_indices_])
     P = old_kpca(K_Z)
     assert model.projection_.shape == P.shape
@@ -103,6 +104,45 @@ def test_rbf_map_matches_the_previous_construction_at_99_percent(blocks, scale):
     F = model.transform(test)
     np.testing.assert_allclose(F, K @ P, rtol=1e-4, atol=1e-5 * np.abs(K @ P).max())
     assert rel(model.map_gram(test, test), F @ F.T) < 1e-5
+
+
+@pytest.mark.parametrize("scale", ["none", "standard"])
+def test_the_float32_eigensolver_gives_the_float64_maps_inner_products(monkeypatch, scale):
+    train, test = features(600, 64, 4), features(150, 64, 5)
+    solved = []
+    real = maps._eigh_in_place
+    monkeypatch.setattr(maps, "_eigh_in_place", lambda K: solved.append(K.dtype) or real(K))
+    auto = ExplicitMap("rbf", landmarks=300, random_state=1, scale=scale).fit(train)
+    assert solved == [np.float32]  # well conditioned at 99 %: no float64 solve
+    exact = ExplicitMap("rbf", landmarks=300, random_state=1, scale=scale, eigensolver="float64").fit(train)
+    assert auto.dim_ == exact.dim_ and np.array_equal(auto.landmark_indices_, exact.landmark_indices_)
+    F, F64 = auto.transform(test).astype(np.float64), exact.transform(test).astype(np.float64)
+    K = auto.kernel_.gram(test).astype(np.float64)
+    # Their Grams agree far more closely than either approximates the kernel.
+    assert rel(F @ F.T, F64 @ F64.T) < 1e-4 < 1e-2 * rel(F64 @ F64.T, K)
+    assert rel(auto.map_gram(test), exact.map_gram(test)) < 1e-4
+
+
+def test_the_float32_eigensolver_falls_back_to_float64_under_its_floor(monkeypatch):
+    train = features(200, 32, 8)
+    train[100:] = train[:100]  # duplicated rows: K_Z is singular, and energy 1 keeps its smallest eigenvalues
+    solved = []
+    real = maps._eigh_in_place
+    monkeypatch.setattr(maps, "_eigh_in_place", lambda K: solved.append(K.dtype) or real(K))
+    auto = ExplicitMap("rbf", energy=1.0, random_state=0).fit(train)
+    assert solved == [np.float32, np.float64]
+    exact = ExplicitMap("rbf", energy=1.0, random_state=0, eigensolver="float64").fit(train)
+    assert np.array_equal(auto.projection_, exact.projection_)
+
+
+def test_rbf_fit_transform_is_fit_then_transform():
+    train = features(300, 40, 9)
+    for eigensolver in ("auto", "float64"):
+        model = ExplicitMap("rbf", landmarks=100, random_state=2, eigensolver=eigensolver)
+        F = model.fit_transform(train)
+        np.testing.assert_allclose(F, model.transform(train), rtol=1e-5, atol=1e-6)
+    with pytest.raises(UsageError, match="eigensolver"):
+        ExplicitMap("rbf", eigensolver="float16").fit(train)
 
 
 def test_rbf_transform_allocates_no_row_sized_temporary(monkeypatch):

@@ -48,6 +48,10 @@ from genrecli.kernels.elementary import (
 # Landmark counts up to which the CPU eigendecomposition runs on one BLAS thread: its tridiagonal reduction is
 # memory-bound, and on shared cores a 2-thread dsyevd of N = 1000 took 0.5-9 s against a steady 0.3 s on one.
 _EIGH_ONE_THREAD = 2048
+# The rbf map's float32 decomposition ('auto') is kept when every kept eigenvalue is at least this fraction of the
+# largest: float32 resolves eigenvalues to about 1e-7 of the largest, so these to about 1 %.
+_FLOAT32_EIGEN_FLOOR = 1e-5
+EIGENSOLVERS = ("auto", "float64")
 # Rows per block of the CPU rbf map: its (rows, N) kernel block and (rows, d) preprocessed rows stay near 4 MiB
 # (1024 rows at N, d ~ 1000: smaller blocks cut OpenBLAS sgemm from ~77 to ~16 GFLOP/s on 2 shared cores).
 _MAP_ELEMENTS = 16 * _CACHE_ELEMENTS
@@ -329,11 +333,11 @@ def _numba_level_minsum():
 
 
 def _eigh_in_place(K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (ascending) and eigenvectors (columns) of the symmetric float64 C-ordered K, overwriting it.
+    """Eigenvalues (ascending) and eigenvectors (columns) of the symmetric C-ordered K, overwriting it.
 
-    LAPACK dsyevd (SciPy's OpenBLAS), as torch.linalg.eigh on the CPU, but in place: the vectors are written
-    over K (its transpose is the same Fortran-ordered matrix), so nothing beyond the solver's workspace is
-    allocated.
+    LAPACK ?syevd (SciPy's OpenBLAS) in K's precision, float64 or float32, as torch.linalg.eigh on the CPU, but
+    in place: the vectors are written over K (its transpose is the same Fortran-ordered matrix), so nothing
+    beyond the solver's workspace is allocated.
     """
     from scipy.linalg import eigh
     from threadpoolctl import threadpool_limits
@@ -343,8 +347,9 @@ def _eigh_in_place(K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _projection_cpu(K: np.ndarray, energy: float, rel_eps: float, allow_empty: bool, dtype) -> np.ndarray | None:
-    """:func:`kpca_projection` of an owned float64 C-ordered K on the CPU (K is overwritten); None: no
-    positive eigenvalue and ``allow_empty`` (the caller returns its zero projection)."""
+    """:func:`kpca_projection` of an owned C-ordered K on the CPU, decomposed in K's precision (float64 or
+    float32; K is overwritten); None: no positive eigenvalue and ``allow_empty`` (the caller returns its zero
+    projection)."""
     if not np.isfinite(K).all():
         raise InputError("kernel PCA: the kernel matrix contains NaN/inf")
     if not np.array_equal(K, K.T):
@@ -354,21 +359,49 @@ def _projection_cpu(K: np.ndarray, energy: float, rel_eps: float, allow_empty: b
         K *= 0.5
     w, U = _eigh_in_place(K)
     N = w.shape[0]
-    eigenvalues = w[::-1]
+    eigenvalues = w[::-1].astype(np.float64)
     top = float(eigenvalues[0])
     if not top > 0:
         if allow_empty:
             return None
         raise InputError("kernel PCA: the kernel matrix has no positive eigenvalue, so there is no map to build")
     eigenvalues = np.maximum(eigenvalues, 0.0)
-    cumulative = np.cumsum(eigenvalues)
-    rank = int(np.searchsorted(cumulative, energy * cumulative[-1])) + 1
-    usable = int(((eigenvalues > 0) & (eigenvalues >= rel_eps * top)).sum())
-    rank = min(rank, usable)
+    rank = _kept_rank(eigenvalues, energy, rel_eps)
     # The top-rank vectors in decreasing order, divided and rounded in one pass into the C-ordered result.
     P = np.empty((N, rank), dtype=dtype)
     np.divide(U[:, N - rank :][:, ::-1], np.sqrt(eigenvalues[:rank]), out=P, casting="same_kind")
     return P
+
+
+def _kept_rank(eigenvalues: np.ndarray, energy: float, rel_eps: float) -> int:
+    """The kernel PCA's rank r of decreasing non-negative float64 eigenvalues (see :func:`kpca_projection`)."""
+    cumulative = np.cumsum(eigenvalues)
+    rank = int(np.searchsorted(cumulative, energy * cumulative[-1])) + 1
+    usable = int(((eigenvalues > 0) & (eigenvalues >= rel_eps * eigenvalues[0])).sum())
+    return min(rank, usable)
+
+
+def _projection_cpu_auto(K: np.ndarray, energy: float, rel_eps: float) -> np.ndarray:
+    """The rbf map's projection of the float32 C-ordered K (not overwritten), ``eigensolver='auto'``.
+
+    LAPACK ssyevd first (half dsyevd's time, half its memory); the float64 solve of :func:`_projection_cpu`
+    instead when the kept rank reaches an eigenvalue below ``_FLOAT32_EIGEN_FLOOR`` of the largest, where
+    float32's eigenvalue error (about 1e-7 of the largest) is no longer small against the eigenvalue the map
+    divides by. Above it the two maps differ by float32 rounding and, within clusters of close eigenvalues, by a
+    rotation, which leaves their inner products alone: their map Grams agree to ~1e-4 of the kernel's
+    scale, two orders below the Nystrom approximation's own error (tests/test_kernels_maps.py).
+    """
+    K32 = np.array(K, dtype=np.float32, order="C")
+    P = _projection_cpu(K32, energy, rel_eps, False, np.float32)
+    del K32
+    # The eigenvalue the last kept column was divided by: the squared reciprocal of that column's norm.
+    smallest = 1.0 / float(np.dot(P[:, -1].astype(np.float64), P[:, -1]))
+    largest = 1.0 / float(np.dot(P[:, 0].astype(np.float64), P[:, 0]))
+    if smallest >= _FLOAT32_EIGEN_FLOOR * largest:
+        return P
+    del P
+    return _projection_cpu(K.astype(np.float64), energy, rel_eps, False, np.float32)
+
 
 def kpca_projection(K_landmarks, *, energy=DEFAULT_ENERGY, rel_eps=1e-10, allow_empty=False):
     """Projection of the uncentred kernel PCA (Nystrom) map on N landmarks (spec 4.3 and 6.3).
@@ -382,7 +415,8 @@ def kpca_projection(K_landmarks, *, energy=DEFAULT_ENERGY, rel_eps=1e-10, allow_
     The one kernel-PCA of the toolkit: the rbf input map (:class:`ExplicitMap`) and every unit of the DM2KMN
     (:func:`genrecli.models.dm2kmn.build_projections`) use it. The decomposition is float64 (``rel_eps`` of
     1e-10 is far below float32 resolution) on the input's device, of ``(K + K^T) / 2``; on the CPU it is
-    LAPACK dsyevd in place on one float64 copy of K (one BLAS thread up to 2048 landmarks).
+    LAPACK dsyevd in place on one float64 copy of K (one BLAS thread up to 2048 landmarks). The rbf map on the
+    CPU decomposes in float32 first by default (its ``eigensolver='auto'``, ``_projection_cpu_auto``).
 
     Parameters
     ----------
@@ -470,6 +504,10 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         at most d / Q).
     max_dim : int, keyword-only
         poly2: largest map :meth:`transform` materialises; :meth:`map_gram` has no limit.
+    eigensolver : {'auto', 'float64'}, keyword-only
+        rbf on the CPU: how the landmarks' kernel is decomposed. 'auto' (the default): in float32, and again in
+        float64 when a kept eigenvalue is below 1e-5 of the largest (``_projection_cpu_auto``); 'float64':
+        always in float64, as :func:`kpca_projection` and before 'auto' existed. On other devices: float64.
     random_state : int, RandomState or None, keyword-only
 
     Attributes
@@ -503,6 +541,7 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         levels=DEFAULT_LEVELS,
         quantization=DEFAULT_QUANTIZATION,
         max_dim=200_000,
+        eigensolver="auto",
         random_state=None,
         device="cpu",
     ):
@@ -517,6 +556,7 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         self.levels = levels
         self.quantization = quantization
         self.max_dim = max_dim
+        self.eigensolver = eigensolver
         self.random_state = random_state
         self.device = device
 
@@ -536,6 +576,8 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
             raise UsageError(f"hist levels must be a positive integer, got {self.levels!r}")
         if self.quantization not in QUANTIZATIONS:
             raise UsageError(f"unknown quantization {self.quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
+        if self.eigensolver not in EIGENSOLVERS:
+            raise UsageError(f"unknown eigensolver {self.eigensolver!r}: choose one of {', '.join(EIGENSOLVERS)}")
 
     def _make_kernel(self) -> ElementaryKernel:
         return ElementaryKernel(
@@ -571,7 +613,9 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
             self.landmarks_ = self.kernel_.X_fit_ if len(indices) == n else self.kernel_.X_fit_[indices]
             Z = _tensor(self.landmarks_, device)
             K_Z = self.kernel_._scaled(Z, Z, same=True)
-            if device.type == "cpu":
+            if device.type == "cpu" and self.eigensolver == "auto":
+                self.projection_ = _projection_cpu_auto(K_Z, self.energy, 1e-10)
+            elif device.type == "cpu":
                 # The float32 K_Z is dropped before the decomposition, which works in place on its float64 copy.
                 K_Z = K_Z.astype(np.float64)
                 self.projection_ = _projection_cpu(K_Z, self.energy, 1e-10, False, np.float32)
@@ -581,6 +625,24 @@ class ExplicitMap(TransformerMixin, BaseEstimator):
         self._training_rbf_map = self._rbf_operator = None
         self._set_dims()
         return self
+
+    def fit_transform(self, X, y=None):
+        """``fit(X).transform(X)``, the rbf map on the CPU from the rows the fit prepared (not checked and
+        scaled again).
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor, shape (n_train, d)
+        y : ignored
+
+        Returns
+        -------
+        Phi : np.ndarray, shape (n_train, dim_), float32
+        """
+        device = resolve_device(self.device)
+        if self.kernel != "rbf" or device.type != "cpu":
+            return self.fit(X).transform(X)
+        return self.fit(X)._rbf_rows(None, device)
 
     def _set_dims(self) -> None:
         d = self.kernel_.n_kernel_features_

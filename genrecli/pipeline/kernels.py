@@ -83,7 +83,7 @@ def compute_kernels(
                     "manifest": manifest.content_hash(), "split": split_id, "fold": fold,
                     "assignment": store.params_hash({"a": assignment[fold].tolist()}),
                     "landmarks": landmarks, "energy": energy, "levels": levels, "offset": offset,
-                    "max_map_dim": max_map_dim, "seed": seed,
+                    "max_map_dim": max_map_dim, "seed": seed, "eigensolver": "auto",
                 }
                 digest = store.params_hash(params)
                 status = store.group_status(paths.kernels, group, digest)
@@ -92,7 +92,7 @@ def compute_kernels(
                     continue
                 emap = ExplicitMap(
                     kernel, offset=offset, energy=energy, landmarks=landmarks, levels=levels,
-                    max_dim=max(max_map_dim, 1), random_state=seed, device=device,
+                    max_dim=max(max_map_dim, 1), eigensolver="auto", random_state=seed, device=device,
                 ).fit(X[train])
                 n = len(X)
                 gram = np.full((n, n), np.nan, dtype=np.float32)
