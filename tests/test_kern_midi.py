@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import pathlib
+import re
 
+import mido
 import numpy as np
 import pytest
 
@@ -30,23 +33,40 @@ def native(path):
         return kern_midi.kern_midi(handle.read(), max_seconds=SECONDS)
 
 
-def compare_with_music21(files, *, audio: bool) -> tuple[int, list]:
-    """How many of ``files`` the converter accepts, and (name, difference) for each accepted one whose notes (and,
-    with ``audio``, rendered samples) are not music21's."""
+def compare_with_music21(files, *, audio: bool, reasons: collections.Counter | None = None) -> tuple[int, list]:
+    """How many of ``files`` the converter accepts, and (name, difference) for each accepted one whose notes, MIDI
+    bytes (and, with ``audio``, rendered samples) are not music21's. ``reasons`` counts the declines."""
     accepted, wrong = 0, []
     for path in files:
         try:
             ours = native(path)
-        except kern_midi.Declined:
+        except kern_midi.Declined as why:
+            if reasons is not None:
+                reasons[re.sub(r"'[^']*'|\"[^\"]*\"|\b\d+\b", "_", str(why))] += 1
             continue
         accepted += 1
         theirs = music21_midi(path=path)
         difference = synth.notes_difference(synth.midi_notes(theirs), synth.midi_notes(ours), max_seconds=SECONDS)
+        if difference is None and ours != theirs:
+            difference = "same notes, other MIDI bytes"
         if difference is None and audio and not np.array_equal(synth.render_midi(ours), synth.render_midi(theirs)):
             difference = "rendered audio differs"
         if difference is not None:
             wrong.append((path.name, difference))
     return accepted, wrong
+
+
+def assert_music21s(text: str) -> bytes:
+    """The converter accepts the inline score and writes music21's bytes; returns them."""
+    ours = kern_midi.kern_midi(text, max_seconds=SECONDS)
+    assert ours == music21_midi(text=text)
+    return ours
+
+
+def channel_messages(midi: bytes) -> list[list[str]]:
+    """Each track's channel messages and track names, in order, without times."""
+    return [[str(m.copy(time=0)) for m in track if not m.is_meta or m.type == "track_name"]
+            for track in mido.MidiFile(file=io.BytesIO(midi)).tracks]
 
 
 # Files the converter accepts (spine splits and joins, dynamics, grace notes, ties), from each era.
@@ -95,6 +115,58 @@ def test_a_small_accepted_score_matches_music21():
     np.testing.assert_array_equal(synth.render_midi(ours, sr=22050), synth.render_midi(theirs, sr=22050))
 
 
+def test_a_keyboard_instrument_class_is_music21s():
+    """*ICklav: a KeyboardInstrument without a program, so no program change at the start of its track, its
+    channel keyed by the program None, and a program change 0 for the element (before *Ipiano's own 0)."""
+    rows = ["**kern **kern **kern", "*staff3 *staff2 *staff1", "*ICklav *ICklav *", "*Ipiano * *Iorgan", "*M4/4 *M4/4 *M4/4"]
+    for i in range(1, 30):
+        rows += [f"={i} ={i} ={i}", "2c 2e 2g", "2C 2g 2a"]
+    rows += ["*- *- *-"]
+    tracks = channel_messages(assert_music21s(kern(*rows)))
+    # parts right to left: organ (program 19, MIDI channel 1), keyboard (channel 2), keyboard then piano (its channel
+    # is the keyboard's, keyed by None, not a new one for program 0)
+    assert tracks[1][:4] == ["MetaMessage('track_name', name='Pipe Organ', time=0)", "program_change channel=0 program=19 time=0",
+                             "pitchwheel channel=0 pitch=0 time=0", "program_change channel=0 program=19 time=0"]
+    keyboard = ["MetaMessage('track_name', name='Keyboard', time=0)", "pitchwheel channel=1 pitch=0 time=0",
+                "program_change channel=1 program=0 time=0"]
+    assert tracks[2][:4] == keyboard + ["note_on channel=1 note=64 velocity=90 time=0"]
+    assert tracks[3][:4] == keyboard + ["program_change channel=1 program=0 time=0"]
+
+
+def test_dynamic_spans_use_music21s_float_and_fraction_arithmetic():
+    """A dynamic's span ends at start + length: 2.0 + Fraction(1, 3) is the float 2.3333333333333335, past the
+    triplet offset 7/3 of the next mark, so the note there keeps f (126) instead of ff (127), as in music21."""
+    rows = ["**kern **dynam", "*staff1 *staff1", "*M4/4 *"]
+    for i in range(1, 30):
+        rows += [f"={i} =", "2c p", "12d f", "12e ff", "12f .", "4g ."]
+    rows += ["*- *-"]
+    notes = synth.midi_notes(assert_music21s(kern(*rows)))
+    # c (p), d (f), e (ff read as f), f and g (ff)
+    assert notes["velocity"][:5].tolist() == [63, 126, 126, 127, 127]
+
+
+def test_a_part_without_notes_has_no_pitch_wheel_reset():
+    rows = ["**kern **kern", "*M4/4 *M4/4"]
+    for i in range(1, 30):
+        rows += [f"={i} ={i}", "1r 2c", ". 2d"]
+    rows += ["*- *-"]
+    tracks = channel_messages(assert_music21s(kern(*rows)))
+    assert tracks[2] == ["MetaMessage('track_name', name='', time=0)"]
+    assert "pitchwheel channel=0 pitch=0 time=0" in tracks[1]
+
+
+def test_declines_what_music21_cuts_again():
+    """A faster *MM past the opening lengthens the text cut; music21's second cut (at the tempos it read) then
+    drops measures, so the converter declines and the auto path gives music21's bytes."""
+    rows = ["**kern **kern", "*M4/4 *M4/4", "*MM60 *MM60", *[f"={i} ={i}\n1c 1e" for i in range(1, 80)], "*MM200 *MM200",
+            *[f"={i} ={i}\n1c 1e" for i in range(80, 150)], "*- *-"]
+    text = kern(*"\n".join(rows).split("\n"))
+    with pytest.raises(kern_midi.Declined, match="cuts the parsed opening again"):
+        kern_midi.kern_midi(text, max_seconds=SECONDS)
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert synth.score_to_midi(text=text, fmt="humdrum", max_seconds=SECONDS, converter="auto") == music21_midi(text=text)
+
+
 def test_hostile_kern_is_an_input_error_through_the_fall_back():
     with pytest.raises(InputError):
         synth.score_to_midi(text="**kern\n*M4/4\n=1\n4x\n*-\n", fmt="humdrum", max_seconds=SECONDS, converter="auto")
@@ -112,8 +184,11 @@ def test_every_accepted_kern_eras_file_is_music21s():
     files = sorted(KERN_ERAS.rglob("*.krn"))
     if not files:
         pytest.skip("kern-eras not available")
-    accepted, wrong = compare_with_music21(files, audio=False)
-    print(f"native kern conversion accepted {accepted}/{len(files)}")
+    reasons: collections.Counter = collections.Counter()
+    accepted, wrong = compare_with_music21(files, audio=False, reasons=reasons)
+    print(f"native kern conversion accepted {accepted}/{len(files)}; declined:")
+    for reason, count in reasons.most_common():
+        print(f"  {count:4d} {reason}")
     assert not wrong, wrong
 
 
@@ -126,6 +201,38 @@ def test_a_sample_of_kern_eras_files_it_accepts_gives_music21s_notes_and_audio()
     accepted, wrong = compare_with_music21(files, audio=True)
     assert accepted >= len(files) // 4, accepted
     assert not wrong, wrong
+
+
+def test_measure_offsets_are_music21s():
+    """_measure_offsets (the second-cut check) against the measures music21 makes of the score's first part."""
+    from music21 import stream
+
+    files = sorted(KERN_ERAS.rglob("*.krn"))[::40]
+    if not files:
+        pytest.skip("kern-eras not available")
+    seen = {}
+    original = kern_midi._check_score_cut
+
+    def spy(first, parts, max_seconds):
+        seen["offsets"] = [float(o) for o in kern_midi._measure_offsets(first)]
+        return original(first, parts, max_seconds)
+
+    checked = 0
+    for path in files:
+        seen.clear()
+        text = path.read_text(encoding="latin-1")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(kern_midi, "_check_score_cut", spy)
+            with contextlib.suppress(kern_midi.Declined):
+                kern_midi.kern_midi(text, max_seconds=SECONDS)
+        if "offsets" not in seen:
+            continue
+        with contextlib.redirect_stderr(io.StringIO()):
+            score = synth._parse_kern_opening(None, text, SECONDS)
+        measures = score.parts.first().getElementsByClass(stream.Measure)
+        assert seen["offsets"] == [float(m.offset) for m in measures], path.name
+        checked += 1
+    assert checked >= len(files) // 4, checked
 
 
 def test_auto_is_the_default_converter_and_the_midi_cache_key_records_it():
