@@ -333,6 +333,37 @@ def test_hist_packed_levels_are_the_same_from_the_parallel_and_the_serial_kernel
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_hist_column_gram_is_the_map_grams_columns_on_level_boundaries(monkeypatch, parallel):
+    """Rhythm histograms are fractions k / n: many scaled values sit on a level boundary (183/244 of a span is
+    0.75, Q v + 1/2 = 8 at Q = 10). The fused level + min-sum kernel of column_gram puts them on the level the
+    packed map_gram and the float32 division give (numba 0.68 had put one a level down with fastmath on the
+    levels: 30 instead of 31 intersecting levels on an O'Neill tune)."""
+    if maps._numba_level_minsum() is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(21)
+    counts = rng.integers(0, 40, size=(120, 28)).astype(np.float64)
+    counts[:, 0] += 1
+    rows = (counts / counts.sum(1, keepdims=True)).astype(np.float32)
+    rows[7, 24], rows[8, 24] = np.float32(1 / 244), np.float32(1 / 183)
+    rows[:, 24] = np.minimum(rows[:, 24], np.float32(1 / 183))
+    rows[9, 24] = 0.0
+    train, test = rows[:80], rows[80:]
+    test[0, 24] = np.float32(1 / 244)
+    model = ExplicitMap("hist", levels=10).fit(train)
+    if parallel:
+        monkeypatch.setattr(maps, "_PARALLEL_MIN_WORK", 0)
+    columns = np.arange(0, 80, 3)
+    np.testing.assert_array_equal(model.column_gram(test, columns), model.map_gram(test)[:, columns])
+    # the levels as NumPy's IEEE float32 division and float64 rounding give them
+    k = model.kernel_
+    span = (k.max_ - k.min_).astype(np.float32)
+    v = np.clip((model._validated(test) - k.min_.astype(np.float32)) / np.where(span > 0, span, 1), 0, 1)
+    levels = np.floor(v.astype(np.float64) * 10 + 0.5)
+    reference = np.minimum(levels[:, None, :], model._levels_np(k.X_fit_[columns])[None]).sum(2)
+    np.testing.assert_array_equal(model.column_gram(test, columns), reference.astype(np.float32) / np.float32(10 * k.scale_))
+
+
 def test_hist_map_gram_packs_the_training_rows_once_per_fit(monkeypatch):
     """map_gram(X) against the training rows packs their levels once, not per call; set_state, a refit or a
     replaced X_fit_ packs them again, and every result equals the unary reference."""

@@ -299,19 +299,23 @@ def _numba_level_minsum():
         for j in range(x.shape[0]):
             out[j] = np.float32(level_of(x[j], low[j], span[j], Q, rounding))
 
-    def rows(X, low, span, Q, rounding, qb, out, i):
-        d = X.shape[1]
-        q = np.empty(d, dtype=np.float32)
-        levels_row(X[i], low, span, Q, rounding, q)
+    # fastmath only on the min-sum (it vectorises), in a function of its own that takes the levels: with the
+    # levels computed inside the fastmath function (levels_row inlined into it), numba 0.68 put a value on a
+    # level boundary a level down (x / span = 183/244 = 0.75 of a span gave level 7, not round(7.5) = 8).
+    @numba.njit(fastmath=True, cache=True)
+    def minsum_row(q, qb, out_row):
         for k in range(qb.shape[0]):
             b = qb[k]
             s = np.float32(0.0)
-            for j in range(d):
+            for j in range(q.shape[0]):
                 s += min(q[j], b[j])
-            out[i, k] = s
+            out_row[k] = s
 
-    # fastmath only on the min-sum (it vectorises); the levels keep IEEE float32/float64 arithmetic
-    row_minsum = numba.njit(fastmath=True, cache=True)(rows)
+    @numba.njit(cache=True)
+    def row_minsum(X, low, span, Q, rounding, qb, out, i):
+        q = np.empty(X.shape[1], dtype=np.float32)
+        levels_row(X[i], low, span, Q, rounding, q)
+        minsum_row(q, qb, out[i])
 
     @numba.njit(parallel=True, cache=True)
     def parallel(X, low, span, Q, rounding, qb, out):
