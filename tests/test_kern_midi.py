@@ -325,3 +325,14 @@ def test_a_split_of_a_split_spine_loses_its_notes_as_in_music21():
     rows += ["*- *-"]
     notes = synth.midi_notes(assert_music21s(kern(*rows)))
     assert not set(notes["pitch"].tolist()) & {67, 69, 71, 72}  # g a b cc
+
+
+def test_a_three_way_join_is_music21s():
+    """``*v *v *v`` after a spine split in three: music21 joins the first two (into the second's parent, a sub-spine
+    that goes on) and ends the third's spine (a short score: music21 reads the cut otherwise and parses it whole)."""
+    rows = ["**kern **kern", "*M4/4 *M4/4", "=1 =1", "*^ *", "* *^ *", "2c 2e 2g 1C", "2d 2f 2a .", "*v *v *v *", "=2 =2",
+            "1c 1C"]
+    for i in range(3, 12):
+        rows += [f"={i} ={i}", "2c 2C", "2d 2D"]
+    rows += ["*- *-"]
+    assert_music21s(kern(*rows))
