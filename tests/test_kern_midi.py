@@ -229,6 +229,10 @@ def test_measure_offsets_are_music21s():
             continue
         with contextlib.redirect_stderr(io.StringIO()):
             score = synth._parse_kern_opening(None, text, SECONDS)
+            if score is None:  # a short score, or a cut music21 reads otherwise: the whole score is parsed
+                from genrecli.text.symbolic import read_with_music21
+
+                score = read_with_music21(None, text, "humdrum")
         measures = score.parts.first().getElementsByClass(stream.Measure)
         assert seen["offsets"] == [float(m.offset) for m in measures], path.name
         checked += 1
@@ -245,3 +249,90 @@ def test_auto_is_the_default_converter_and_the_midi_cache_key_records_it():
     assert synth.score_to_midi(path=path, max_seconds=SECONDS) == native(path)
     params = conversion_params()
     assert params["kern_converter"] == synth.DEFAULT_CONVERTER == "auto" and params["native_kern"] == VERSION
+
+
+def test_a_note_without_a_rhythm_is_a_quarter_note_as_in_music21():
+    """hdStringToNote sets no duration for a token without a number: the Note's default quarter note. In a chord
+    only the first note's rhythm counts; a single note without one makes the text uncuttable (the whole score,
+    here short enough for music21 not to cut it again)."""
+    rows = ["**kern **kern", "*M4/4 *M4/4"]
+    for i in range(1, 30):
+        rows += [f"={i} ={i}", "2c 4C@G", ". 4FF@AA", "2d 2G"]
+    rows += ["*- *-"]
+    assert kern_midi._opening_text(kern(*rows), SECONDS) is not None
+    assert len(synth.midi_notes(assert_music21s(kern(*rows).replace("@", " ")))) > 100
+    rows = ["**kern **kern", "*M4/4 *M4/4"]
+    for i in range(1, 10):
+        rows += [f"={i} ={i}", "c 4C", "4e 4E", "2f 2F"]
+    rows += ["*- *-"]
+    assert len(synth.midi_notes(assert_music21s(kern(*rows)))) == 9 * 6
+
+
+def test_a_short_score_is_converted_whole_as_music21_does():
+    """A score no longer than the opening has no text cut: music21 parses all of it, as the converter does."""
+    rows = ["**kern **kern **dynam", "*staff2 *staff1 *staff1/2", "*M3/4 *M3/4 *", "*MM100 *MM100 *"]
+    for i in range(1, 6):
+        rows += [f"={i} ={i} ={i}", "4c 2C p", "8d . .", "8e . .", "4f 4G f"]
+    rows += ["== == ==", "*- *- *-"]
+    assert kern_midi._opening_text(kern(*rows), SECONDS) is None
+    assert len(synth.midi_notes(assert_music21s(kern(*rows)))) == 5 * 6
+
+
+def test_a_split_dynam_spine_is_music21s():
+    """A **dynam spine split by *^: its own dynamics after the first barline count, the first sub-spine's all, the
+    second's only before its first barline, and the second's wins where both mark a line (as music21 inserts them)."""
+    rows = ["**kern **dynam", "*staff1 *staff1", "*M4/4 *", "4c pp", "=1 =", "* *^", "4c p p", "4d . mf", "4e f .",
+            "4f ff ff", "=2 = =", "4c pp f", "4d . .", "2e . ."]
+    for i in range(3, 30):
+        rows += [f"={i} = =", "2c p f", "2d . ff"]
+    rows += ["* *v *v", "=30 =", "1c mp", "*- *-"]
+    text = kern(*rows)
+    ours = assert_music21s(text)
+    velocities = synth.midi_notes(ours)["velocity"].tolist()
+    assert len(set(velocities)) > 2, velocities
+
+
+def test_a_grace_note_late_in_a_pickup_sounds_at_its_start_as_in_music21():
+    """moveElementsIntoMeasures moves the zero-duration elements of a pickup bar to its start."""
+    rows = ["**kern **kern", "*M4/4 *M4/4", "8r 2r", "8g .", "8qb .", "4.a ."]
+    for i in range(1, 30):
+        rows += [f"={i} ={i}", "2c 2C", "2d 2D"]
+    rows += ["*- *-"]
+    notes = synth.midi_notes(assert_music21s(kern(*rows)))
+    assert notes["onset"][0] == 0.0
+
+
+def test_barlines_music21_shifts_with_a_spine_it_inserts_late():
+    """The second of two splits of a spine: music21's insertion loop skips it and inserts its sub-spines at the
+    spine's end. Its measures then hold what it reads, each one appended where the one before it ends."""
+    rows = ["**kern **kern", "*M4/4 *M4/4", "=1 =1", "*^ *", "4c 4e 1C", "2d 2f .", "4e 4g .", "*v *v *", "=2 =2",
+            "1c 1C", "=3 =3", "*^ *", "2c 2e 1C", "2d 2f .", "*v *v *"]
+    for i in range(4, 30):
+        rows += [f"={i} ={i}", "2c 2C", "2d 2D"]
+    rows += ["*- *-"]
+    text = kern(*rows)
+    notes = synth.midi_notes(assert_music21s(text))
+    assert notes["onset"][notes["pitch"] == 48].tolist()[:3] == [0.0, 2.0, 4.0]  # the unsplit spine's whole notes
+
+
+def test_a_split_of_a_split_spine_loses_its_notes_as_in_music21():
+    """performInsertions only inserts the sub-spines of root spines: the notes of a sub-spine's own sub-spines are
+    lost, and the sub-spine's later notes follow its earlier ones at once."""
+    rows = ["**kern **kern", "*M4/4 *M4/4", "=1 =1", "*^ *", "1c 2e 1C", "* *^ *", ". 4g 4b .", ". 4a 4cc .", "* *v *v *",
+            "*v *v *", "=2 =2", "1c 1C"]
+    for i in range(3, 30):
+        rows += [f"={i} ={i}", "2c 2C", "2d 2D"]
+    rows += ["*- *-"]
+    notes = synth.midi_notes(assert_music21s(kern(*rows)))
+    assert not set(notes["pitch"].tolist()) & {67, 69, 71, 72}  # g a b cc
+
+
+def test_a_three_way_join_is_music21s():
+    """``*v *v *v`` after a spine split in three: music21 joins the first two (into the second's parent, a sub-spine
+    that goes on) and ends the third's spine (a short score: music21 reads the cut otherwise and parses it whole)."""
+    rows = ["**kern **kern", "*M4/4 *M4/4", "=1 =1", "*^ *", "* *^ *", "2c 2e 2g 1C", "2d 2f 2a .", "*v *v *v *", "=2 =2",
+            "1c 1C"]
+    for i in range(3, 12):
+        rows += [f"={i} ={i}", "2c 2C", "2d 2D"]
+    rows += ["*- *-"]
+    assert_music21s(kern(*rows))

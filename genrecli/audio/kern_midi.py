@@ -6,26 +6,33 @@ and writes the Standard MIDI File music21 writes for it, byte for byte: the same
 velocities, channels, program changes, pitch-wheel resets, the last only in tracks with messages), their order in
 every track, the tempo map and the track ends. What it reproduces, music21's reading step by step:
 
-* spines as ``HumdrumDataCollection.createHumdrumSpines`` tracks them (``*^`` makes two voices, ``*v`` joins two,
-  ``*x`` exchanges two); sub-spines are inserted into their root spine at the root's end time when they start, as
+* spines as ``HumdrumDataCollection.createHumdrumSpines`` tracks them (``*^`` makes two voices, ``*v`` joins two, a
+  third ``*v`` on the line ends its spine, ``*x`` exchanges two); sub-spines are inserted into their root spine at the root's end time when they start, as
   ``performInsertions`` does (sub-spines of sub-spines are not: music21 drops their notes, and so does this);
 * every element's offset as the running end of its (sub-)spine's stream, notes, chords (the first note's rhythm),
-  rests, grace notes (no duration), tuplets and ``%`` rhythms, each part's elements ordered as ``flatten`` sorts them
-  (offset, line, grace first, voice);
+  rests, grace notes (no duration), tuplets and ``%`` rhythms, a token without a rhythm a quarter note (a Note's
+  default), each part's elements ordered as ``flatten`` sorts them (offset, line, grace first, voice); the
+  zero-duration elements of a pickup bar at its start, where moveElementsIntoMeasures moves them;
+* measures where moveElementsIntoMeasures appends them (each where the contents of the one before it end): a
+  barline off the Humdrum timeline (a sub-spine inserted late) is fine where music21's measures still start at
+  their barlines;
 * ties merged as ``stripTies(matchByPitch=True)`` merges them over a part's flattened notes and rests;
 * velocities as ``volume.realizeVolume`` sets them: ``**dynam`` marks attached to the ``*staff`` they name on the
-  line of a kern element, each mark's span from its start to the next one's in music21's float / Fraction arithmetic
+  line of a kern element (in a split ``**dynam`` spine the marks performInsertions keeps, see _dynamic_events), each mark's span from its start to the next one's in music21's float / Fraction arithmetic
   (a rounded float end can give a note at the next mark's start the previous mark), articulations (staccato,
   accent, ...) on single notes;
 * ``*I`` instruments as ``instruments.fromHumdrumInstrument`` maps them, ``*ICklav`` as ``fromHumdrumClass`` does (a
   keyboard without a program: no program change at the start of its track, a program change 0 for the element),
   one channel per program (None for a part without one) in part order;
-* ``*MM`` tempo marks moved to the conductor track as ``conductorStream`` moves them.
+* ``*MM`` tempo marks moved to the conductor track as ``conductorStream`` moves them;
+* the whole score where ``score_to_midi`` parses it whole: a score no longer than the opening (no text cut), or a cut
+  ``_parse_kern_opening`` rejects (music21 reads it shorter than the opening, or other bars than its barlines).
 
-Anything else makes it decline (:class:`Declined`): repeat barlines, ``**text``, tempo words, microtones, spine
-layouts music21 reads as other bars (``_parse_kern_opening``'s checks), rhythms it cannot place exactly, an opening
+Anything else makes it decline (:class:`Declined`): repeat barlines, ``**text``, tempo words, microtones, a
+dynamic on a line whose notes music21 reads at two times of a part, appoggiaturas, measures music21 appends off their barlines, tempo / meter
+/ key marks in sub-spines where the order music21 walks them matters, rhythms it cannot place exactly, an opening
 that ``synth._opening`` would cut again after parsing. The caller then converts with music21. On the kern-eras corpus
-it accepts 359 of the 777 files. tests/test_kern_midi.py compares the notes, the MIDI bytes and the rendered audio
+it accepts 557 of the 777 files. tests/test_kern_midi.py compares the notes, the MIDI bytes and the rendered audio
 with music21's.
 """
 
@@ -39,7 +46,7 @@ from genrecli.audio.humdrum import kern_opening
 
 __all__ = ["Declined", "kern_midi", "VERSION"]
 
-VERSION = "2"  # part of the MIDI cache key: another version may write other bytes
+VERSION = "3"  # part of the MIDI cache key: another version may write other bytes
 TICKS = 10080  # music21's defaults.ticksPerQuarter
 _DURATION_TYPES = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048}
 _STEPS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
@@ -89,7 +96,7 @@ def _rhythm(token: str) -> tuple[Fraction, bool]:
         return Fraction(4 * second, first), False
     number = re.search(r"(\d+)", token)
     if number is None:
-        raise Declined(f"a note without a rhythm {token!r}")  # music21 gives it a quarter-note default
+        return Fraction(1), False  # hdStringToNote sets no duration: a Note's or Rest's default quarter note
     digits = number.group(1)
     value = int(digits)
     if value == 0:
@@ -350,8 +357,7 @@ def _spines(lines: list[str]) -> list[_Spine]:
                 new.append(spine)
         if exchange is not None:
             raise Declined("an unpaired exchange")
-        if merger is not None:
-            raise Declined("an unpaired join")  # music21 drops the spine
+        # a join left open at the end of the line (a third *v): music21 ends that spine and keeps no spine for it
         current = new
     return spines
 
@@ -431,18 +437,19 @@ def _insert_children(root: _Spine) -> list[_El]:
 
 
 # ------------------------------------------------------------------------------------ the conversion
-def _opening_text(text: str, max_seconds: float) -> str:
-    """The cut _parse_kern_opening hands to music21 (Declined where it would parse the whole score)."""
+def _opening_text(text: str, max_seconds: float) -> str | None:
+    """The cut _parse_kern_opening hands to music21, None where it parses the whole score."""
     qpm = 120.0
     for mark in re.findall(r"(?:^|\t)\*MM([^\t\n]*)", text, flags=re.MULTILINE):
         try:
             qpm = max(qpm, float(mark))
         except ValueError:
             raise Declined("a tempo word") from None
-    cut = kern_opening(text, quarters=max_seconds * qpm / 60.0)
-    if cut is None:
-        raise Declined("no text cut (a short or uncuttable score)")
-    return cut
+    return kern_opening(text, quarters=max_seconds * qpm / 60.0)
+
+
+class _WholeScore(Exception):
+    """_parse_kern_opening rejects music21's reading of the cut: the whole score is parsed instead."""
 
 
 def _lines(cut: str) -> tuple[list[tuple[int, str]], int]:
@@ -477,6 +484,19 @@ def kern_midi(text: str, *, max_seconds: float) -> bytes:
         The score holds something this converter does not reproduce exactly.
     """
     cut = _opening_text(text, max_seconds)
+    if cut is not None:
+        try:
+            return _convert(cut, max_seconds, whole=False)
+        except _WholeScore:
+            pass
+    # score_to_midi parses the whole score (a short one, or a cut music21 reads otherwise), then cuts it
+    if "\x85" in text:
+        raise Declined("a line break music21 reads otherwise")  # parseData's splitlines splits at U+0085
+    return _convert(text, max_seconds, whole=True)
+
+
+def _convert(cut: str, max_seconds: float, *, whole: bool) -> bytes:
+    """The MIDI file of music21's parse of ``cut``: the text cut, or with ``whole`` the whole score."""
     lines, barlines = _lines(cut)
     if not lines or not lines[0][1].startswith("**"):
         raise Declined("no exclusive interpretation on the first spine line")
@@ -496,19 +516,20 @@ def kern_midi(text: str, *, max_seconds: float) -> bytes:
                 roots.append(spine)
         elif spine.kind == "dynam" and spine.parent is None:
             dynams.append(spine)
-        elif spine.kind == "dynam":
-            raise Declined("a split **dynam spine")
+
     if not roots:
         raise Declined("no **kern spine")
-    if any(spine.parent is not None and spine.children for spine in spines):
-        raise Declined("a split of a split spine")
     parts = []
     for root in roots:
         stream = _insert_children(root)
+        _pickup_at_zero(stream)
         parts.append(stream)
-    _check_reading(parts, barlines, max_seconds)
-    _check_timeline(parts, cut)
-    _attach_dynamics(roots, parts, dynams)
+    if not any(el.kind in ("note", "chord") for part in parts for el in part):
+        raise Declined("a score without notes")  # checked_parse refuses it
+    _check_reading(parts, barlines, max_seconds, whole)
+    for part in parts:
+        _check_measures(part)
+    _attach_dynamics(roots, parts, [_dynamic_events(spine) for spine in dynams])
     parts = parts[::-1]  # music21's score lists the kern spines right to left
     _check_score_cut(parts[0], parts, max_seconds)
     tracks = [_part_events(stream) for stream in parts]
@@ -519,12 +540,13 @@ def _sort_key(el: _El):
     return (el.offset, el.line, 0 if el.grace else 1, el.voice)
 
 
-def _check_reading(parts: list[list[_El]], barlines: int, max_seconds: float) -> None:
-    """_parse_kern_opening's two checks of music21's reading of the cut, and what the converter assumes of it."""
+def _check_reading(parts: list[list[_El]], barlines: int, max_seconds: float, whole: bool) -> None:
+    """_parse_kern_opening's two checks of music21's reading of the cut (where they fail, _WholeScore: the whole
+    score is parsed), and what the converter assumes of it."""
     fastest = max([120.0] + [el.value for part in parts for el in part if el.kind == "mm"])
     highest = max((el.offset + el.dur for part in parts for el in part), default=Fraction(0))
-    if highest < Fraction(max_seconds * fastest / 60.0):
-        raise Declined("music21 reads the cut shorter than the opening")
+    if not whole and highest < Fraction(max_seconds * fastest / 60.0):
+        raise _WholeScore("music21 reads the cut shorter than the opening")
     for part in parts:
         measures = [el for el in part if el.kind == "measure"]
         if ":" in "".join(m.value for m in measures):
@@ -535,8 +557,8 @@ def _check_reading(parts: list[list[_El]], barlines: int, max_seconds: float) ->
         if any(el.kind in ("note", "chord", "rest") and el.dur > 0 and (first is None or _before(el, measures[0]))
                for el in ordered):
             count += 1  # the pickup measure 0
-        if abs(count - barlines) > 1:
-            raise Declined("music21 reads other bars than the cut's barlines")
+        if not whole and abs(count - barlines) > 1:
+            raise _WholeScore("music21 reads other bars than the cut's barlines")
         # zero-duration elements after an unnumbered barline go to the part, not the measure (moveElementsIntoMeasures)
         number = 0
         seen_measure = False
@@ -590,22 +612,87 @@ def _check_score_cut(first: list[_El], parts: list[list[_El]], max_seconds: floa
         raise Declined("music21 cuts the parsed opening again")
 
 
-def _check_timeline(parts: list[list[_El]], cut: str) -> None:
-    """Every barline where Humdrum's timeline puts it (humdrum.barline_quarters), in music21's reading too."""
-    from genrecli.audio.humdrum import barline_quarters
-
-    where = {index + 1: quarters for index, quarters, _ in barline_quarters(cut.split("\n"))}
-    for part in parts:
-        for el in part:
-            if el.kind == "measure" and where.get(el.line) is not None and where[el.line] != el.offset:
+def _check_measures(part: list[_El]) -> None:
+    """Every measure where music21 puts it: moveElementsIntoMeasures appends each measure to the part
+    (``coreAppend``: at the end of the measures before it, each as long as its contents reach), so a measure
+    starts at its barline only where the measures before it end there. Where a barline comes before the end of
+    what the measure before it holds (a spine's notes music21 inserts elsewhere), music21 shifts every later
+    measure and its notes: decline."""
+    position = Fraction(0)  # where music21 appends the next measure
+    start = Fraction(0)  # the open measure's barline offset
+    reach = Fraction(0)  # how far the open measure's contents reach past its start
+    number = "0"
+    held = False  # the open measure holds something
+    for el in sorted(part, key=_sort_key):  # the kern parser's priorities are line numbers: offset, then line
+        if el.kind == "measure":
+            if number != "0" or held:
+                position += reach
+            if position != el.offset:
                 raise Declined("a barline music21 reads at another time than the Humdrum timeline")
+            match = re.search(r"(\d+)", el.value)
+            number, start, reach, held = (match.group(1) if match else "0"), el.offset, Fraction(0), False
+        elif number != "0" or el.dur != 0:
+            held = True
+            reach = max(reach, el.offset - start + el.dur)
 
 
 def _before(el: _El, measure: _El) -> bool:
     return _sort_key(el) < _sort_key(measure)
 
 
-def _attach_dynamics(roots: list[_Spine], parts: list[list[_El]], dynams: list[_Spine]) -> None:
+def _pickup_at_zero(part: list[_El]) -> None:
+    """moveElementsIntoMeasures leaves the zero-duration elements before the first barline in the part (appended at
+    its end, offset 0 then) and moves them into the first measure at offset 0: a grace note or a tempo mark late
+    in a pickup bar sounds at its start."""
+    for el in sorted(part, key=_sort_key):
+        if el.kind == "measure":
+            return
+        if el.dur == 0:
+            el.offset = Fraction(0)
+
+
+def _dynamic_events(spine: _Spine) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """The (line, token) events of a **dynam spine whose Dynamic objects attachNonKernEvents finds by their line,
+    and the events it finds the spine's ``*staff`` among.
+
+    A spine split by ``*^`` gets its sub-spines inserted as performInsertions inserts them: the line numbers of the
+    elements the loop walks (the spine's own, before its first barline: DynamSpine.parse puts the later ones into
+    Measure containers, which have none) are deleted, so those dynamics are lost; the first sub-spine's elements
+    and containers are inserted, of the second only what comes before its first barline (the containers of
+    sub-spines other than the first are skipped as measures). Sub-spines of sub-spines are never inserted.
+    The events come in the order music21 keys them by line (a later one replaces an earlier one on its line).
+    """
+    if not spine.children:
+        return spine.events, spine.events
+
+    def after_first_barline(events):
+        for k, (_, token) in enumerate(events):
+            if token.startswith("="):
+                return events[k:]
+        return []
+
+    def before_first_barline(events):
+        for k, (_, token) in enumerate(events):
+            if token.startswith("="):
+                return events[:k]
+        return events
+
+    kept = list(after_first_barline(spine.events))
+    for child in spine.children:
+        if child.children:
+            raise Declined("a split of a split **dynam spine")
+        kept += child.events if child.first_voice else before_first_barline(child.events)
+    first_split = min(spine.inserts)
+    staff_events = [(n, t) for n, t in spine.events if n < first_split]
+    if any(t.startswith("*staff") for n, t in spine.events if n > first_split) or any(
+            t.startswith("*staff") for child in spine.children for _, t in child.events):
+        raise Declined("a *staff after the split of a **dynam spine")  # (none before it: no staff, no dynamics)
+    # Where both sub-spines have a dynamic on a line, the second's wins: prioritiesToSearch keeps the last one that
+    # stream[Dynamic] walks, every element at offset 0 (none has a duration), the Measure containers first.
+    return kept, staff_events
+
+
+def _attach_dynamics(roots: list[_Spine], parts: list[list[_El]], dynams: list[tuple]) -> None:
     """attachNonKernEvents for **dynam, then realizeVolume: each note's and chord's velocity."""
     staffs: dict[int, int] = {}
     for index, root in enumerate(roots):
@@ -619,25 +706,33 @@ def _attach_dynamics(roots: list[_Spine], parts: list[list[_El]], dynams: list[_
                     raise Declined(f"staff {el.value!r}") from None
                 break
     marks: list[list[tuple]] = [[] for _ in parts]
-    for spine in dynams:
+    for events, staff_events in dynams:
         applied: list[int] = []
         by_line: dict[int, float] = {}
-        for number, token in spine.events:
+        for number, token in staff_events:
+            if token.startswith("*staff"):
+                try:
+                    applied = [int(x) for x in token[6:].split("/")]
+                except ValueError:
+                    raise Declined(f"staff {token!r}") from None
+                break
+        for number, token in events:
             if token == "." or token.startswith(("*", "=", "!", "<", ">")):
-                if token.startswith("*staff") and not applied:
-                    try:
-                        applied = [int(x) for x in token[6:].split("/")]
-                    except ValueError:
-                        raise Declined(f"staff {token!r}") from None
                 continue
             by_line[number] = _dynamic_scalar(token)
         for staff in applied:
             if staff not in staffs:
                 raise Declined(f"a **dynam spine for a missing staff {staff}")
             part = parts[staffs[staff]]
+            at: dict[int, set] = {}
             for el in part:
                 if el.line in by_line:
                     marks[staffs[staff]].append((el.offset, by_line[el.line], el.line, el.voice))
+                    at.setdefault(el.line, set()).add(el.offset)
+            if any(len(offsets) > 1 for offsets in at.values()):
+                # one Dynamic object inserted at two times of a part (voices out of step): its flattened part
+                # holds it once, at one of them
+                raise Declined("a dynamic attached at two times of a part")
     for index, part in enumerate(parts):
         found = sorted(set(marks[index]))
         by_offset: dict[Fraction, set] = {}
@@ -788,15 +883,38 @@ def _track(events: list[tuple[int, bytes]]) -> bytes:
     return b"MTrk" + len(body).to_bytes(4, "big") + bytes(body)
 
 
-def _write(parts: list[list[_El]], tracks: list[list[tuple]]) -> bytes:
-    # Conductor: music21's conductorStream keeps, per class, an element whose offset is past the last one seen
-    # walking the parts in order.
+def _voice_order(part: list[_El]) -> list[_El]:
+    """A part's elements in the order ``s[klass]`` walks them after makeVoices: in each measure its own elements up
+    to the offset of its first voice-1 element (where the Voice streams sit), each voice's elements, then the
+    measure's later elements."""
+    out: list[_El] = []
+    measure: list[_El] = []
+
+    def flush():
+        first = next((el.offset for el in measure if el.voice == 1), None)
+        if first is None:
+            out.extend(measure)
+        else:
+            out.extend(sorted(measure, key=lambda el: (el.voice if el.voice else (0 if el.offset <= first else 3))))
+        measure.clear()
+
+    for el in sorted(part, key=_sort_key):
+        if el.kind == "measure":
+            flush()
+        measure.append(el)
+    flush()
+    return out
+
+
+def _conductor(parts: list[list[_El]], order_of) -> list[tuple]:
+    """conductorStream's marks: per class, an element whose offset is past the last one seen walking the parts
+    in order (``order_of``: a part's elements in walking order)."""
     conductor = []
     for kind, order in (("mm", 2), ("ts", 1), ("ks", 0)):
         last = Fraction(-1)
         found = False
         for part in parts:
-            for el in sorted(part, key=_sort_key):
+            for el in order_of(part):
                 if el.kind != kind:
                     continue
                 found = True
@@ -805,6 +923,13 @@ def _write(parts: list[list[_El]], tracks: list[list[tuple]]) -> bytes:
                 last = el.offset
         if not found:
             conductor.append((0, 0, order, kind, 120.0 if kind == "mm" else (4, 4) if kind == "ts" else None))
+    return conductor
+
+
+def _write(parts: list[list[_El]], tracks: list[list[tuple]]) -> bytes:
+    conductor = _conductor(parts, lambda part: sorted(part, key=_sort_key))
+    if conductor != _conductor(parts, _voice_order):
+        raise Declined("tempo, meter or key marks music21 may walk in another order (in split spines)")
     meta = []
     for tick, _, order, kind, value in sorted(conductor, key=lambda c: (c[0], c[1], c[2])):
         if kind == "mm":
