@@ -143,10 +143,12 @@ def test_repeats_are_expanded_as_music21_expands_them():
     assert piano.count("program_change channel=0 program=0 time=0") == 3  # the start, the element and its repeat
 
 
-def test_badly_formed_repeats_play_straight_through_as_in_music21():
-    """Two start repeats and one end (the text cut keeps them: an end follows): music21 cannot expand the opening
-    and plays it without the repeats."""
-    text = repeated_score("=3!|:")
+@pytest.mark.parametrize("text", [repeated_score("=3!|:"), repeated_score().replace("=4:|!", "=:|!")],
+                         ids=["two starts, one end", "an unnumbered end"])
+def test_badly_formed_repeats_play_straight_through_as_in_music21(text):
+    """Two start repeats and one end (the text cut keeps them: an end follows), or an unnumbered ``=:|!``, which
+    music21 reads as an end and a start that nothing closes: music21 cannot expand the opening and plays it
+    without the repeats."""
     midi = assert_music21s(text)
     assert midi == kern_midi.kern_midi(text.replace(":|!|:", "|").replace("!|:", "|").replace(":|!", "|"),
                                        max_seconds=SECONDS)

@@ -912,6 +912,7 @@ def _expand_repeats(spines: list[_Spine], parts: list[list[_El]]) -> list[list[_
     expanded = []
     for (measures, loose), order in zip(grouped, orders):
         out = list(loose)
+        walk = {id(el): (el.offset, el.line, 0, ()) for el in loose}  # the order conductorStream visits them in
         end = Fraction(0)
         for index in order:
             barline, start, members = measures[index]
@@ -919,7 +920,12 @@ def _expand_repeats(spines: list[_Spine], parts: list[list[_El]]) -> list[list[_
                 out.append(_copy(barline, end))
             for el in members:
                 out.append(_copy(el, end + el.offset - start))
+                walk[id(out[-1])] = (end, barline.line if barline is not None else 0, 1, _sort_key(out[-1]))
             end += max((el.offset + el.dur - start for el in members), default=Fraction(0))
+        for kind in ("mm", "ts", "ks"):
+            marks = [el for el in sorted(out, key=_sort_key) if el.kind == kind]
+            if marks != sorted(marks, key=lambda el: walk[id(el)]):
+                raise Declined("conductor marks music21 reads in another order (repeats)")
         expanded.append(out)
     return expanded
 
