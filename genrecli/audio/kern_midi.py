@@ -31,8 +31,9 @@ every track, the tempo map and the track ends. What it reproduces, music21's rea
 Anything else makes it decline (:class:`Declined`): ``**text``, tempo words, microtones, spine layouts music21 reads
 as other bars (``_parse_kern_opening``'s checks), rhythms it cannot place exactly, an opening that ``synth._opening``
 would cut again after parsing, repeated measures or marks music21 places at other times than their offsets. The
-caller then converts with music21. On the kern-eras corpus it accepts 425 of the 777 files. tests/test_kern_midi.py compares the notes, the MIDI bytes and the rendered audio
-with music21's.
+caller then converts with music21. On the kern-eras corpus it accepts 425 of the 777 files (66 of the 79 with
+repeat barlines: 37 expanded, 29 played straight through). tests/test_kern_midi.py compares the notes, the MIDI
+bytes and the rendered audio with music21's.
 """
 
 from __future__ import annotations
@@ -514,7 +515,7 @@ def kern_midi(text: str, *, max_seconds: float) -> bytes:
         parts.append(stream)
     _check_reading(parts, barlines, max_seconds)
     _check_timeline(parts, cut)
-    parts, read = _expand_repeats(spines, parts), parts  # music21 cuts the parts it read, then expands them
+    parts, read = _expand_repeats(spines, parts, max_seconds), parts  # music21 cuts what it read, then expands it
     _attach_dynamics(roots, parts, dynams)
     parts = parts[::-1]  # music21's score lists the kern spines right to left
     _check_score_cut(read[-1], parts, max_seconds)
@@ -811,6 +812,13 @@ def _barline_repeats(spines: list[_Spine]) -> dict[int, tuple[bool, bool, bool]]
     return signs
 
 
+def _has_barlines(measure: _El | None, signs: dict) -> bool:
+    """Whether the parser gave the measure barline objects (a left start repeat or a right barline): a measure
+    with them is not empty, and moveElementsIntoMeasures keeps it even unnumbered and without elements."""
+    start, _, right = signs.get(id(measure), (False, False, False))
+    return start or right
+
+
 def _measure_groups(part: list[_El], signs: dict) -> tuple[list[tuple], list[_El]]:
     """moveElementsIntoMeasures of a part: its measures in order, each (barline element or None for a pickup,
     the offset its elements are placed from, its elements), and the elements left in the part.
@@ -834,7 +842,7 @@ def _measure_groups(part: list[_El], signs: dict) -> tuple[list[tuple], list[_El
 
     for el in sorted(part, key=_sort_key):
         if el.kind == "measure":
-            if number != 0 or members or (current is not None and (signs[id(current)][0] or signs[id(current)][2])):
+            if number != 0 or members or _has_barlines(current, signs):
                 flush()
             match = re.search(r"(\d+)", el.value)
             current, start, members, number = el, el.offset, [], int(match.group(1)) if match else 0
@@ -844,7 +852,7 @@ def _measure_groups(part: list[_El], signs: dict) -> tuple[list[tuple], list[_El
             if el.kind in _MIDI_KINDS and el.offset != end:
                 raise Declined("an element music21 moves to another time (repeats)")
             loose.append(el)
-    if members or (current is not None and (signs[id(current)][0] or signs[id(current)][2])):
+    if members or _has_barlines(current, signs):
         flush()
     if measures:
         first = measures[0][2]
@@ -894,18 +902,23 @@ def _copy(el: _El, offset: Fraction) -> _El:
     return new
 
 
-def _expand_repeats(spines: list[_Spine], parts: list[list[_El]]) -> list[list[_El]]:
+def _expand_repeats(spines: list[_Spine], parts: list[list[_El]], max_seconds: float) -> list[list[_El]]:
     """The parts as music21's MIDI writer sees them after it expanded their repeats (the parts themselves where
     nothing is repeated or the repeats are badly formed: then music21 plays the opening straight through)."""
     signs = _barline_repeats(spines)
     if not any(left or right for left, right, _ in signs.values()):
         return parts
     grouped = [_measure_groups(part, signs) for part in parts]
+    # _check_score_cut with the measures of the score's first part (the last spine) counted as music21 keeps them:
+    # an empty measure with a start repeat (after a closing =:|!) is one, and a second cut would drop it
+    fastest = max([120.0] + [el.value for part in parts for el in part if el.kind == "mm"])
+    if sum(1 for _, start, _ in grouped[-1][0] if start > max_seconds * fastest / 60.0) >= 2:
+        raise Declined("music21 cuts the parsed opening again")
     orders = []
     for measures, _ in grouped:
         if not measures:
             raise Declined("a part without measures beside repeats")
-        flags = [(signs[id(m)][0], signs[id(m)][1]) if m is not None else (False, False) for m, _, _ in measures]
+        flags = [signs.get(id(m), (False, False, False))[:2] for m, _, _ in measures]
         orders.append(_expanded_order(flags))
     if any(order is None for order in orders):
         return parts  # badly formed repeats: straight through
