@@ -206,6 +206,22 @@ def test_declines_what_music21_cuts_again():
         assert synth.score_to_midi(text=text, fmt="humdrum", max_seconds=SECONDS, converter="auto") == music21_midi(text=text)
 
 
+def test_declines_what_music21_cuts_again_before_it_expands_the_repeats():
+    """A cut ending at an unnumbered =:|!: music21 reads an end repeat and an empty last measure with a start repeat
+    (badly formed: the opening would be played straight through), but its second cut (at *MM196, 98 quarter notes)
+    drops that measure, and what is left is expanded: the converter declines and the auto path gives music21's
+    bytes, every bar played twice."""
+    rows = ["**kern **kern", "*M4/4 *M4/4", "*MM196 *MM196", *[f"={i} ={i}\n1c 1e" for i in range(1, 27)],
+            "=:|! =:|!", *[f"={i} ={i}\n1d 1f" for i in range(27, 60)], "*- *-"]
+    text = kern(*"\n".join(rows).split("\n"))
+    with pytest.raises(kern_midi.Declined, match="cuts the parsed opening again"):
+        kern_midi.kern_midi(text, max_seconds=SECONDS)
+    with contextlib.redirect_stderr(io.StringIO()):
+        midi = synth.score_to_midi(text=text, fmt="humdrum", max_seconds=SECONDS, converter="auto")
+    assert midi == music21_midi(text=text)
+    assert len(synth.midi_notes(midi)) == 2 * 2 * 26
+
+
 def test_hostile_kern_is_an_input_error_through_the_fall_back():
     with pytest.raises(InputError):
         synth.score_to_midi(text="**kern\n*M4/4\n=1\n4x\n*-\n", fmt="humdrum", max_seconds=SECONDS, converter="auto")
