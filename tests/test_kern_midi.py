@@ -89,7 +89,8 @@ LONG = ["=%d =%d" % (i, i) + "\n1c 1C" for i in range(1, 40)]
 
 
 @pytest.mark.parametrize("rows, reason", [
-    (["**kern **kern", "*M4/4 *M4/4", "=1 =1", "1c 1C", "=2:|! =2:|!", *[r for x in LONG for r in x.split("\n")], "*- *-"], "repeat"),
+    (["**kern **kern", "*M4/4 *M4/4", "=1:|! =1:|!", "1c 1C", "=:|! =:|!", "2c 2C", "*M2/4 *M2/4", "2d 2D",
+      *[r for x in LONG for r in x.split("\n")], "*- *-"], "moves to another time"),
     (["**kern **text", "*M4/4 *", *[r.replace("1C", "la") for x in LONG for r in x.split("\n")], "*- *-"], "spines"),
     (["**kern **kern", "*MM[Allegro] *MM[Allegro]", *[r for x in LONG for r in x.split("\n")], "*- *-"], "tempo word"),
     (["**kern **kern", "*M4/4 *M4/4", "=0 =0", "4Pc 4C", *[r for x in LONG for r in x.split("\n")], "*- *-"], "appoggiatura"),
@@ -113,6 +114,44 @@ def test_a_small_accepted_score_matches_music21():
     theirs = music21_midi(text=text)
     assert synth.notes_difference(synth.midi_notes(theirs), synth.midi_notes(ours), max_seconds=SECONDS) is None
     np.testing.assert_array_equal(synth.render_midi(ours, sr=22050), synth.render_midi(theirs, sr=22050))
+
+
+def repeated_score(third: str = "=3") -> str:
+    """Two staves and a **dynam spine: measure 1 repeated from the start (an end without a start), measures 2-3
+    repeated with a tempo mark, a split and a dynamic inside, and a tie from the end of the section into the first
+    note of its second pass (``third`` the barline that opens measure 3)."""
+    rows = ["**kern **kern **dynam", "*staff2 *staff1 *staff1/2", "*Ipiano *Ipiano *", "*MM100 *MM100 *", "*M4/4 *M4/4 *",
+            "=1 =1 =", "2c 2C p", "[2e 2G .", "=2:|!|: =2:|!|: =", "4e] 4C .", "*MM120 *MM120 *", "4d 4D f", "*^ * *",
+            "4e 4g 4E .", "4f 4a 4F .", "*v *v * *", f"{third} {third} =", "2g 2G .", "[2a 2A .", "=4:|! =4:|! =",
+            "4a] 4A ff", "2.b 2.B ."]
+    for i in range(5, 40):
+        rows += [f"={i} ={i} =", "4b 4B .", "2.c 2.C ."]
+    rows += ["*- *- *-"]
+    return kern(*rows)
+
+
+def test_repeats_are_expanded_as_music21_expands_them():
+    """Each pass of a repeated section has its own notes, velocities (the dynamics realised over the expanded
+    part), program changes and tempo marks; a tie into the section's start joins the repeat's first note."""
+    midi = assert_music21s(repeated_score())
+    straight = kern_midi.kern_midi(repeated_score().replace(":|!|:", "|").replace(":|!", "|"), max_seconds=SECONDS)
+    # measure 1 again (4 notes), measures 2-3 again (14 notes, the second pass's tied-in e joining the a before it)
+    assert len(synth.midi_notes(midi)) == len(synth.midi_notes(straight)) + 4 + 13
+    tempos = [m.tempo for m in mido.MidiFile(file=io.BytesIO(midi)).tracks[0] if m.type == "set_tempo"]
+    assert tempos == [600000, 600000, 600000, 500000, 500000, 500000, 500000]  # *MM100 in each pass of measure 1
+    piano = channel_messages(midi)[1]
+    assert piano.count("program_change channel=0 program=0 time=0") == 3  # the start, the element and its repeat
+
+
+@pytest.mark.parametrize("text", [repeated_score("=3!|:"), repeated_score().replace("=4:|!", "=:|!")],
+                         ids=["two starts, one end", "an unnumbered end"])
+def test_badly_formed_repeats_play_straight_through_as_in_music21(text):
+    """Two start repeats and one end (the text cut keeps them: an end follows), or an unnumbered ``=:|!``, which
+    music21 reads as an end and a start that nothing closes: music21 cannot expand the opening and plays it
+    without the repeats."""
+    midi = assert_music21s(text)
+    assert midi == kern_midi.kern_midi(text.replace(":|!|:", "|").replace("!|:", "|").replace(":|!", "|"),
+                                       max_seconds=SECONDS)
 
 
 def test_a_keyboard_instrument_class_is_music21s():
@@ -165,6 +204,22 @@ def test_declines_what_music21_cuts_again():
         kern_midi.kern_midi(text, max_seconds=SECONDS)
     with contextlib.redirect_stderr(io.StringIO()):
         assert synth.score_to_midi(text=text, fmt="humdrum", max_seconds=SECONDS, converter="auto") == music21_midi(text=text)
+
+
+def test_declines_what_music21_cuts_again_before_it_expands_the_repeats():
+    """A cut ending at an unnumbered =:|!: music21 reads an end repeat and an empty last measure with a start repeat
+    (badly formed: the opening would be played straight through), but its second cut (at *MM196, 98 quarter notes)
+    drops that measure, and what is left is expanded: the converter declines and the auto path gives music21's
+    bytes, every bar played twice."""
+    rows = ["**kern **kern", "*M4/4 *M4/4", "*MM196 *MM196", *[f"={i} ={i}\n1c 1e" for i in range(1, 27)],
+            "=:|! =:|!", *[f"={i} ={i}\n1d 1f" for i in range(27, 60)], "*- *-"]
+    text = kern(*"\n".join(rows).split("\n"))
+    with pytest.raises(kern_midi.Declined, match="cuts the parsed opening again"):
+        kern_midi.kern_midi(text, max_seconds=SECONDS)
+    with contextlib.redirect_stderr(io.StringIO()):
+        midi = synth.score_to_midi(text=text, fmt="humdrum", max_seconds=SECONDS, converter="auto")
+    assert midi == music21_midi(text=text)
+    assert len(synth.midi_notes(midi)) == 2 * 2 * 26
 
 
 def test_hostile_kern_is_an_input_error_through_the_fall_back():

@@ -25,15 +25,22 @@ every track, the tempo map and the track ends. What it reproduces, music21's rea
   keyboard without a program: no program change at the start of its track, a program change 0 for the element),
   one channel per program (None for a part without one) in part order;
 * ``*MM`` tempo marks moved to the conductor track as ``conductorStream`` moves them;
+* repeat barlines (``:|``, ``|:``, ``:|!|:``, ``:!!:`` ...) as the MIDI writer's ``repeat.Expander`` expands the
+  parsed opening: each barline's repeat dots as ``hdStringToMeasure`` reads them (an unnumbered ``=:|!`` is a start
+  and an end; an end at a spine's first barline is lost), the measures ``moveElementsIntoMeasures`` makes, the
+  innermost repeat first, every pass its own copies of the measures (their notes, ties, dynamics, tempo marks and
+  instruments) laid end to end, the elements left outside the measures where they were; and where a part's repeats
+  are badly formed, the opening played straight through as ``synth._midi_bytes`` plays it;
 * the whole score where ``score_to_midi`` parses it whole: a score no longer than the opening (no text cut), or a cut
   ``_parse_kern_opening`` rejects (music21 reads it shorter than the opening, or other bars than its barlines).
 
-Anything else makes it decline (:class:`Declined`): repeat barlines, ``**text``, tempo words, microtones, a
-dynamic on a line whose notes music21 reads at two times of a part, appoggiaturas, measures music21 appends off their barlines, tempo / meter
-/ key marks in sub-spines where the order music21 walks them matters, rhythms it cannot place exactly, an opening
-that ``synth._opening`` would cut again after parsing. The caller then converts with music21. On the kern-eras corpus
-it accepts 557 of the 777 files. tests/test_kern_midi.py compares the notes, the MIDI bytes and the rendered audio
-with music21's.
+Anything else makes it decline (:class:`Declined`): ``**text``, tempo words, microtones, a dynamic on a line whose
+notes music21 reads at two times of a part (so a dynamic inside a repeated section), appoggiaturas, measures music21
+appends off their barlines, tempo / meter / key marks in sub-spines where the order music21 walks them matters,
+repeated measures or marks music21 places at other times than their offsets, rhythms it cannot place exactly, an
+opening that ``synth._opening`` would cut again after parsing. The caller then converts with music21. On the
+kern-eras corpus it accepts 693 of the 777 files. tests/test_kern_midi.py compares the notes, the MIDI bytes and
+the rendered audio with music21's.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from genrecli.audio.humdrum import kern_opening
 
 __all__ = ["Declined", "kern_midi", "VERSION"]
 
-VERSION = "3"  # part of the MIDI cache key: another version may write other bytes
+VERSION = "4"  # part of the MIDI cache key: another version may write other bytes
 TICKS = 10080  # music21's defaults.ticksPerQuarter
 _DURATION_TYPES = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048}
 _STEPS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
@@ -529,9 +536,10 @@ def _convert(cut: str, max_seconds: float, *, whole: bool) -> bytes:
     _check_reading(parts, barlines, max_seconds, whole)
     for part in parts:
         _check_measures(part)
-    _attach_dynamics(roots, parts, [_dynamic_events(spine) for spine in dynams])
+    parts, read = _expand_repeats(spines, parts, max_seconds), parts  # music21 cuts what it read, then expands it
+    _attach_dynamics(roots, read, parts, [_dynamic_events(spine) for spine in dynams])
     parts = parts[::-1]  # music21's score lists the kern spines right to left
-    _check_score_cut(parts[0], parts, max_seconds)
+    _check_score_cut(read[-1], parts, max_seconds)
     tracks = [_part_events(stream) for stream in parts]
     return _write(parts, tracks)
 
@@ -549,8 +557,6 @@ def _check_reading(parts: list[list[_El]], barlines: int, max_seconds: float, wh
         raise _WholeScore("music21 reads the cut shorter than the opening")
     for part in parts:
         measures = [el for el in part if el.kind == "measure"]
-        if ":" in "".join(m.value for m in measures):
-            raise Declined("repeat barlines")
         count = len(measures)
         first = min((el.line for el in measures), default=None)
         ordered = sorted(part, key=_sort_key)
@@ -692,11 +698,15 @@ def _dynamic_events(spine: _Spine) -> tuple[list[tuple[int, str]], list[tuple[in
     return kept, staff_events
 
 
-def _attach_dynamics(roots: list[_Spine], parts: list[list[_El]], dynams: list[tuple]) -> None:
-    """attachNonKernEvents for **dynam, then realizeVolume: each note's and chord's velocity."""
+def _attach_dynamics(roots: list[_Spine], read: list[list[_El]], parts: list[list[_El]], dynams: list[tuple]) -> None:
+    """attachNonKernEvents for **dynam, then realizeVolume: each note's and chord's velocity.
+
+    ``read`` are the parts as parsed, ``parts`` the same with their repeats expanded: a mark goes with the kern
+    element on its line, so every pass of a repeated measure holds its own copy of it (the Dynamic object travels
+    with its measure)."""
     staffs: dict[int, int] = {}
     for index, root in enumerate(roots):
-        for el in sorted(parts[index], key=_sort_key):
+        for el in sorted(read[index], key=_sort_key):
             if el.kind == "measure":
                 break  # music21 looks for *staff among the elements it left before the first measure
             if el.kind == "other" and isinstance(el.value, str) and el.value.startswith("*staff"):
@@ -723,12 +733,13 @@ def _attach_dynamics(roots: list[_Spine], parts: list[list[_El]], dynams: list[t
         for staff in applied:
             if staff not in staffs:
                 raise Declined(f"a **dynam spine for a missing staff {staff}")
-            part = parts[staffs[staff]]
             at: dict[int, set] = {}
-            for el in part:
+            for el in read[staffs[staff]]:
+                if el.line in by_line:
+                    at.setdefault(el.line, set()).add(el.offset)
+            for el in parts[staffs[staff]]:
                 if el.line in by_line:
                     marks[staffs[staff]].append((el.offset, by_line[el.line], el.line, el.voice))
-                    at.setdefault(el.line, set()).add(el.offset)
             if any(len(offsets) > 1 for offsets in at.values()):
                 # one Dynamic object inserted at two times of a part (voices out of step): its flattened part
                 # holds it once, at one of them
@@ -860,6 +871,176 @@ def _part_events(part: list[_El]) -> list[tuple[int, int, int, int, int]]:
 
 def _ticks(quarters: Fraction) -> int:
     return int(round(quarters * TICKS))
+
+
+# ----------------------------------------------------------------------------------- repeat barlines
+#
+# music21's MIDI writer expands the repeats of the parsed opening (repeat.Expander, via _prepare_in_place in
+# synth.py) before it realises the volumes and moves the tempo, time and key signature marks into the conductor
+# track: every pass of a repeated section holds its own copies of the section's measures, laid end to end, and
+# the elements the parser left outside the measures stay where they were. Where a part's repeats are badly formed
+# (an unclosed start, or more ends than starts can close) music21 cannot expand the score and synth._midi_bytes
+# plays it straight through, its repeat marks removed: the reading without repeats.
+_MIDI_KINDS = ("note", "chord", "rest", "mm", "ts", "ks", "inst")  # the elements whose place reaches the MIDI file
+
+
+def _repeat_signs(token: str) -> tuple[bool, bool]:
+    """hdStringToMeasure's repeat dots of a barline token: (a start repeat on its measure's left barline, an end
+    repeat on the right barline of the measure before it in the same spine)."""
+    both = token.count(":") > 1
+    start = both or re.search(r"[|!=]:", token) is not None
+    end = both or re.search(r":[|!=]", token) is not None
+    return start, end
+
+
+def _barline_repeats(spines: list[_Spine]) -> dict[int, tuple[bool, bool, bool]]:
+    """id of each measure element -> (start repeat on its left, end repeat on its right, a right barline at all).
+
+    Each spine parses its barlines as a chain: a barline sets the right barline of the spine's previous measure
+    (a dummy measure 0 that is never used before the spine's first barline, so an end repeat there is lost) and
+    a start repeat on its own measure's left barline."""
+    signs: dict[int, tuple[bool, bool, bool]] = {}
+    for spine in spines:
+        if spine.kind != "kern":
+            continue
+        measures = [el for el in spine.stream if el.kind == "measure"]
+        for k, el in enumerate(measures):
+            start = _repeat_signs(el.value)[0]
+            following = measures[k + 1] if k + 1 < len(measures) else None
+            end = following is not None and _repeat_signs(following.value)[1]
+            signs[id(el)] = (start, end, following is not None)
+    return signs
+
+
+def _has_barlines(measure: _El | None, signs: dict) -> bool:
+    """Whether the parser gave the measure barline objects (a left start repeat or a right barline): a measure
+    with them is not empty, and moveElementsIntoMeasures keeps it even unnumbered and without elements."""
+    start, _, right = signs.get(id(measure), (False, False, False))
+    return start or right
+
+
+def _measure_groups(part: list[_El], signs: dict) -> tuple[list[tuple], list[_El]]:
+    """moveElementsIntoMeasures of a part: its measures in order, each (barline element or None for a pickup,
+    the offset its elements are placed from, its elements), and the elements left in the part.
+
+    A measure is kept when it has a number, elements or barline objects; the elements without a duration before
+    the first barline or after an unnumbered one stay in the part, those at offset 0 (but MiscTandems) move into
+    the first measure. Declined where music21 would place an element or a measure at another time than its
+    offset here."""
+    measures: list[tuple] = []
+    loose: list[_El] = []
+    current, start, members, number = None, Fraction(0), [], 0
+    end = Fraction(0)  # music21's highestTime of the part being built: where the next measure goes
+
+    def flush():
+        nonlocal end
+        if current is not None and start != end:
+            raise Declined("a repeated measure music21 places at another time")
+        extent = max((el.offset + el.dur - start for el in members), default=Fraction(0))
+        measures.append((current, start, members))
+        end = start + extent
+
+    for el in sorted(part, key=_sort_key):
+        if el.kind == "measure":
+            if number != 0 or members or _has_barlines(current, signs):
+                flush()
+            match = re.search(r"(\d+)", el.value)
+            current, start, members, number = el, el.offset, [], int(match.group(1)) if match else 0
+        elif number != 0 or el.dur != 0:
+            members.append(el)
+        else:
+            if el.kind in _MIDI_KINDS and el.offset != end:
+                raise Declined("an element music21 moves to another time (repeats)")
+            loose.append(el)
+    if members or _has_barlines(current, signs):
+        flush()
+    if measures:
+        first = measures[0][2]
+        for el in [el for el in loose if el.offset == 0 and el.kind in _MIDI_KINDS]:
+            loose.remove(el)
+            first.append(el)
+    return measures, loose
+
+
+def _expanded_order(flags: list[tuple[bool, bool]]) -> list[int] | None:
+    """Expander.process of a part's measures, given each measure's (start repeat left, end repeat right): the
+    indices of the measures in the expanded part, or None where the repeats are badly formed."""
+    if not any(left or right for left, right in flags):
+        return list(range(len(flags)))
+    balance = 0
+    for left, right in flags:  # repeatBarsAreCoherent: an end without a start repeats from the beginning
+        balance += left
+        if right:
+            balance = max(balance, 1) - 1
+    if balance != 0:
+        return None
+    seq = [(index, left, right) for index, (left, right) in enumerate(flags)]
+    for _ in range(100):  # _processRecursiveRepeatBars: the innermost repeat first, each played twice
+        starts: list[int] = []
+        span = None
+        for i, (_, left, right) in enumerate(seq):
+            if left:
+                starts.append(i)
+            if right:
+                span = (starts[-1] if starts else 0, i)
+                break
+        if span is None:
+            raise Declined("repeats music21 expands to nothing")
+        a, b = span
+        passes = [(index, left and i not in (a, b), right and i not in (a, b))
+                  for i, (index, left, right) in enumerate(seq[a:b + 1], start=a)]
+        seq = seq[:a] + passes + passes + seq[b + 1:]
+        if not any(left or right for _, left, right in seq):
+            return [index for index, _, _ in seq]
+    raise Declined("more repeats than music21 expands")
+
+
+def _copy(el: _El, offset: Fraction) -> _El:
+    new = _El(el.kind, el.line, el.dur, el.value)
+    new.grace, new.pitches, new.tie, new.shift, new.voice = el.grace, el.pitches, el.tie, el.shift, el.voice
+    new.offset = offset
+    return new
+
+
+def _expand_repeats(spines: list[_Spine], parts: list[list[_El]], max_seconds: float) -> list[list[_El]]:
+    """The parts as music21's MIDI writer sees them after it expanded their repeats (the parts themselves where
+    nothing is repeated or the repeats are badly formed: then music21 plays the opening straight through)."""
+    signs = _barline_repeats(spines)
+    if not any(left or right for left, right, _ in signs.values()):
+        return parts
+    grouped = [_measure_groups(part, signs) for part in parts]
+    # _check_score_cut with the measures of the score's first part (the last spine) counted as music21 keeps them:
+    # an empty measure with a start repeat (after a closing =:|!) is one, and a second cut would drop it
+    fastest = max([120.0] + [el.value for part in parts for el in part if el.kind == "mm"])
+    if sum(1 for _, start, _ in grouped[-1][0] if start > max_seconds * fastest / 60.0) >= 2:
+        raise Declined("music21 cuts the parsed opening again")
+    orders = []
+    for measures, _ in grouped:
+        if not measures:
+            raise Declined("a part without measures beside repeats")
+        flags = [signs.get(id(m), (False, False, False))[:2] for m, _, _ in measures]
+        orders.append(_expanded_order(flags))
+    if any(order is None for order in orders):
+        return parts  # badly formed repeats: straight through
+    expanded = []
+    for (measures, loose), order in zip(grouped, orders):
+        out = list(loose)
+        walk = {id(el): (el.offset, el.line, 0, ()) for el in loose}  # the order conductorStream visits them in
+        end = Fraction(0)
+        for index in order:
+            barline, start, members = measures[index]
+            if barline is not None:
+                out.append(_copy(barline, end))
+            for el in members:
+                out.append(_copy(el, end + el.offset - start))
+                walk[id(out[-1])] = (end, barline.line if barline is not None else 0, 1, _sort_key(out[-1]))
+            end += max((el.offset + el.dur - start for el in members), default=Fraction(0))
+        for kind in ("mm", "ts", "ks"):
+            marks = [el for el in sorted(out, key=_sort_key) if el.kind == kind]
+            if marks != sorted(marks, key=lambda el: walk[id(el)]):
+                raise Declined("conductor marks music21 reads in another order (repeats)")
+        expanded.append(out)
+    return expanded
 
 
 # ------------------------------------------------------------------------------------------ writing
