@@ -12,7 +12,7 @@ export GENRE_DATA_HOME := $(DATA_HOME)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench all piano piano-features folk scaling oramas oramas-mumu formats dm2kmn-study clean
+.PHONY: install demo test bench bench-targets all piano piano-features folk scaling oramas oramas-mumu formats dm2kmn-study clean
 comma := ,
 
 install: $(STAMP)
@@ -46,6 +46,10 @@ test: install
 
 bench: install
 	$(BIN)/python bench/run_all.py --out BENCHMARKS.md
+
+# issue 14's speed targets only (Grams and maps, DM2KMN GFLOP/s, MFCC / mel and synthesis, text, start-up)
+bench-targets: install
+	$(BIN)/python bench/run_all.py --only targets --out BENCHMARKS.md
 
 # Every experiment: the experiment files (experiments/piano.toml: the piano eras, kern-eras stand-in, with
 # composer- and work-grouped splits; experiments/folk.toml: the full folk-dance set), then the feature suite and

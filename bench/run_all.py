@@ -1,6 +1,11 @@
-"""Run every benchmark in one go and write BENCHMARKS.md (the figures of this machine, measured now).
+"""Run every benchmark in one go and write its tables into BENCHMARKS.md (the figures of this machine, measured now).
 
-    python bench/run_all.py --out BENCHMARKS.md [--device cuda] [--only pipeline,kernels]
+    python bench/run_all.py --out BENCHMARKS.md [--device cuda] [--only pipeline,kernels | --only targets]
+
+The run's tables replace the part of ``--out`` between the two ``make bench`` markers (the first run puts them
+under the title), so the notes and earlier runs kept in the rest of the file survive a rerun. ``--only targets``
+runs the benchmarks that measure issue 14's speed targets (Grams and maps, DM2KMN GFLOP/s, MFCC / mel and
+synthesis, text encoding, start-up).
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ BENCHES = {
     "ddp": ("Training with torchrun: one process vs `torchrun --nproc_per_node 2`", ["bench_ddp.py", "--n", "120", "--epochs", "3", "--repeats", "2"]),
     "executors": ("Extraction executors: Ray vs --jobs 2 vs one process", ["bench_executors.py", "--limit", "200", "--max-seconds", "30"]),
 }
+PRESETS = {"targets": "kernels,gflops,audio,text,startup"}
+BEGIN = "<!-- make bench: the last run's tables begin (bench/run_all.py rewrites them) -->"
+END = "<!-- make bench: the last run's tables end -->"
 DEVICE_AWARE = {"kernels", "dm2kmn", "gflops", "columns", "scale", "scale-library", "audio", "text", "peer-cost"}
 
 
@@ -52,14 +60,20 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--only", default=",".join(BENCHES))
     opts = ap.parse_args()
+    keys = PRESETS.get(opts.only, opts.only).split(",")
+    unknown = [key for key in keys if key not in BENCHES]
+    if unknown:
+        ap.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHES)} or a preset ({', '.join(PRESETS)})")
+    started = dt.datetime.now(dt.timezone.utc)
     sections = [
-        "# Benchmarks",
+        f"## The last `make bench` run ({', '.join(keys)})",
         "",
-        f"Measured by `make bench` (`python bench/run_all.py`) on {dt.date.today().isoformat()}: {machine()}.",
-        "Every table below comes from one run of its script; rerun `make bench` to refresh them.",
+        f"Measured by `python bench/run_all.py --only {opts.only}` from {started:%Y-%m-%d %H:%M} UTC: {machine()}; "
+        f"load average before the run {_load()}.",
+        "Every table below comes from this one run; rerun `make bench` to refresh them.",
         "",
     ]
-    for key in opts.only.split(","):
+    for key in keys:
         title, cmd = BENCHES[key]
         script = HERE / cmd[0]
         if not script.exists():
@@ -73,9 +87,31 @@ def main() -> None:
         took = time.perf_counter() - t0
         print(f"{key}: exit {proc.returncode} in {took:.0f} s", file=sys.stderr)
         body = proc.stdout.strip() if proc.returncode == 0 else f"FAILED (exit {proc.returncode}):\n\n```\n{proc.stderr[-3000:]}\n```"
-        sections += [f"## {title}", "", f"`{' '.join(['python', 'bench/' + cmd[0], *cmd[1:]])}` ({took:.0f} s)", "", body, ""]
-    opts.out.write_text("\n".join(sections) + "\n")
+        sections += [f"### {title}", "", f"`{' '.join(['python', 'bench/' + cmd[0], *cmd[1:]])}` ({took:.0f} s)", "", body, ""]
+    sections += [f"Finished {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; load average after the run {_load()}."]
+    old = opts.out.read_text() if opts.out.exists() else ""
+    opts.out.write_text(splice(old, "\n".join(sections)))
     print(f"wrote {opts.out}", file=sys.stderr)
+
+
+def _load() -> str:
+    try:
+        return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def splice(document: str, tables: str) -> str:
+    """``document`` with the part between the markers replaced by ``tables`` (kept markers); without markers,
+    the tables go under its first ``# `` title (a new document gets one)."""
+    block = f"{BEGIN}\n\n{tables.strip()}\n\n{END}"
+    if BEGIN in document and END in document.split(BEGIN, 1)[1]:
+        head, rest = document.split(BEGIN, 1)
+        return head + block + rest.split(END, 1)[1]
+    lines = document.splitlines(keepends=True)
+    if lines and lines[0].startswith("# "):
+        return lines[0] + "\n" + block + "\n\n" + "".join(lines[1:]).lstrip("\n")
+    return "# Benchmarks\n\n" + block + "\n" + (("\n" + document) if document else "")
 
 
 if __name__ == "__main__":
