@@ -12,8 +12,9 @@ time; the CPU-time ratio beside it is steadier on a machine shared with other jo
 fp32 against bf16 with torch limited to one thread (``--one-thread-reps``): on a loaded machine two threads
 spend much of their time waiting on each other, which hides the arithmetic's own ratio.
 
-On a CPU without fast bfloat16 matmuls (no AMX; extract-text's default runtime 'auto' is fp32 there,
-:func:`genrecli.text.encoders.resolve_runtime`) bf16 is not timed on the texts (its matmuls ran 32x slower
+On a CPU without fast bfloat16 matmuls (no AMX, and AVX512-BF16 absent or not faster than fp32 on a probe
+product; extract-text's default runtime 'auto' is fp32 there, :func:`genrecli.text.encoders.resolve_runtime`)
+bf16 is not timed on the texts (its matmuls ran 32x slower
 than fp32's on an AVX2 EPYC, so the runs would take many times fp32's): one product of BERT-layer shapes in
 fp32 and in bf16 gives its ratio instead, in the same run.
 """
@@ -115,7 +116,8 @@ def _bf16_product_ratio(reps: int = 5) -> str:
             times.append(time.perf_counter() - t)
         best[dt] = min(times)
     return (f"a 512 x 384 x 1536 product took {best[torch.float32] * 1e3:.1f} ms in fp32 and "
-            f"{best[torch.bfloat16] * 1e3:.1f} ms in bf16 ({best[torch.bfloat16] / best[torch.float32]:.1f}x slower)")
+            f"{best[torch.bfloat16] * 1e3:.1f} ms in bf16 (bf16 takes {best[torch.bfloat16] / best[torch.float32]:.2f}x "
+            f"fp32's time)")
 
 
 def _timed(enc, texts):

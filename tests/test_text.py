@@ -380,18 +380,30 @@ def test_runtime_is_recorded_in_params_and_fp32_params_are_those_of_before():
 
 
 def test_auto_runtime_is_bf16_only_where_bf16_matmuls_are_fast(monkeypatch):
-    """'auto' (extract-text's default) resolves to bf16 on a CPU with AMX tiles and to fp32 without them, or
-    where torch cannot tell; named runtimes are themselves. Without AMX, bf16 matmuls are a slow fallback."""
+    """'auto' (extract-text's default) resolves to bf16 on a CPU with AMX tiles, and with AVX512-BF16 alone where
+    the probe product is fast in bf16; to fp32 elsewhere, or where torch cannot tell; named runtimes are
+    themselves. Without fast bf16 units, bf16 matmuls are a slow fallback."""
     import torch
 
+    from genrecli.text import encoders
     from genrecli.text.encoders import resolve_runtime
 
-    for amx, expected in ((True, "bf16"), (False, "fp32")):
+    for amx, avx, speedup, expected in ((True, False, 0.1, "bf16"), (False, False, 9.0, "fp32"),
+                                        (False, True, 2.8, "bf16"), (False, True, 0.9, "fp32")):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
-        assert resolve_runtime("auto", "cpu") == expected
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx: avx, raising=False)
+        monkeypatch.setattr(encoders, "_bf16_matmul_speedup", lambda speedup=speedup: speedup)
+        assert resolve_runtime("auto", "cpu") == expected, (amx, avx, speedup)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     assert resolve_runtime("auto", "cpu") == "fp32"
     assert resolve_runtime("bf16", "cpu") == "bf16" and resolve_runtime("fp32", "cpu") == "fp32"
+
+
+def test_the_bf16_probe_times_a_real_product():
+    from genrecli.text.encoders import _bf16_matmul_speedup
+
+    speedup = _bf16_matmul_speedup.__wrapped__(reps=1)
+    assert np.isfinite(speedup) and speedup > 0
 
 
 def test_fp32_runtime_is_the_plain_float32_model():

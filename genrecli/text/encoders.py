@@ -12,6 +12,7 @@ sequence per text, for models that attend over tokens, e.g. Ru et al.'s cross-mo
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -27,9 +28,10 @@ from genrecli.errors import InputError, UsageError
 ENCODER_NAMES = ("minilm", "tfidf")
 # How the frozen transformer computes (issue 14). 'fp32' is the reference (params without a "runtime" key, as
 # every store written before runtimes existed); 'bf16' casts weights and activations to bfloat16 (CPU: AMX
-# matmuls through oneDNN; CUDA) and, with [CLS] pooling, computes the last layer for the [CLS] row alone.
-# AVX512-BF16 without AMX is not enough: on such a Xeon (AMX not exposed by its hypervisor) bf16 matmuls ran
-# slower than fp32 ones, so only AMX counts as fast bf16. Measured and left out (BENCHMARKS.md, text section):
+# or AVX512-BF16 matmuls through oneDNN; CUDA) and, with [CLS] pooling, computes the last layer for the [CLS] row
+# alone. AVX512-BF16 without AMX is fast on some CPUs and not on others (a Zen 4 AMD EPYC: a MiniLM product 2.8x
+# faster than fp32, the encoder 2.1x; a Xeon whose hypervisor hides AMX: slower than fp32), so there 'auto'
+# times one product (_bf16_matmul_speedup). Measured and left out (BENCHMARKS.md, text section):
 # torch dynamic int8 (min cosine 0.98 against fp32 on real scores; 0.99 only with the FFN layers kept fp32, at
 # 1.2x) and ONNX Runtime (fp32 and int8 both slower than torch fp32 on the AMX CPU).
 RUNTIMES = ("fp32", "bf16")  # extract-text defaults to 'auto' (resolve_runtime); the class to the fp32 reference
@@ -111,7 +113,8 @@ class TransformerEncoder:
     runtime : {'fp32', 'bf16'}
         How the model computes (see :data:`RUNTIMES`): 'fp32' the reference; 'bf16' weights and activations
         in bfloat16, up to about 3x the clips/s of fp32 on a CPU with AMX and embeddings within cosine 0.9999
-        of fp32 on real scores, but slower than fp32 on CPUs without AMX (AVX512-BF16 alone included); with
+        of fp32 on real scores (2.1x on a Zen 4 EPYC's AVX512-BF16), but slower than fp32 on CPUs whose bfloat16
+        matmuls are a fallback (no AMX, no fast AVX512-BF16); with
         [CLS] pooling on a BERT-style model its last layer also computes the [CLS] row alone, which is all
         that pooling keeps (:class:`genrecli.text.first_token.FirstTokenLastLayer`). A bf16 text vector
         depends on its batch-mates to bf16 rounding (about 1e-2 absolute, cosine 0.99999).
@@ -394,8 +397,8 @@ class TransformerEncoder:
         if self.runtime == "bf16" and str(self._device) == "cpu" and not _cpu_has_fast_bf16_matmuls():
             from genrecli import ui
 
-            ui.warn("runtime bf16: this CPU has no AMX bfloat16 matmul units, so bf16 is "
-                    "likely slower than fp32 here; --runtime fp32 computes the reference")
+            ui.warn("runtime bf16: this CPU has no fast bfloat16 matmuls (no AMX, and AVX512-BF16 products are not "
+                    "faster than fp32 here), so bf16 is likely slower than fp32; --runtime fp32 computes the reference")
 
 
 def _with_runtime(model, runtime):
@@ -428,12 +431,14 @@ def _first_token_only(model, enabled: bool):
 
 def resolve_runtime(runtime: str, device="cpu") -> str:
     """The runtime ``runtime`` names on ``device``: 'auto' is 'bf16' where bfloat16 matmuls are fast (a CPU
-    with AMX tiles, or a CUDA device that supports bfloat16) and 'fp32' elsewhere; any other name is itself.
+    with AMX tiles or with AVX512-BF16 products measured faster than fp32, a CUDA device that supports
+    bfloat16) and 'fp32' elsewhere; any other name is itself.
 
-    Why not bf16 everywhere: on a CPU without AMX, torch's bfloat16 matmul is a slow fallback (on an
-    AVX2-only AMD EPYC a 512 x 384 x 1536 product took 504 ms in bf16 against 15.8 ms in fp32;
-    bench/bench_text.py prints this ratio), so bf16 there is far slower than fp32 instead of up to 3x
-    faster. Where the CPU cannot be probed (a torch without the probe) 'auto' keeps the fp32 reference."""
+    Why not bf16 everywhere: where a CPU has no bfloat16 matmul units, torch's bfloat16 matmul is a slow
+    fallback (on an AVX2-only AMD EPYC a 512 x 384 x 1536 product took 504 ms in bf16 against 15.8 ms in fp32;
+    bench/bench_text.py prints this ratio), so bf16 there is far slower than fp32 instead of 2-3x faster.
+    Where the CPU cannot be probed (a torch without the probe) 'auto' keeps the fp32 reference. The runtime
+    'auto' resolves to is recorded in the feature's parameters, and ``genre predict`` follows the record."""
     if runtime != "auto":
         return runtime
     import torch
@@ -445,13 +450,50 @@ def resolve_runtime(runtime: str, device="cpu") -> str:
     return "bf16" if _cpu_has_fast_bf16_matmuls(unknown=False) else "fp32"
 
 
+FAST_BF16_SPEEDUP = 1.5  # fp32 / bf16 time of the probe product above which AVX512-BF16 counts as fast
+
+
 def _cpu_has_fast_bf16_matmuls(*, unknown: bool = True) -> bool:
-    """Whether bfloat16 matmuls beat float32 ones on this CPU: AMX tiles (AVX512-BF16 alone measured slower).
-    ``unknown``: the answer where this torch has no probe (True for the warning: do not warn)."""
+    """Whether bfloat16 matmuls beat float32 ones on this CPU: AMX tiles do; AVX512-BF16 without AMX does where
+    one product is at least FAST_BF16_SPEEDUP x faster in bf16 (measured once per process); no AVX512-BF16 does
+    not. ``unknown``: the answer where this torch has no probe (True for the warning: do not warn)."""
     import torch
 
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return unknown if probe is None else bool(probe())
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if amx is None:
+        return unknown
+    if amx():
+        return True
+    avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    if avx512_bf16 is None or not avx512_bf16():
+        return False
+    return _bf16_matmul_speedup() >= FAST_BF16_SPEEDUP
+
+
+@functools.lru_cache(maxsize=1)
+def _bf16_matmul_speedup(reps: int = 3) -> float:
+    """fp32 time / bf16 time of one (512 x 384) x (384 x 1536) product on the CPU (a MiniLM feed-forward layer
+    of a 512-token clip, torch's threads as set), best of ``reps`` after a warm-up each: about 10 ms in all
+    where bf16 is fast. A slow fallback stops after its warm-up."""
+    import time
+
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(512, 384, generator=generator)
+    b = torch.randn(384, 1536, generator=generator)
+    best = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x, y = a.to(dtype), b.to(dtype)
+        times = []
+        for _ in range(reps + 1):
+            t = time.perf_counter()
+            x @ y
+            times.append(time.perf_counter() - t)
+            if dtype == torch.bfloat16 and times[0] > 4 * best[torch.float32] + 0.01:
+                break  # a fallback many times slower: no need to time it further
+        best[dtype] = min(times[1:] or times)
+    return best[torch.float32] / best[torch.bfloat16]
 
 
 def _split(ids, body):
