@@ -50,6 +50,14 @@ def machine() -> str:
         model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         model = cpu
+    try:
+        flags = set(next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")))
+    except (OSError, StopIteration):
+        flags = set()
+    # the instruction sets the fast paths depend on (bf16 text runtime, float32 GEMM rate)
+    isa = [name for flag, name in (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"),
+                                   ("avx2", "AVX2")) if flag in flags]
+    model = f"{model} ({', '.join(isa) or 'no AVX2'})"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), GPU: {gpu}, Python {platform.python_version()}"
 
