@@ -46,6 +46,7 @@ def _probe(*args: str, code: str = _PROBE) -> tuple[dict, str]:
         (("list", "kernels"), ()),
         (("list", "datasets"), ("h5py",)),  # the corpus loaders import the manifest's store at import
         (("list", "encoders"), ()),
+        (("list", "models"), ()),  # the registry's specs (genrecli.models.spec), not the models' modules
     ],
 )
 def test_cli_start_up_imports_nothing_heavy(args, allowed):

@@ -2,13 +2,14 @@
 
 Each entry is a :class:`~genrecli.models.base.ModelSpec`: a factory ``"module:Class"`` of a
 :class:`~genrecli.models.base.GenreModel` (imported only when used, so listing models is instant) and its
-capabilities. Adding a model is one module plus one entry here.
+capabilities. Adding a model is one module plus one entry here. Listing the registry imports neither
+scikit-learn nor NumPy (:mod:`genrecli.models.spec`).
 """
 
 from __future__ import annotations
 
 from genrecli.errors import UsageError
-from genrecli.models.base import Capabilities, GenreModel, ModelSpec, load_model
+from genrecli.models.spec import Capabilities, ModelSpec
 
 __all__ = ["MODELS", "Capabilities", "GenreModel", "ModelSpec", "get_model", "load_model", "register"]
 
@@ -17,6 +18,15 @@ _VECTORS = Capabilities(tasks=("single", "multi"), modalities=("audio", "text", 
 _KERNEL_NET = Capabilities(tasks=("single",), modalities=("audio", "text", "image"), input_kinds=("vector", "patch"))
 
 MODELS: dict[str, ModelSpec] = {}
+
+
+def __getattr__(name: str):
+    # the model contract imports scikit-learn; only what uses it pays for it (not `genre list models`)
+    if name in ("GenreModel", "load_model"):
+        from genrecli.models import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register(spec: ModelSpec) -> ModelSpec:
