@@ -30,6 +30,11 @@ import sys
 import time
 from pathlib import Path
 
+# Before NumPy, as in a `genre` process: genrecli sets OpenBLAS's idle-thread timeout, read when NumPy and SciPy
+# load their OpenBLAS (genrecli/__init__.py); the workers inherit it, and each runs the reference side in the
+# same process as ours, under the same setting.
+import genrecli  # noqa: F401, E402
+
 # Cases: name -> (ours, reference label); the functions are looked up in _run below.
 CASES = {
     "linear gram": "sklearn pairwise_kernels linear",
@@ -128,7 +133,8 @@ def _run(case: str, side: str, X, device: str, sigma: float):
 
 
 def _imports() -> None:
-    """The libraries either side uses (the baseline makes the same imports, so their fixed cost is subtracted)."""
+    """The libraries either side uses (the baseline makes the same imports, so their fixed cost is subtracted).
+    genrecli is imported at the top of this script, as in a `genre` process."""
     import numba  # noqa: F401  (genrecli's compiled CPU passes; its LLVM runtime is ~100 MiB of RSS)
     import numpy as np  # noqa: F401
     import scipy.linalg.blas  # noqa: F401

@@ -145,6 +145,76 @@ def test_rbf_fit_transform_is_fit_then_transform():
         ExplicitMap("rbf", eigensolver="float16").fit(train)
 
 
+@pytest.mark.parametrize("eigensolver", ["auto", "float64"])
+def test_rbf_fit_transform_beside_the_eigensolve_is_the_plain_map(monkeypatch, eigensolver):
+    """The kernel blocks computed in a second thread during the eigensolve give the map the plain path gives;
+    where NumPy and SciPy have separate BLAS libraries with two threads (the PyPI wheels), that thread ran."""
+    monkeypatch.setattr(maps, "_BESIDE_MIN_PRODUCT", 0)
+    monkeypatch.setattr(maps, "_MAP_ELEMENTS", 40 * 64)  # blocks of 40 rows: 200 rows beside, uneven tail
+    monkeypatch.setattr(maps, "_BESIDE_ELEMENTS", 200 * 60)
+    train = features(430, 64, 3)
+    ran, real = [], maps._beside_eigensolve
+
+    def spy(solve, product):
+        result = real(solve, product)
+        ran.append(result[1])
+        return result
+
+    monkeypatch.setattr(maps, "_beside_eigensolve", spy)
+    model = ExplicitMap("rbf", landmarks=60, random_state=4, eigensolver=eigensolver)
+    F = model.fit_transform(train)
+    assert len(ran) == 1
+    libraries = maps._blas_libraries()
+    if libraries is not None and libraries[0].num_threads >= 2:
+        assert ran == [True]
+    plain = ExplicitMap("rbf", landmarks=60, random_state=4, eigensolver=eigensolver).fit(train)
+    np.testing.assert_allclose(F, plain._rbf_rows(None, torch.device("cpu")), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(model.projection_, plain.projection_, rtol=1e-6, atol=1e-7)
+
+
+class _FakeBlas:
+    def __init__(self, threads):
+        self.num_threads, self.history = threads, []
+
+    def set_num_threads(self, n):
+        self.num_threads = n
+        self.history.append(n)
+
+
+def test_beside_eigensolve_splits_the_threads_and_restores_them(monkeypatch):
+    ours, scipys = _FakeBlas(4), _FakeBlas(4)
+    monkeypatch.setattr(maps, "_blas_libraries", lambda: (ours, scipys))
+    during = []
+    result, ran = maps._beside_eigensolve(lambda: during.append((ours.num_threads, scipys.num_threads)) or "P",
+                                          lambda: during.append("product"))
+    assert (result, ran) == ("P", True)
+    # The solve ran with NumPy's BLAS at 3 threads (the product's) and SciPy's at 1; the product ran once.
+    assert (3, 1) in during and during.count("product") == 1
+    assert (ours.num_threads, scipys.num_threads) == (4, 4)
+
+
+def test_beside_eigensolve_raises_the_products_error_in_the_caller(monkeypatch):
+    ours, scipys = _FakeBlas(2), _FakeBlas(2)
+    monkeypatch.setattr(maps, "_blas_libraries", lambda: (ours, scipys))
+
+    def product():
+        raise MemoryError("kernel rows")
+
+    with pytest.raises(MemoryError, match="kernel rows"):
+        maps._beside_eigensolve(lambda: "P", product)
+    assert (ours.num_threads, scipys.num_threads) == (2, 2)
+
+
+@pytest.mark.parametrize("libraries", [None, (_FakeBlas(1), _FakeBlas(1))])
+def test_beside_eigensolve_runs_the_solve_alone_without_a_split(monkeypatch, libraries):
+    """One BLAS shared by NumPy and SciPy (None), or one thread in all: no second thread, nothing limited."""
+    monkeypatch.setattr(maps, "_blas_libraries", lambda: libraries)
+    called = []
+    assert maps._beside_eigensolve(lambda: "P", lambda: called.append(1)) == ("P", False)
+    assert not called
+    assert libraries is None or all(not lib.history for lib in libraries)
+
+
 def test_rbf_transform_allocates_no_row_sized_temporary(monkeypatch):
     monkeypatch.setattr(maps, "_MAP_ELEMENTS", 1 << 16)
     train = features(2000, 256, 6)
