@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+# Every benchmark runs as a `genre` process does: genrecli sets OPENBLAS_THREAD_TIMEOUT (unless set) before NumPy
+# loads OpenBLAS, and the benchmarks inherit it, ours and the reference side alike.
+import genrecli  # noqa: E402, F401
 BENCHES = {
     "pipeline": ("Demo pipeline, per stage (folk-dances, 400 tunes, --jobs 2)", ["bench_pipeline.py", "--limit", "400", "--jobs", "2"]),
     "kernels": ("Kernel stage at n=5000, d=1024 against scikit-learn", ["bench_kernels.py", "--n", "5000", "--d", "1024"]),
@@ -59,7 +63,8 @@ def machine() -> str:
                                    ("avx2", "AVX2")) if flag in flags]
     model = f"{model} ({', '.join(isa) or 'no AVX2'})"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), GPU: {gpu}, Python {platform.python_version()}"
+    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), GPU: {gpu}, "
+            f"Python {platform.python_version()}, OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
 
 
 def main() -> None:
