@@ -346,25 +346,14 @@ def _eigh_in_place(K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     LAPACK ?syevd (SciPy's OpenBLAS) in K's precision, float64 or float32, as torch.linalg.eigh on the CPU, but
     in place: the vectors are written over K (its transpose is the same Fortran-ordered matrix), so nothing
-    beyond the solver's workspace is allocated. One BLAS thread up to ``_EIGH_ONE_THREAD`` rows; where SciPy's
-    BLAS is a library of its own (:func:`_blas_libraries`) only that one is limited, so NumPy's products in
-    another thread (:func:`_beside_eigensolve`) keep theirs.
+    beyond the solver's workspace is allocated. The BLAS thread limit changes no call already running, such as
+    the product :func:`_beside_eigensolve` runs beside it, and is undone on return.
     """
     from scipy.linalg import eigh
     from threadpoolctl import threadpool_limits
 
-    one_thread = K.shape[0] <= _EIGH_ONE_THREAD
-    libraries = _blas_libraries()
-    if libraries is None or not one_thread:
-        with threadpool_limits(limits=1 if one_thread else None, user_api="blas"):
-            return eigh(K.T, overwrite_a=True, check_finite=False, driver="evd")
-    lapack = libraries[1]
-    threads = lapack.num_threads
-    lapack.set_num_threads(1)
-    try:
+    with threadpool_limits(limits=1 if K.shape[0] <= _EIGH_ONE_THREAD else None, user_api="blas"):
         return eigh(K.T, overwrite_a=True, check_finite=False, driver="evd")
-    finally:
-        lapack.set_num_threads(threads)
 
 
 @functools.lru_cache(maxsize=1)
@@ -374,10 +363,8 @@ def _blas_libraries():
     OpenBLAS; a conda or system install shares one BLAS, which cannot be limited for one caller alone)."""
     import os
 
-    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS, so that threadpoolctl sees it)
+    import scipy.linalg  # loads SciPy's BLAS, so that threadpoolctl sees it
     from threadpoolctl import ThreadpoolController
-
-    import scipy
 
     blas = ThreadpoolController().select(user_api="blas").lib_controllers
 
@@ -388,7 +375,7 @@ def _blas_libraries():
         return found[0] if len(found) == 1 else None
 
     ours, theirs = owned_by(np.__file__), owned_by(scipy.__file__)
-    if ours is None or theirs is None or os.path.realpath(ours.filepath) == os.path.realpath(theirs.filepath):
+    if ours is None or theirs is None:  # a library under both packages' folders cannot be: not the same one
         return None
     return ours, theirs
 

@@ -1,6 +1,6 @@
 """Model registry: every model trainable with ``genre train --model NAME``.
 
-Each entry is a :class:`~genrecli.models.base.ModelSpec`: a factory ``"module:Class"`` of a
+Each entry is a :class:`~genrecli.models.spec.ModelSpec`: a factory ``"module:Class"`` of a
 :class:`~genrecli.models.base.GenreModel` (imported only when used, so listing models is instant) and its
 capabilities. Adding a model is one module plus one entry here. Listing the registry imports neither
 scikit-learn nor NumPy (:mod:`genrecli.models.spec`).
