@@ -4,6 +4,8 @@
 
 Every runtime encodes the same kern-eras texts (512-token clips, batch 16, at most 4 clips per text); fp32
 and the shipped fast runtime (bf16) run alternately, ``--reps`` times each, and the table gives the median.
+Where bf16 computes with the fused layers by default (a CPU without AMX, :mod:`genrecli.text.fused`), bf16
+with transformers' stock layers (``cpu_ops='stock'``, what bf16 computed before) runs in the same loop.
 Runtimes that were measured for issue 14 but not shipped (torch dynamic int8; ONNX Runtime fp32/int8, when
 ``onnxruntime`` and ``onnx`` are installed) run once each, between fp32 runs, from this script alone. The
 cosine columns compare each runtime's text vectors with fp32's, over the kern-eras texts and over as many
@@ -36,9 +38,11 @@ import numpy as np
 
 from genrecli.datasets import get_dataset
 from genrecli.text.convert import score_to_text
-from genrecli.text.encoders import TfidfEncoder, TransformerEncoder, resolve_runtime
+from genrecli.device import resolve_device
+from genrecli.text.encoders import TfidfEncoder, TransformerEncoder, _resolve_cpu_ops, resolve_runtime
 
 MAX_CLIPS, BATCH = 4, 16
+STOCK_BF16 = "bf16, stock layers"
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -148,6 +152,11 @@ def main() -> None:
     shipped = ("fp32", "bf16") if default == "bf16" else ("fp32",)
     encoders = {rt: TransformerEncoder(None, device=opts.device, max_clips=MAX_CLIPS, batch_size=BATCH, runtime=rt)
                 for rt in shipped}
+    if default == "bf16" and _resolve_cpu_ops("auto", "bf16", resolve_device(opts.device)) == "fused":
+        # the bf16 runtime as it was before the fused layers, alternated with the others in the same loop
+        shipped += (STOCK_BF16,)
+        encoders[STOCK_BF16] = TransformerEncoder(None, device=opts.device, max_clips=MAX_CLIPS, batch_size=BATCH,
+                                                  runtime="bf16", cpu_ops="stock")
     for enc in encoders.values():
         enc.encode(texts[:1])  # load the model and warm up outside the timing
     n_clips = int(sum(min(c, MAX_CLIPS) for c in encoders["fp32"].clip_counts(texts)))
@@ -203,7 +212,7 @@ def main() -> None:
         med_w, med_c = statistics.median(wall[name]), statistics.median(cpu[name])
         cos_k, cos_f = _cosines(vecs[name], vecs["fp32"]), _cosines(folk_vecs[name], folk_vecs["fp32"])
         rows.append({
-            "runtime": name, "shipped": name in ("fp32", "bf16"), "device": opts.device, "texts": len(texts),
+            "runtime": name, "shipped": name in ("fp32", "bf16", STOCK_BF16), "device": opts.device, "texts": len(texts),
             "clips": n_clips, "runs": len(wall[name]), "seconds": round(med_w, 2), "clips_per_s": round(n_clips / med_w, 2),
             "ratio": round(ref_wall / med_w, 2), "cpu_ratio": round(ref_cpu / med_c, 2),
             "cos_min_kern": float(cos_k.min()), "cos_mean_kern": float(cos_k.mean()),
@@ -222,7 +231,8 @@ def main() -> None:
           "| min cos kern | mean cos kern | min cos folk | mean cos folk |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        label = ", ".join(x for x, on in (("reference", r["runtime"] == "fp32"), ("auto", r["runtime"] == default)) if on)
+        label = ", ".join(x for x, on in (("reference", r["runtime"] == "fp32"), ("auto", r["runtime"] == default),
+                                           ("cpu_ops='stock'", r["runtime"] == STOCK_BF16)) if on)
         print(f"| {r['runtime']} | {('yes' + (f' ({label})' if label else '')) if r['shipped'] else 'no'} "
               f"| {r['runs']} | {r['seconds']} | {r['clips_per_s']} | {r['ratio']} | {r['cpu_ratio']} "
               f"| {r['cos_min_kern']:.5f} | {r['cos_mean_kern']:.5f} | {r['cos_min_folk']:.5f} | {r['cos_mean_folk']:.5f} |")

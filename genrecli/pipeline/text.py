@@ -249,6 +249,7 @@ def extract_text(
     sequence: bool = False,
     max_tokens: int | None = None,
     runtime: str = "auto",
+    cpu_ops: str = "auto",
     text_format: str = "auto",
     jobs: int | None = 1,
     data_home: str | Path | None = None,
@@ -270,7 +271,10 @@ def extract_text(
     without fast bfloat16 matmuls; the default 'auto' picks bf16
     where it is fast and fp32 elsewhere (:func:`genrecli.text.encoders.resolve_runtime`). A runtime other
     than fp32 is recorded in the encoder params (so caches and ``genre predict`` use the same one). TF-IDF
-    ignores it.
+    ignores it. ``cpu_ops`` is how the transformer's layers compute on the CPU
+    (:data:`genrecli.text.encoders.CPU_OPS`; 'auto': genrecli's fused layers for bf16 on CPUs without AMX,
+    20 % faster there, transformers' own elsewhere); it changes values by bf16 rounding only and is not
+    recorded.
 
     ``text_format`` (:data:`genrecli.text.symbolic.TEXT_FORMAT_CHOICES`) is the encoding scores are read in:
     'raw' (each file in its own syntax, the paper's choice), or one canonical encoding for every format,
@@ -312,7 +316,7 @@ def extract_text(
         runtime = resolve_runtime(runtime, device)
         ui.info(f"text runtime: {runtime} ({'bfloat16 matmuls are fast here' if runtime == 'bf16' else 'no fast bfloat16 matmuls here'}; --runtime fp32|bf16 to choose)")
     options = {} if encoder == "tfidf" else dict(clip_tokens=clip_tokens, pooling=pooling, max_clips=max_clips,
-                                                 batch_size=batch_size, runtime=runtime)
+                                                 batch_size=batch_size, runtime=runtime, cpu_ops=cpu_ops)
     enc = make_encoder(encoder, device=device, **options)
     if sequence:
         return _extract_sequences(paths, enc, encoder, texts, valid, source_digest, keep_metadata=keep_metadata,
