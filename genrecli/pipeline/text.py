@@ -266,14 +266,14 @@ def extract_text(
     ``/text/<encoder>-seq`` (see :func:`_extract_sequences`); the pooled group is not touched.
 
     ``runtime`` is how a transformer computes (:data:`genrecli.text.encoders.RUNTIMES`): 'bf16' gives up to
-    about 3x the clips/s of the 'fp32' reference on CPUs with AMX bfloat16 matmuls and 2.1x on a Zen 4
+    about 3x the clips/s of the 'fp32' reference on CPUs with AMX bfloat16 matmuls and 2.5x on a Zen 4
     EPYC's AVX512-BF16 (BENCHMARKS.md), within cosine 0.9999 of it, and is far slower than fp32 on CPUs
     without fast bfloat16 matmuls; the default 'auto' picks bf16
     where it is fast and fp32 elsewhere (:func:`genrecli.text.encoders.resolve_runtime`). A runtime other
     than fp32 is recorded in the encoder params (so caches and ``genre predict`` use the same one). TF-IDF
     ignores it. ``cpu_ops`` is how the transformer's layers compute on the CPU
     (:data:`genrecli.text.encoders.CPU_OPS`; 'auto': genrecli's fused layers for bf16 on CPUs without AMX,
-    20 % faster there, transformers' own elsewhere); it changes values by bf16 rounding only and is not
+    15-19 % faster there, transformers' own elsewhere); it changes values by bf16 rounding only and is not
     recorded.
 
     ``text_format`` (:data:`genrecli.text.symbolic.TEXT_FORMAT_CHOICES`) is the encoding scores are read in:

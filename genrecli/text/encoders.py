@@ -30,8 +30,9 @@ ENCODER_NAMES = ("minilm", "tfidf")
 # every store written before runtimes existed); 'bf16' casts weights and activations to bfloat16 (CPU: AMX
 # or AVX512-BF16 matmuls through oneDNN; CUDA) and, with [CLS] pooling, computes the last layer for the [CLS] row
 # alone. AVX512-BF16 without AMX is fast on some CPUs and not on others (a Zen 4 AMD EPYC: a MiniLM product 2.8x
-# faster than fp32, the encoder 2.1x; a Xeon whose hypervisor hides AMX: slower than fp32), so there 'auto'
-# times one product (_bf16_matmul_speedup). Measured and left out (BENCHMARKS.md, text section):
+# faster than fp32, the encoder 2.5x with genrecli.text.fused's layers, 2.2x with transformers' own; a Xeon whose
+# hypervisor hides AMX: slower than fp32), so there 'auto' times one product (_bf16_matmul_speedup). Measured and
+# left out (BENCHMARKS.md, text section):
 # torch dynamic int8 (min cosine 0.98 against fp32 on real scores; 0.99 only with the FFN layers kept fp32, at
 # 1.2x) and ONNX Runtime (on the AMX Xeon fp32 and int8 both slower than torch fp32; on the AVX512-BF16 EPYC
 # fp32 0.75x and dynamic int8 1.31x at cosine 0.995, both short of bf16's 2.05x).
@@ -115,7 +116,8 @@ class TransformerEncoder:
     runtime : {'fp32', 'bf16'}
         How the model computes (see :data:`RUNTIMES`): 'fp32' the reference; 'bf16' weights and activations
         in bfloat16, up to about 3x the clips/s of fp32 on a CPU with AMX and embeddings within cosine 0.9999
-        of fp32 on real scores (2.1x on a Zen 4 EPYC's AVX512-BF16), but slower than fp32 on CPUs whose bfloat16
+        of fp32 on real scores (2.5x on a Zen 4 EPYC's AVX512-BF16, with ``cpu_ops``' fused layers), but slower
+        than fp32 on CPUs whose bfloat16
         matmuls are a fallback (no AMX, no fast AVX512-BF16); with
         [CLS] pooling on a BERT-style model its last layer also computes the [CLS] row alone, which is all
         that pooling keeps (:class:`genrecli.text.first_token.FirstTokenLastLayer`). A bf16 text vector
@@ -124,7 +126,7 @@ class TransformerEncoder:
     cpu_ops : {'auto', 'stock', 'fused'}
         How the layers compute on the CPU: 'stock' as transformers' modules do (SDPA attention, a separate GELU);
         'fused' with :mod:`genrecli.text.fused` (attention clip by clip in bf16-rate matmuls, the feed-forward
-        GELU fused into its matmul: the same values to bf16 rounding, 20 % less time per bf16 batch on a Zen 4
+        GELU fused into its matmul: the same values to bf16 rounding, 15-19 % less time per bf16 batch on a Zen 4
         EPYC, whose SDPA is no faster in bf16 than in fp32); 'auto' is 'fused' for the bf16 runtime on a CPU
         without AMX and 'stock' otherwise (fp32 stays the reference; AMX and CUDA have fast bf16 attention of
         their own). 'fused' needs a CPU device. Not recorded in :meth:`params`: like the batch size, it moves
