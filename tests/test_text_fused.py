@@ -178,3 +178,12 @@ def test_auto_cpu_ops_are_fused_for_bf16_on_a_cpu_without_amx(monkeypatch):
     assert encoders._resolve_cpu_ops("stock", "bf16", torch.device("cpu")) == "stock"
     with pytest.raises(UsageError, match="cpu_ops 'flash'"):
         encoders.TransformerEncoder(cpu_ops="flash")
+
+
+def test_extract_text_refuses_fused_cpu_ops_off_the_cpu_before_reading_the_corpus(monkeypatch):
+    from genrecli import device
+    from genrecli.pipeline.text import extract_text
+
+    monkeypatch.setattr(device, "resolve_device", lambda name: torch.device("cuda"))
+    with pytest.raises(UsageError, match="--cpu-ops fused: runs on the CPU only, not on --device cuda"):
+        extract_text("no-such-corpus", cpu_ops="fused", device="cuda")  # the corpus is never looked at

@@ -296,6 +296,11 @@ def extract_text(
 
     if not sequence and max_tokens is not None:
         raise UsageError("max_tokens applies to token sequences only (sequence=True / --sequence)")
+    if encoder != "tfidf" and cpu_ops == "fused":
+        from genrecli.device import resolve_device
+
+        if resolve_device(device).type != "cpu":  # refused before the scores are converted, not after
+            raise UsageError(f"--cpu-ops fused: runs on the CPU only, not on --device {device}")
     paths = DatasetPaths.of(data, data_home)
     result = StageResult()
     corpus = read_manifest(paths.manifest)
