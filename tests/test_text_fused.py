@@ -74,11 +74,14 @@ def test_blocked_attention_in_bf16_is_as_close_to_fp32_as_sdpa_in_bf16():
     assert not torch.equal(ours, exact)  # it did compute in bf16
 
 
-@pytest.mark.parametrize("case", ["dropout", "causal", "grouped kv heads", "position bias"])
+@pytest.mark.parametrize("case", ["dropout", "causal", "grouped kv heads", "position bias", "a mask per head"])
 def test_calls_blocked_attention_does_not_cover_go_to_sdpa_unchanged(case):
     q, k, v = _qkv(2, 4, 9, 9)
-    module, kwargs = _Encoderish(), {}
-    if case == "dropout":
+    module, kwargs, mask = _Encoderish(), {}, None
+    if case == "a mask per head":
+        mask = torch.rand(2, 4, 9, 9, generator=torch.Generator().manual_seed(4)) > 0.3
+        mask[..., 0] = True  # every query attends to something
+    elif case == "dropout":
         kwargs["dropout"] = 0.5
     elif case == "causal":
         module.is_causal = True
@@ -87,9 +90,9 @@ def test_calls_blocked_attention_does_not_cover_go_to_sdpa_unchanged(case):
     else:
         kwargs["position_bias"] = torch.randn(1, 4, 9, 9, generator=torch.Generator().manual_seed(2))
     torch.manual_seed(3)
-    ours = blocked_attention(module, q, k, v, None, **kwargs)[0]
+    ours = blocked_attention(module, q, k, v, mask, **kwargs)[0]
     torch.manual_seed(3)
-    assert torch.equal(ours, _sdpa(module, q, k, v, None, **kwargs))
+    assert torch.equal(ours, _sdpa(module, q, k, v, mask, **kwargs))
 
 
 def test_key_padding_masks_are_recognised_and_other_masks_are_not():

@@ -130,7 +130,7 @@ class TransformerEncoder:
         EPYC, whose SDPA is no faster in bf16 than in fp32); 'auto' is 'fused' for the bf16 runtime on a CPU
         without AMX and 'stock' otherwise (fp32 stays the reference; AMX and CUDA have fast bf16 attention of
         their own). 'fused' needs a CPU device. Not recorded in :meth:`params`: like the batch size, it moves
-        a bf16 vector by rounding only (cosine 0.99997 to fp32 either way).
+        a bf16 vector by rounding only (cosine >= 0.99995 to fp32 either way on real scores).
     """
 
     def __init__(self, path=None, *, device="cpu", clip_tokens=512, pooling="cls", max_clips=None, batch_size=16,
@@ -444,9 +444,16 @@ def _resolve_cpu_ops(cpu_ops: str, runtime: str, device) -> str:
         return cpu_ops
     import torch
 
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     on_cpu = torch.device(device).type == "cpu"
-    return "fused" if runtime == "bf16" and on_cpu and amx is not None and not amx() else "stock"
+    return "fused" if runtime == "bf16" and on_cpu and _cpu_has_amx() is False else "stock"
+
+
+def _cpu_has_amx() -> bool | None:
+    """Whether this CPU has AMX tiles; None where this torch cannot tell."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return None if probe is None else bool(probe())
 
 
 def _first_token_only(model, enabled: bool):
@@ -457,8 +464,6 @@ def _first_token_only(model, enabled: bool):
     if not enabled or not hasattr(last, "first_token_only"):
         return contextlib.nullcontext()
     return last.first_token_only()
-
-
 
 
 def resolve_runtime(runtime: str, device="cpu") -> str:
@@ -491,10 +496,10 @@ def _cpu_has_fast_bf16_matmuls(*, unknown: bool = True) -> bool:
     not. ``unknown``: the answer where this torch has no probe (True for the warning: do not warn)."""
     import torch
 
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    amx = _cpu_has_amx()
     if amx is None:
         return unknown
-    if amx():
+    if amx:
         return True
     avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     if avx512_bf16 is None or not avx512_bf16():

@@ -50,7 +50,7 @@ def blocked_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         (batch, heads, k_tokens, head_dim).
     attention_mask : torch.Tensor or None
         SDPA's format: boolean (True: attend) or additive float, broadcastable to
-        (batch, 1, q_tokens, k_tokens).
+        (batch, 1, q_tokens, k_tokens); a mask per head goes to SDPA.
     scaling : float, optional
         Score scale; None is head_dim ** -0.5.
 
@@ -62,7 +62,7 @@ def blocked_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     """
     causal = getattr(module, "is_causal", False) if is_causal is None else is_causal
     plain = (not dropout and not (causal and query.shape[2] > 1) and key.shape[1] == query.shape[1]
-             and value.shape[-1] == query.shape[-1]
+             and value.shape[-1] == query.shape[-1] and (attention_mask is None or attention_mask.shape[1] == 1)
              and all(k in _INERT or v is None or v is False for k, v in kwargs.items()))
     if not plain:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -142,13 +142,11 @@ def _gelu_approximation(block):
     return None
 
 
-def fuse(model) -> list[str]:
+def fuse(model) -> None:
     """Make ``model`` (CPU, eval) use :func:`blocked_attention` and, in every BERT-style layer whose
-    feed-forward block fits, :class:`LinearGELU`. Returns what it changed ('attention', 'linear-gelu')."""
-    changed = []
+    feed-forward block fits, :class:`LinearGELU`."""
     if hasattr(getattr(model, "config", None), "_attn_implementation"):
         model.config._attn_implementation = register()
-        changed.append("attention")
     layers = getattr(getattr(model, "encoder", None), "layer", None) or []
     for layer in layers:
         # a FirstTokenLastLayer wraps the layer it restricts; its feed-forward block is the wrapped one's
@@ -156,9 +154,6 @@ def fuse(model) -> list[str]:
         block = getattr(inner, "intermediate", None)
         if block is not None and not isinstance(block, LinearGELU) and LinearGELU.fits(block):
             inner.intermediate = LinearGELU(block)
-            if "linear-gelu" not in changed:
-                changed.append("linear-gelu")
-    return changed
 
 
 def register() -> str:
