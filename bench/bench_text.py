@@ -3,7 +3,10 @@
     python bench/bench_text.py --device cpu --json out.json
 
 Every runtime encodes the same kern-eras texts (512-token clips, batch 16, at most 4 clips per text); fp32
-and the shipped fast runtime (bf16) run alternately, ``--reps`` times each, and the table gives the median.
+and the shipped fast runtimes (bf16 where its matmuls are fast, int8 on the CPU) run alternately, ``--reps``
+times each, and the table gives the median. So does fp32 as the encoder ran before it kept freed memory
+(``GENRE_KEEP_FREED_MEMORY=0``, :func:`genrecli.device.freed_memory_kept`): the '× fp32 before' column is the
+ratio against it, the issue's "clips/s of today".
 Where bf16 computes with the fused layers by default (a CPU without AMX, :mod:`genrecli.text.fused`), bf16
 with transformers' stock layers (``cpu_ops='stock'``, what bf16 computed before) runs in the same loop.
 Runtimes that were measured for issue 14 but not shipped (torch dynamic int8; ONNX Runtime fp32/int8, when
@@ -40,9 +43,12 @@ from genrecli.datasets import get_dataset
 from genrecli.text.convert import score_to_text
 from genrecli.device import resolve_device
 from genrecli.text.encoders import TfidfEncoder, TransformerEncoder, _resolve_cpu_ops, resolve_runtime
+from genrecli.text.int8 import available as int8_available
 
 MAX_CLIPS, BATCH = 4, 16
 STOCK_BF16 = "bf16, stock layers"
+# the fp32 reference as it ran before the encoder kept freed memory (genrecli.device.freed_memory_kept)
+FP32_BEFORE = "fp32, freed memory returned"
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -124,10 +130,21 @@ def _bf16_product_ratio(reps: int = 5) -> str:
             f"fp32's time)")
 
 
-def _timed(enc, texts):
-    w, c = time.perf_counter(), time.process_time()
-    vectors = enc.encode(texts)
-    return vectors, time.perf_counter() - w, time.process_time() - c
+def _timed(enc, texts, *, keep_freed_memory=True):
+    os.environ["GENRE_KEEP_FREED_MEMORY"] = "1" if keep_freed_memory else "0"
+    try:
+        w, c = time.perf_counter(), time.process_time()
+        vectors = enc.encode(texts)
+        return vectors, time.perf_counter() - w, time.process_time() - c
+    finally:
+        del os.environ["GENRE_KEEP_FREED_MEMORY"]
+
+
+def _encode(encoders, name, texts):
+    """(vectors, wall s, CPU s) of the shipped runtime ``name``."""
+    if name == FP32_BEFORE:
+        return _timed(encoders["fp32"], texts, keep_freed_memory=False)
+    return _timed(encoders[name], texts)
 
 
 def main() -> None:
@@ -157,8 +174,14 @@ def main() -> None:
         shipped += (STOCK_BF16,)
         encoders[STOCK_BF16] = TransformerEncoder(None, device=opts.device, max_clips=MAX_CLIPS, batch_size=BATCH,
                                                   runtime="bf16", cpu_ops="stock")
+    if on_cpu and int8_available():
+        shipped += ("int8",)
+        encoders["int8"] = TransformerEncoder(None, device=opts.device, max_clips=MAX_CLIPS, batch_size=BATCH,
+                                              runtime="int8")
     for enc in encoders.values():
         enc.encode(texts[:1])  # load the model and warm up outside the timing
+    if on_cpu:
+        shipped = (FP32_BEFORE, *shipped)
     n_clips = int(sum(min(c, MAX_CLIPS) for c in encoders["fp32"].clip_counts(texts)))
     fp32_model = encoders["fp32"]._model
     extra = {}  # measured, not shipped: a fp32 TransformerEncoder whose model is swapped
@@ -180,7 +203,7 @@ def main() -> None:
     vecs, folk_vecs = {}, {}
     for rep in range(opts.reps):
         for rt in shipped:
-            vecs[rt], w, c = _timed(encoders[rt], texts)
+            vecs[rt], w, c = _encode(encoders, rt, texts)
             wall[rt].append(w), cpu[rt].append(c)
     swap = TransformerEncoder(None, device=opts.device, max_clips=MAX_CLIPS, batch_size=BATCH)
     swap._load()
@@ -193,9 +216,9 @@ def main() -> None:
         vecs["fp32"], w, c = _timed(encoders["fp32"], texts)  # fp32 again, so every runtime has a neighbour
         wall["fp32"].append(w), cpu["fp32"].append(c)
     for rt in shipped:
-        folk_vecs[rt] = encoders[rt].encode(folk)
-    one = {"fp32": [], "bf16": []}
-    if on_cpu and opts.one_thread_reps > 0 and default == "bf16":
+        folk_vecs[rt] = _encode(encoders, rt, folk)[0]
+    one = {rt: [] for rt in ("fp32", "bf16", "int8") if rt in encoders and (rt != "bf16" or default == "bf16")}
+    if on_cpu and opts.one_thread_reps > 0 and len(one) > 1:
         import torch
 
         threads = torch.get_num_threads()
@@ -208,13 +231,16 @@ def main() -> None:
 
     rows = []
     ref_wall, ref_cpu = statistics.median(wall["fp32"]), statistics.median(cpu["fp32"])
+    before_wall = statistics.median(wall[FP32_BEFORE]) if wall.get(FP32_BEFORE) else None
     for name in wall:
         med_w, med_c = statistics.median(wall[name]), statistics.median(cpu[name])
         cos_k, cos_f = _cosines(vecs[name], vecs["fp32"]), _cosines(folk_vecs[name], folk_vecs["fp32"])
         rows.append({
-            "runtime": name, "shipped": name in ("fp32", "bf16", STOCK_BF16), "device": opts.device, "texts": len(texts),
-            "clips": n_clips, "runs": len(wall[name]), "seconds": round(med_w, 2), "clips_per_s": round(n_clips / med_w, 2),
-            "ratio": round(ref_wall / med_w, 2), "cpu_ratio": round(ref_cpu / med_c, 2),
+            "runtime": name, "shipped": name in ("fp32", "bf16", "int8", STOCK_BF16, FP32_BEFORE), "device": opts.device,
+            "texts": len(texts), "clips": n_clips, "runs": len(wall[name]), "seconds": round(med_w, 2),
+            "clips_per_s": round(n_clips / med_w, 2), "ratio": round(ref_wall / med_w, 2),
+            "cpu_ratio": round(ref_cpu / med_c, 2),
+            "ratio_before": None if before_wall is None else round(before_wall / med_w, 2),
             "cos_min_kern": float(cos_k.min()), "cos_mean_kern": float(cos_k.mean()),
             "cos_min_folk": float(cos_f.min()), "cos_mean_folk": float(cos_f.mean()),
         })
@@ -227,19 +253,26 @@ def main() -> None:
               f"default) is fp32 here; {_bf16_product_ratio()}\n")
     print(f"Corpus: {corpus}; {len(texts)} texts, {n_clips} clips of <=512 tokens (<= {MAX_CLIPS} per text), batch "
           f"{BATCH}, device {opts.device}. Cosines against fp32 over these texts and over {len(folk)} folk-dance ABC tunes.\n")
-    print("| runtime | shipped | runs | wall s (median) | clips/s | × fp32 (wall) | × fp32 (CPU time) "
+    if before_wall is not None:
+        print(f"'{FP32_BEFORE}' is the fp32 reference with GENRE_KEEP_FREED_MEMORY=0: glibc's malloc returns "
+              "freed blocks to the system, as the encoder ran before it kept them (genrecli.device.freed_memory_kept); "
+              "'× fp32 before' divides by its time.\n")
+    print("| runtime | shipped | runs | wall s (median) | clips/s | × fp32 (wall) | × fp32 (CPU time) | × fp32 before (wall) "
           "| min cos kern | mean cos kern | min cos folk | mean cos folk |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         label = ", ".join(x for x, on in (("reference", r["runtime"] == "fp32"), ("auto", r["runtime"] == default),
-                                           ("cpu_ops='stock'", r["runtime"] == STOCK_BF16)) if on)
+                                           ("cpu_ops='stock'", r["runtime"] == STOCK_BF16),
+                                           ("GENRE_KEEP_FREED_MEMORY=0", r["runtime"] == FP32_BEFORE),
+                                           ("--runtime int8", r["runtime"] == "int8")) if on)
+        before = "" if r["ratio_before"] is None else r["ratio_before"]
         print(f"| {r['runtime']} | {('yes' + (f' ({label})' if label else '')) if r['shipped'] else 'no'} "
-              f"| {r['runs']} | {r['seconds']} | {r['clips_per_s']} | {r['ratio']} | {r['cpu_ratio']} "
+              f"| {r['runs']} | {r['seconds']} | {r['clips_per_s']} | {r['ratio']} | {r['cpu_ratio']} | {before} "
               f"| {r['cos_min_kern']:.5f} | {r['cos_mean_kern']:.5f} | {r['cos_min_folk']:.5f} | {r['cos_mean_folk']:.5f} |")
     if one["fp32"]:
         ref_1w = statistics.median(w for w, _ in one["fp32"])
         ref_1c = statistics.median(c for _, c in one["fp32"])
-        print("\nThe same texts with torch at 1 thread (fp32 and bf16 alternately):\n")
+        print(f"\nThe same texts with torch at 1 thread ({', '.join(one)} alternately):\n")
         print("| runtime | runs | wall s (median) | clips/s | × fp32 (wall) | × fp32 (CPU time) |\n|---|---:|---:|---:|---:|---:|")
         for rt, runs in one.items():
             med_w, med_c = statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)

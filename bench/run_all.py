@@ -58,9 +58,9 @@ def machine() -> str:
         flags = set(next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")))
     except (OSError, StopIteration):
         flags = set()
-    # the instruction sets the fast paths depend on (bf16 text runtime, float32 GEMM rate)
-    isa = [name for flag, name in (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"),
-                                   ("avx2", "AVX2")) if flag in flags]
+    # the instruction sets the fast paths depend on (bf16 and int8 text runtimes, float32 GEMM rate)
+    isa = [name for flag, name in (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512_vnni", "AVX512-VNNI"),
+                                   ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags]
     model = f"{model} ({', '.join(isa) or 'no AVX2'})"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), GPU: {gpu}, "

@@ -301,7 +301,7 @@ def extract_text_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     sequence: Annotated[bool, typer.Option("--sequence", help="store the token outputs (T x d) in text/<encoder>-seq instead of pooled vectors")] = False,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="tokens per text with --sequence (default: --clip-tokens)")] = None,
-    runtime: Annotated[str, typer.Option("--runtime", help="transformer arithmetic: auto (bf16 where its matmuls are fast: AMX CPUs, AVX512-BF16 CPUs where a probe product is faster, CUDA; else fp32), bf16 (2-3x fp32 where its matmuls are fast, cosine >= 0.9999 to fp32, far slower elsewhere) or fp32 (the reference)")] = "auto",
+    runtime: Annotated[str, typer.Option("--runtime", help="transformer arithmetic: auto (bf16 where its matmuls are fast: AMX CPUs, AVX512-BF16 CPUs where a probe product is faster, CUDA; else fp32), bf16 (2-3x fp32 where its matmuls are fast, cosine >= 0.9999 to fp32, far slower elsewhere), int8 (CPU: oneDNN int8 matmuls, 3.1x fp32 on a VNNI EPYC, cosine >= 0.995 to fp32; asked for, never auto) or fp32 (the reference)")] = "auto",
     cpu_ops: Annotated[str, typer.Option("--cpu-ops", help="how the transformer's layers compute on the CPU: auto (fused for bf16 on CPUs without AMX, stock elsewhere), fused (genrecli's blocked attention and linear+GELU: ~15-19% faster bf16 there, same values to bf16 rounding) or stock (transformers' own)")] = "auto",
     text_format: Annotated[str, typer.Option("--text-format", help="how scores are read: raw (each file's own syntax), kern, musicxml or tokens (one encoding for every format; group text/<encoder>-<format>); auto: raw, or tokens when the scores come in several formats")] = "auto",
     jobs: Annotated[Optional[int], typer.Option("--jobs", help="worker processes converting scores to a canonical --text-format (music21: seconds per piece; default 1), or Ray actors with --executor ray (default: one per CPU of the cluster)", show_default=False)] = None,
@@ -319,7 +319,7 @@ def extract_text_cmd(
     _at_least(batch_size, 1, "--batch-size")
     _at_least(max_tokens, 1, "--max-tokens")
     _one_of(pooling, ("cls", "mean"), "--pooling")
-    _one_of(runtime, ("auto", "fp32", "bf16"), "--runtime")
+    _one_of(runtime, ("auto", "fp32", "bf16", "int8"), "--runtime")
     _one_of(cpu_ops, ("auto", "stock", "fused"), "--cpu-ops")
     _one_of(text_format, TEXT_FORMAT_CHOICES, "--text-format")
     _at_least(jobs, 1, "--jobs")

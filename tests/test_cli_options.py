@@ -102,6 +102,7 @@ def test_help_is_shown_as_typed(capsys):
         (("extract-text", "--data", "c", "--device", "gpu"), "--device gpu: expected"),
         (("extract-text", "--data", "c", "--pooling", "max"), "--pooling max: expected one of cls, mean"),
         (("extract-text", "--data", "c", "--cpu-ops", "flash"), "--cpu-ops flash: expected one of auto, stock, fused"),
+        (("extract-text", "--data", "c", "--runtime", "int4"), "--runtime int4: expected one of auto, fp32, bf16, int8"),
         (("extract-text", "--data", "c", "--batch-size", "0"), "--batch-size must be >= 1"),
         (("extract-text", "--data", "c", "--max-clips", "0"), "--max-clips must be >= 1"),
         (("kernels", "--data", "c", "--energy", "1.5"), "--energy must be in (0, 1]"),

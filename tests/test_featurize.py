@@ -147,6 +147,14 @@ def test_lyrics_give_text_and_a_clear_error_for_audio_inputs(corpus, tmp_path):
     np.testing.assert_allclose(fp32, make_encoder("minilm").encode([lyrics.read_text()])[0], atol=1e-6, rtol=0)
     if runtime == "bf16":
         assert not np.array_equal(fp32, vector)
+    from genrecli.text.int8 import available as int8_available
+
+    if int8_available():  # a run whose text features were extracted with --runtime int8 predicts with int8
+        encoder = {**old["text/minilm"]["encoder"], "runtime": "int8"}
+        as_int8 = featurize_files([lyrics], {"text/minilm": {**old["text/minilm"], "encoder": encoder}})
+        np.testing.assert_allclose(as_int8.inputs["text/minilm"][0],
+                                   make_encoder("minilm", runtime="int8").encode([lyrics.read_text()])[0], atol=1e-6)
+        assert not np.array_equal(as_int8.inputs["text/minilm"][0], fp32)
     failures = featurize_files([lyrics], _params(corpus, "audio/mfcc")).failures
     assert list(failures) == [str(lyrics)] and "the run needs audio/mfcc, which a lyrics file does not have" in failures[str(lyrics)]
 

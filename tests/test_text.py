@@ -369,12 +369,12 @@ def test_runtime_is_recorded_in_params_and_fp32_params_are_those_of_before():
               "max_clips", "dim"}
     fp32 = TransformerEncoder().params()
     assert set(fp32) == before  # fp32 stores and runs written before runtimes existed stay valid
-    for runtime in ("bf16",):
+    for runtime in ("bf16", "int8"):
         params = TransformerEncoder(runtime=runtime).params()
         assert params == {**fp32, "runtime": runtime}
         assert TransformerEncoder(runtime=runtime).sequence_params()["runtime"] == runtime
     assert make_encoder("minilm", runtime="bf16").params()["runtime"] == "bf16"
-    for unknown in ("fp16", "int8"):
+    for unknown in ("fp16", "int4"):
         with pytest.raises(UsageError, match=f"runtime '{unknown}'"):
             TransformerEncoder(runtime=unknown)
 

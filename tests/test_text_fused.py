@@ -96,17 +96,38 @@ def test_calls_blocked_attention_does_not_cover_go_to_sdpa_unchanged(case):
 
 
 def test_key_padding_masks_are_recognised_and_other_masks_are_not():
-    from genrecli.text.fused import _padding_length
+    from genrecli.text.fused import _padding_lengths
 
     keep = torch.tensor([True] * 5 + [False] * 3)
-    assert _padding_length(keep.expand(1, 4, 8)) == 5 and _padding_length(keep.expand(1, 1, 8)) == 5
-    assert _padding_length(torch.ones(1, 4, 8, dtype=torch.bool)) == 8
+    assert _padding_lengths(keep.expand(1, 1, 4, 8)) == [5] and _padding_lengths(keep.expand(1, 1, 1, 8)) == [5]
+    assert _padding_lengths(torch.ones(1, 1, 4, 8, dtype=torch.bool)) == [8]
     ragged = keep.expand(1, 4, 8).clone()
     ragged[0, 2, 4] = False  # one query sees fewer keys
     holes = torch.tensor([True, False] * 4).expand(1, 4, 8)
-    for other in (ragged, holes, torch.zeros(1, 4, 8, dtype=torch.bool), keep.float().expand(1, 4, 8),
-                  keep.expand(2, 4, 8), None):
-        assert _padding_length(other) is None
+    # per clip: a padding mask, a ragged one, holes, nothing kept, all kept
+    batch = torch.stack([keep.expand(4, 8), ragged[0], holes[0], torch.zeros(4, 8, dtype=torch.bool),
+                         torch.ones(4, 8, dtype=torch.bool)])[:, None]
+    assert _padding_lengths(batch) == [5, None, None, None, 8]
+    for other in (keep.float().expand(1, 1, 4, 8), keep.expand(1, 2, 4, 8), keep.expand(4, 8), None):
+        assert _padding_lengths(other) == [None]  # float, per head, not 4-d, no mask
+
+
+def test_masks_are_scanned_once_per_object_inside_the_context_only():
+    """Inside one_mask_scan_per_batch the scan of a mask object is reused (every layer of a forward pass gets
+    the same object); outside it, a mask changed in place is scanned afresh."""
+    from genrecli.text.fused import _padding_lengths, one_mask_scan_per_batch
+
+    mask = torch.ones(2, 1, 3, 6, dtype=torch.bool)
+    assert _padding_lengths(mask) == [6, 6]
+    mask[1, ..., 4:] = False
+    assert _padding_lengths(mask) == [6, 4]  # no context: nothing kept
+    with one_mask_scan_per_batch():
+        assert _padding_lengths(mask) == [6, 4]
+        mask[0, ..., 2:] = False  # (never done by the encoder: it shows the reuse)
+        assert _padding_lengths(mask) == [6, 4]
+        other = mask.clone()
+        assert _padding_lengths(other) == [2, 4]  # another object: scanned
+    assert _padding_lengths(mask) == [2, 4]
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
