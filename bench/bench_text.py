@@ -131,13 +131,17 @@ def _bf16_product_ratio(reps: int = 5) -> str:
 
 
 def _timed(enc, texts, *, keep_freed_memory=True):
+    before = os.environ.get("GENRE_KEEP_FREED_MEMORY")
     os.environ["GENRE_KEEP_FREED_MEMORY"] = "1" if keep_freed_memory else "0"
     try:
         w, c = time.perf_counter(), time.process_time()
         vectors = enc.encode(texts)
         return vectors, time.perf_counter() - w, time.process_time() - c
     finally:
-        del os.environ["GENRE_KEEP_FREED_MEMORY"]
+        if before is None:
+            del os.environ["GENRE_KEEP_FREED_MEMORY"]
+        else:
+            os.environ["GENRE_KEEP_FREED_MEMORY"] = before
 
 
 def _encode(encoders, name, texts):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import threading
 
@@ -41,6 +42,7 @@ _KEEP_LOCK = threading.Lock()
 _keep_depth = 0
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc():
     """glibc's C library where this process runs on it (mallopt and malloc_trim), else None."""
     try:

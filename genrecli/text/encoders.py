@@ -34,8 +34,9 @@ ENCODER_NAMES = ("minilm", "tfidf")
 # hypervisor hides AMX: slower than fp32), so there 'auto' times one product (_bf16_matmul_speedup). Measured and
 # left out (BENCHMARKS.md, text section):
 # torch dynamic int8 (min cosine 0.98 against fp32 on real scores; 0.99 only with the FFN layers kept fp32, at
-# 1.1x: 'int8' is genrecli.text.int8's oneDNN u8 x s8 matmuls instead, 3.1x at cosine 0.996) and ONNX Runtime (on the AMX Xeon fp32 and int8 both slower than torch fp32; on the AVX512-BF16 EPYC
-# fp32 0.75x and dynamic int8 1.31x at cosine 0.995, both short of bf16's 2.05x).
+# 1.1x: 'int8' is genrecli.text.int8's oneDNN u8 x s8 matmuls instead, 3.1x at cosine 0.996) and ONNX Runtime
+# (on the AMX Xeon fp32 and int8 both slower than torch fp32; on the AVX512-BF16 EPYC fp32 0.75x and dynamic
+# int8 1.31x at cosine 0.995, both short of bf16's 2.05x).
 CPU_OPS = ("auto", "stock", "fused")  # TransformerEncoder(cpu_ops=...): transformers' layers or genrecli.text.fused
 RUNTIMES = ("fp32", "bf16", "int8")  # extract-text defaults to 'auto' (resolve_runtime); the class to the fp32 reference
 _MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -229,11 +230,7 @@ class TransformerEncoder:
         order = sorted(range(len(clips)), key=lambda k: -len(clips[k]))
         vectors = np.empty((len(clips), self._model.config.hidden_size), dtype=np.float32)
         pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
-        from genrecli.device import freed_memory_kept
-        from genrecli.text.fused import one_mask_scan_per_batch
-
-        with torch.inference_mode(), _first_token_only(self._model, self.pooling == "cls"), \
-                one_mask_scan_per_batch(), freed_memory_kept():
+        with _encoding(), _first_token_only(self._model, self.pooling == "cls"):
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
                 width = len(clips[batch[0]])
@@ -325,10 +322,7 @@ class TransformerEncoder:
         lengths = np.zeros(len(texts), dtype=np.int64)
         order = sorted(range(len(clips)), key=lambda k: -len(clips[k]))
         pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
-        from genrecli.device import freed_memory_kept
-        from genrecli.text.fused import one_mask_scan_per_batch
-
-        with torch.inference_mode(), one_mask_scan_per_batch(), freed_memory_kept():
+        with _encoding():
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
                 width = len(clips[batch[0]])
@@ -495,6 +489,20 @@ def _cpu_has_amx() -> bool | None:
 
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return None if probe is None else bool(probe())
+
+
+@contextlib.contextmanager
+def _encoding():
+    """How both encoding loops run: inference mode, each attention mask scanned once per batch
+    (:func:`genrecli.text.fused.one_mask_scan_per_batch`), freed memory kept for the next batch
+    (:func:`genrecli.device.freed_memory_kept`)."""
+    import torch
+
+    from genrecli.device import freed_memory_kept
+    from genrecli.text.fused import one_mask_scan_per_batch
+
+    with torch.inference_mode(), one_mask_scan_per_batch(), freed_memory_kept():
+        yield
 
 
 def _first_token_only(model, enabled: bool):

@@ -152,13 +152,22 @@ class LinearGELU(torch.nn.Module):
     def fits(block) -> bool:
         """Whether ``block`` is a BERT-style feed-forward block (``dense`` Linear, then ``intermediate_act_fn``
         a GELU) whose forward is exactly that, and this torch has oneDNN's fused op."""
-        return (isinstance(getattr(block, "dense", None), torch.nn.Linear)
-                and type(block).__name__.endswith("Intermediate") and _gelu_approximation(block) is not None
-                and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+        return (feed_forward_gelu(block) is not None and torch.backends.mkldnn.is_available()
+                and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
     def forward(self, hidden_states):
         return torch.ops.mkldnn._linear_pointwise(hidden_states, self.dense.weight, self.dense.bias, "gelu", [],
                                                   self.approximate)
+
+
+def feed_forward_gelu(block):
+    """oneDNN's name for the GELU of a BERT-style feed-forward block (``...Intermediate``: a ``dense`` Linear,
+    then ``intermediate_act_fn``): 'none' (exact erf) or 'tanh'; None where ``block`` is not such a block or
+    its activation is not a GELU."""
+    if not (type(block).__name__.endswith("Intermediate") and isinstance(getattr(block, "dense", None),
+                                                                        torch.nn.Linear)):
+        return None
+    return _gelu_approximation(block)
 
 
 def _gelu_approximation(block):

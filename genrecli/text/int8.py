@@ -15,14 +15,17 @@ layer of a model's encoder layers with :class:`Int8Linear`:
   GELU is oneDNN's post-op of its first matmul.
 
 Measured on that EPYC (bench/bench_text.py, BENCHMARKS.md): 93 kern-eras clips at 32.9 clips/s, 3.10x the
-fp32 reference (bf16: 2.27x), 2.90x at one thread. A 16 x 512 batch: 0.50-0.59 s against fp32's 1.46-1.66, of
-which the int8 matmuls take 217 ms (about 590 GOP/s), the bf16 attention products 89 and its softmax 83.
+fp32 reference (bf16: 2.27x), 2.90x at one thread. A batch of 16 clips of 512 tokens: 0.50-0.59 s against
+fp32's 1.44-1.66 (medians of alternated runs). In a profiled batch of 15 clips (283-512 tokens) the int8
+matmuls took 217 ms (130 GOP: about 600 GOP/s), the bf16 attention products 89 and their softmax 83.
 Accuracy against fp32: text vectors at cosine >= 0.9959 (mean 0.997) on real kern and ABC scores, against
 bf16's 0.99995; token outputs (``encode_tokens``) are coarser, per-token cosine mean 0.986, min 0.946. Dynamic
 per-tensor int8 is coarser than bf16, so 'int8' is a runtime one asks for (``--runtime int8``), never 'auto''s
-choice. torch's own dynamic int8 (fbgemm) ran at 1.95x and cosine 0.985 on the same texts. Chosen here and documented: per-tensor activation scales (oneDNN's
-matmul takes one source scale; per-token scales would need a second pass over every output) and symmetric
-weights (zero points of the weights would cost a correction term per output).
+choice. torch's own dynamic int8 (fbgemm) ran at 1.95x and cosine 0.985 on the same texts.
+
+Chosen here and documented: per-tensor activation scales (oneDNN's matmul takes one source scale; per-token
+scales would need a second pass over every output) and symmetric weights (zero points of the weights would
+cost a correction term per output).
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ def quantize(model, *, attention_dtype=torch.float32) -> None:
     A layer whose feed-forward activation is not a GELU keeps its feed-forward linear layers in float32.
     Raises ValueError for a model without BERT-style layers (the runtime would have nothing to quantize).
     """
-    from genrecli.text.fused import _gelu_approximation, register
+    from genrecli.text.fused import feed_forward_gelu, register
 
     layers = getattr(getattr(model, "encoder", None), "layer", None) or []
     done = 0
@@ -156,9 +159,8 @@ def quantize(model, *, attention_dtype=torch.float32) -> None:
             setattr(own, name, Int8Linear(getattr(own, name), out_dtype=attention_dtype, quantizer=shared))
         attention.output.dense = Int8Linear(attention.output.dense)
         block = getattr(inner, "intermediate", None)
-        gelu = None if block is None else _gelu_approximation(block)
-        if gelu is not None and isinstance(getattr(block, "dense", None), torch.nn.Linear) and \
-                isinstance(getattr(getattr(inner, "output", None), "dense", None), torch.nn.Linear):
+        gelu = feed_forward_gelu(block)
+        if gelu is not None and isinstance(getattr(getattr(inner, "output", None), "dense", None), torch.nn.Linear):
             inner.intermediate = Int8Linear(block.dense, gelu=gelu)
             inner.output.dense = Int8Linear(inner.output.dense)
         done += 1
